@@ -1,0 +1,87 @@
+"""Contracts of the layout: Qt only in vitdesk/gui, a fast command line."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "vitdesk"
+QT_MODULES = {"PySide6", "pyqtgraph", "shiboken6", "superqt", "qtpy", "PyQt5", "PyQt6"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_qt_is_imported_only_in_gui():
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG)
+        if rel.parts[0] == "gui":
+            continue
+        bad = _imports(path) & QT_MODULES
+        if bad:
+            offenders.append(f"{rel}: {sorted(bad)}")
+    assert not offenders, "Qt imported outside vitdesk/gui: " + "; ".join(offenders)
+
+
+def test_lower_layers_do_not_import_upper_layers():
+    # engine -> data -> imaging; nothing below gui imports gui
+    order = {"imaging": 0, "data": 1, "engine": 2, "analysis": 3, "report": 4, "gui": 5}
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG)
+        layer = rel.parts[0]
+        if layer not in order:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            mod = None
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mod = node.module
+            elif isinstance(node, ast.Import):
+                mod = node.names[0].name
+            if mod and mod.startswith("vitdesk."):
+                target = mod.split(".")[1]
+                if target in order and order[target] > order[layer]:
+                    offenders.append(f"{rel} imports {mod}")
+    assert not offenders, "; ".join(offenders)
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["inspect", "--help"], ["sample", "--help"]])
+def test_light_commands_import_neither_torch_nor_qt(argv):
+    code = (
+        "import sys\nfrom vitdesk.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+    )
+    loaded = _modules_after(code)
+    assert "torch" not in loaded
+    assert not (loaded & QT_MODULES)
+
+
+def test_inspect_and_sample_modules_stay_light():
+    loaded = _modules_after("import vitdesk.commands.inspect, vitdesk.commands.sample")
+    assert "torch" not in loaded
+    assert not (loaded & QT_MODULES)

@@ -1,0 +1,3 @@
+from vitdesk.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""vitdesk.analysis (no Qt)."""

@@ -1,0 +1,129 @@
+"""The ``vitdesk`` command: parse, call, map errors to exit codes.
+
+Thin by design. Each subcommand's handler lives in ``vitdesk.commands.<name>``
+and is imported only when that command runs, so ``--version``, ``inspect`` and
+``sample`` start without importing torch or Qt.
+
+Exit codes: 0 success, 2 user error (one line, no traceback), 130 cancelled,
+1 a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from vitdesk import __version__
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="SRC", help="training data source")
+    p.add_argument("--val", metavar="SRC", help="separate validation source")
+    p.add_argument("--config", metavar="FILE", help="TOML run configuration")
+    p.add_argument("--model", help="timm model name (e.g. vit_tiny_patch16_224)")
+    p.add_argument("--pretrained", metavar="PATH|hub|none", help="weights source")
+    p.add_argument("--img-size", type=int, metavar="N")
+    p.add_argument("--window", metavar="PRESET[,PRESET,PRESET]",
+                   help="HU window(s): preset names or W/L, 1 or 3")
+    p.add_argument("--recipe", choices=["staged", "full", "head"])
+    p.add_argument("--epochs", metavar="N|N1,N2,N3", help="epochs (per stage for staged)")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", metavar="RUN", help="run folder to write")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--teacher", metavar="RUN", help="distil from a trained teacher run")
+    p.add_argument("--force-staged", action="store_true",
+                   help="keep the staged recipe even with a random backbone")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitdesk",
+        description="Vision Transformer transfer learning for CT. "
+        "Research use only, not for diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"vitdesk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("gui", help="open the workbench")
+    p.add_argument("path", nargs="?", help="folder, file or workspace to open")
+
+    p = sub.add_parser("sample", help="write synthetic CT studies (DICOM) + labels.csv")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--patients", type=int, default=24, metavar="N")
+    p.add_argument("--slices", type=int, default=24, metavar="N")
+    p.add_argument("--size", type=int, default=128, metavar="PX", help="rows = columns")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+
+    p = sub.add_parser("inspect", help="print one line per series found under PATH")
+    p.add_argument("path", metavar="PATH")
+
+    p = sub.add_parser("train", help="fine-tune a ViT")
+    _add_train_args(p)
+
+    p = sub.add_parser("pretrain", help="masked-autoencoder pretraining on unlabelled images")
+    p.add_argument("--data", required=True, metavar="SRC")
+    p.add_argument("--model")
+    p.add_argument("--img-size", type=int, metavar="N")
+    p.add_argument("--window", metavar="PRESET[,PRESET,PRESET]")
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("evaluate", help="evaluate a run on a data source")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--data", required=True, metavar="SRC")
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--out", metavar="DIR")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("predict", help="predict slices; write probabilities CSV")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--attention", metavar="DIR", help="write attention overlay PNGs here")
+    p.add_argument("--out", metavar="CSV", help="probabilities CSV (default: stdout)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("report", help="write report.html and report.pdf")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--data", required=True, metavar="SRC")
+    p.add_argument("--out", metavar="DIR")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("demo", help="sample -> train -> evaluate -> report")
+    p.add_argument("--out", default="vitdesk-demo", metavar="DIR")
+    p.add_argument("--quick", action="store_true", help="a few minutes on a laptop CPU")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "gui"
+    if args.command is None:
+        args.path = None
+    from vitdesk.errors import VitdeskError
+
+    try:
+        module = importlib.import_module(f"vitdesk.commands.{command}")
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("vitdesk: cancelled", file=sys.stderr)
+        return 130
+    except VitdeskError as exc:
+        print(f"vitdesk: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

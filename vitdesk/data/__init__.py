@@ -1,0 +1,1 @@
+"""vitdesk.data (no Qt)."""

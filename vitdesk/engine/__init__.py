@@ -1,0 +1,1 @@
+"""vitdesk.engine (no Qt)."""

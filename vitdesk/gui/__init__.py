@@ -1,0 +1,1 @@
+"""PySide6 workbench: the only package that imports Qt."""

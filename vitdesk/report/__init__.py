@@ -1,0 +1,1 @@
+"""vitdesk.report (no Qt)."""

@@ -1,0 +1,106 @@
+"""Patient-level splits: no leak, deterministic, stratified, small datasets, JSON."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from vitdesk.data.records import SliceRecord
+from vitdesk.data.splits import check_no_leak, load_split, save_split, split_by_patient
+from vitdesk.errors import DataError
+
+
+def make_records(n_a: int, n_b: int, slices: int = 3, root: str = "/data") -> list[SliceRecord]:
+    recs = []
+    for i in range(n_a + n_b):
+        label = "a" if i < n_a else "b"
+        for k in range(slices):
+            recs.append(SliceRecord(f"{root}/p{i:03d}/s{k}.dcm", 0, label, f"key{i:03d}",
+                                    f"ser{i:03d}", "F", 50.0))
+    return recs
+
+
+def patients(split):
+    return {r.patient for r in split}
+
+
+def test_no_patient_in_two_splits_and_all_kept():
+    recs = make_records(30, 10)
+    s = split_by_patient(recs, seed=3)
+    tr, va, te = patients(s["train"]), patients(s["val"]), patients(s["test"])
+    assert not (tr & va or tr & te or va & te)
+    assert sum(len(v) for v in s.values()) == len(recs)
+    assert (len(tr), len(va), len(te)) == (28, 6, 6)  # 0.7/0.15/0.15 of 40 patients
+    check_no_leak(s)
+
+
+def test_deterministic_and_seed_dependent():
+    recs = make_records(20, 20)
+    a = split_by_patient(recs, seed=1)
+    b = split_by_patient(list(reversed(recs)), seed=1)
+    assert patients(a["train"]) == patients(b["train"])  # input order does not matter
+    c = split_by_patient(recs, seed=2)
+    assert patients(a["test"]) != patients(c["test"])
+
+
+def test_stratified_by_majority_label():
+    recs = make_records(40, 20)
+    s = split_by_patient(recs, seed=0)
+    for name, n_a, n_b in (("train", 28, 14), ("val", 6, 3), ("test", 6, 3)):
+        c = Counter(r.label for r in s[name])
+        assert (c["a"] // 3, c["b"] // 3) == (n_a, n_b), name
+
+
+def test_four_patients_every_class_in_train_and_every_split_used():
+    recs = make_records(2, 2)
+    for seed in range(10):
+        s = split_by_patient(recs, seed=seed)
+        assert {r.label for r in s["train"]} == {"a", "b"}
+        assert [len(patients(s[k])) for k in ("train", "val", "test")] == [2, 1, 1]
+
+
+def test_rare_class_reaches_train():
+    recs = make_records(10, 1)
+    for seed in range(10):
+        assert "b" in {r.label for r in split_by_patient(recs, seed=seed)["train"]}
+
+
+def test_leak_check_raises():
+    recs = make_records(2, 2)
+    s = {"train": recs[:4], "val": recs[3:6], "test": []}
+    with pytest.raises(DataError, match="patient key001 is in both the train and val"):
+        check_no_leak(s)
+
+
+def test_bad_fractions():
+    with pytest.raises(DataError, match="fractions"):
+        split_by_patient(make_records(2, 2), fractions=(0.5, -0.1, 0.6))
+
+
+def test_save_load_roundtrip_relative_and_rebased(tmp_path):
+    recs = make_records(5, 5, root=str(tmp_path / "data"))
+    s = split_by_patient(recs, seed=0)
+    path = save_split(s, tmp_path / "run" / "split.json")
+    doc = json.loads(path.read_text())
+    assert doc["root"] == str(tmp_path / "data")
+    assert doc["splits"]["train"][0]["path"].startswith("p0")  # relative to the root
+    assert load_split(path) == s
+    moved = load_split(path, data_root="/elsewhere")
+    assert moved["val"][0].path.startswith("/elsewhere/p")
+
+
+def test_mixed_patients_stratified_by_rare_label():
+    # 10 patients with only "normal" slices, 10 with 8 normal + 2 lesion slices: by
+    # majority all are "normal"; the lesion patients must still be spread 7/1.5/1.5.
+    recs = []
+    for i in range(20):
+        for k in range(10):
+            label = "lesion" if i >= 10 and k < 2 else "normal"
+            recs.append(SliceRecord(f"/d/p{i}/s{k}.dcm", 0, label, f"k{i:02d}"))
+    for seed in range(5):
+        s = split_by_patient(recs, seed=seed)
+        with_lesion = [len({r.patient for r in s[n] if r.label == "lesion"})
+                       for n in ("train", "val", "test")]
+        assert with_lesion[0] == 7 and min(with_lesion[1:]) >= 1, with_lesion

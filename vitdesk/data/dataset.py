@@ -1,0 +1,434 @@
+"""Slices into model tensors: one preprocessing path for training, inference and overlays.
+
+Geometry of :func:`preprocess_slice` (and of every training sample):
+
+1. the slice (H, W) becomes channels in [0, 1]: DICOM HU through ``WindowSpec.apply``;
+   PNG/JPEG (already windowed) scaled by their bit depth, greyscale replicated;
+2. it is zero-padded (black) to a centred square of side ``S = max(H, W)``:
+   ``pad_top = (S - H) // 2``, ``pad_left = (S - W) // 2``;
+3. the square is resized to ``img_size`` (``cv2.INTER_AREA`` when shrinking,
+   ``INTER_LINEAR`` when enlarging), so one model pixel is ``S / img_size`` slice pixels;
+4. channels are normalised with the model's pretrained ``mean`` / ``std``.
+
+Nothing is cropped away, so any map over the model input (attention, Grad-CAM) maps
+back onto the whole displayed slice with :meth:`Letterbox.to_slice`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vitdesk.data.augment import (
+    AugmentConfig,
+    geometric,
+    jitter_hu,
+    jitter_image,
+    sample_rng,
+)
+from vitdesk.data.records import SliceRecord
+from vitdesk.errors import DataError, LoadError
+from vitdesk.imaging.windowing import WindowSpec
+
+_INT16_MIN, _INT16_MAX = -32768, 32767
+
+
+# ---------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a (height, width) slice sits inside the square ``size`` model input."""
+
+    height: int
+    width: int
+    size: int
+
+    @property
+    def side(self) -> int:
+        return max(self.height, self.width)
+
+    @property
+    def pad_top(self) -> int:
+        return (self.side - self.height) // 2
+
+    @property
+    def pad_left(self) -> int:
+        return (self.side - self.width) // 2
+
+    @property
+    def scale(self) -> float:
+        """Model-input pixels per slice pixel."""
+        return self.size / self.side
+
+    def crop_box(self) -> tuple[float, float, float, float]:
+        """(y0, x0, y1, x1) of the slice inside the model input, in model pixels."""
+        s = self.scale
+        return (
+            self.pad_top * s,
+            self.pad_left * s,
+            (self.pad_top + self.height) * s,
+            (self.pad_left + self.width) * s,
+        )
+
+    def to_slice(self, map2d: np.ndarray) -> np.ndarray:
+        """Map a 2-D map over the model input (any grid, e.g. 14x14 patches) to (H, W).
+
+        Inverse of steps 2-3 of the module docstring: resize to the padded square,
+        then drop the padding.
+        """
+        import cv2
+
+        m = np.asarray(map2d, dtype=np.float32)
+        sq = cv2.resize(m, (self.side, self.side), interpolation=cv2.INTER_LINEAR)
+        return sq[self.pad_top : self.pad_top + self.height,
+                  self.pad_left : self.pad_left + self.width]
+
+    def to_input_xy(self, x: float, y: float) -> tuple[float, float]:
+        """A slice pixel coordinate (x, y) in model-input pixels."""
+        return (x + self.pad_left) * self.scale, (y + self.pad_top) * self.scale
+
+
+def crop_box(height: int, width: int, img_size: int) -> tuple[float, float, float, float]:
+    """(y0, x0, y1, x1) of a (height, width) slice inside the ``img_size`` model input."""
+    return Letterbox(height, width, img_size).crop_box()
+
+
+def to_slice(map2d: np.ndarray, height: int, width: int, img_size: int) -> np.ndarray:
+    """Map a model-input map (attention etc.) back onto the (height, width) slice."""
+    return Letterbox(height, width, img_size).to_slice(map2d)
+
+
+# ---------------------------------------------------------------- pure preprocessing
+
+
+def image_to_unit(img: np.ndarray, channels: int = 3) -> np.ndarray:
+    """An already windowed image (H, W) / (H, W, 3|4) -> float32 (C, H, W) in [0, 1]."""
+    a = np.asarray(img)
+    if a.dtype == np.uint8:
+        f = a.astype(np.float32) / np.float32(255.0)
+    elif a.dtype == np.uint16:
+        f = a.astype(np.float32) / np.float32(65535.0)
+    else:
+        f = a.astype(np.float32)
+        if f.size and float(f.max()) > 1.0:  # float image in 0..255 convention
+            f = f / np.float32(255.0)
+        f = np.clip(f, 0.0, 1.0)
+    if f.ndim == 3 and f.shape[2] == 1:
+        f = f[:, :, 0]
+    if f.ndim == 2:
+        return np.repeat(f[None], channels, axis=0)
+    if f.ndim != 3 or f.shape[2] not in (3, 4):
+        raise DataError(f"unsupported image shape {a.shape}: use greyscale or RGB images")
+    rgb = f[:, :, :3].transpose(2, 0, 1)
+    if channels == 3:
+        return np.ascontiguousarray(rgb)
+    grey = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).astype(np.float32)
+    return np.repeat(grey[None], channels, axis=0)
+
+
+def to_unit(
+    hu_or_img: np.ndarray, kind: str, window: WindowSpec, channels: int = 3
+) -> np.ndarray:
+    """Step 1: HU (kind "dicom") or an image (kind "image") -> (C, H, W) in [0, 1]."""
+    if kind == "dicom":
+        return window.apply(np.asarray(hu_or_img, dtype=np.float32), channels=channels)
+    if kind == "image":
+        return image_to_unit(hu_or_img, channels)
+    raise DataError(f"unknown slice kind '{kind}': expected 'dicom' or 'image'")
+
+
+def letterbox_resize(unit: np.ndarray, img_size: int) -> np.ndarray:
+    """Steps 2-3: pad (C, H, W) to a centred square with zeros, resize to img_size."""
+    import cv2
+
+    c, h, w = unit.shape
+    box = Letterbox(h, w, img_size)
+    s = box.side
+    sq = np.zeros((s, s, c), dtype=np.float32)
+    sq[box.pad_top : box.pad_top + h, box.pad_left : box.pad_left + w] = unit.transpose(1, 2, 0)
+    if s != img_size:
+        interp = cv2.INTER_AREA if s > img_size else cv2.INTER_LINEAR
+        sq = cv2.resize(sq, (img_size, img_size), interpolation=interp)
+        if sq.ndim == 2:
+            sq = sq[:, :, None]
+    return np.ascontiguousarray(sq.transpose(2, 0, 1))
+
+
+def _stats(values: Sequence[float] | float, channels: int, name: str) -> np.ndarray:
+    v = np.atleast_1d(np.asarray(values, dtype=np.float32))
+    if v.size == 1:
+        v = np.repeat(v, channels)
+    elif v.size != channels:
+        if channels == 1:
+            v = v.mean(keepdims=True)
+        else:
+            raise DataError(f"normalisation {name} has {v.size} values for {channels} channels")
+    return v.reshape(channels, 1, 1)
+
+
+def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Step 4: (x - mean) / std per channel."""
+    c = x.shape[0]
+    return ((x - _stats(mean, c, "mean")) / _stats(std, c, "std")).astype(np.float32)
+
+
+def preprocess_slice(
+    hu_or_img: np.ndarray,
+    kind: str,
+    window: WindowSpec,
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int = 3,
+) -> np.ndarray:
+    """One slice -> float32 (channels, img_size, img_size), exactly as training sees it
+    without augmentation. See the module docstring for the geometry."""
+    unit = to_unit(hu_or_img, kind, window, channels)
+    return normalise(letterbox_resize(unit, img_size), mean, std)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_dicom_hu(path: str, frame: int = 0) -> np.ndarray:
+    """One 2-D float32 HU slice (frame ``frame`` of a multi-frame file)."""
+    try:
+        from vitdesk.imaging.dicom import read_slice_hu
+    except ImportError:
+        read_slice_hu = None
+    first_error: LoadError | None = None
+    if frame == 0 and read_slice_hu is not None:
+        # The imaging reader handles padding and codecs; it refuses multi-frame files,
+        # which the pydicom path below reads frame by frame.
+        try:
+            return read_slice_hu(path)
+        except LoadError as exc:
+            first_error = exc
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, pixel_array
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        arr = pixel_array(path, index=frame)
+    except Exception as exc:  # pydicom raises many types for corrupt/unsupported data
+        if first_error is not None:
+            raise first_error from None
+        raise LoadError(
+            f"{path}: cannot decode frame {frame} ({exc.__class__.__name__}: {exc}); "
+            "check the file or remove it from the dataset"
+        ) from None
+    return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+
+
+def read_image(path: str) -> np.ndarray:
+    """A PNG/JPEG as uint8/uint16, greyscale (H, W) or RGB (H, W, 3)."""
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"{path}: cannot read the image: the file is missing or corrupt")
+    if img.ndim == 3:
+        code = cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        img = cv2.cvtColor(img, code)
+    return img
+
+
+def read_record(rec: SliceRecord) -> np.ndarray:
+    """The raw slice of a record: HU float32 (DICOM) or the image array (PNG/JPEG).
+
+    This is what the viewer displays and what :func:`preprocess_slice` takes.
+    """
+    if not Path(rec.path).is_file():
+        raise DataError(f"{rec.path}: file missing: it was listed in the dataset; "
+                        "restore it or rebuild the dataset")
+    if rec.kind == "image":
+        return read_image(rec.path)
+    return read_dicom_hu(rec.path, rec.frame)
+
+
+def _compact_hu(hu: np.ndarray) -> np.ndarray:
+    """int16 when lossless (CT HU usually are integers), else float32."""
+    if hu.size and hu.min() >= _INT16_MIN and hu.max() <= _INT16_MAX:
+        r = np.rint(hu)
+        if np.array_equal(r, hu):
+            return r.astype(np.int16)
+    return hu.astype(np.float32)
+
+
+class LRUCache:
+    """A thread-safe LRU of numpy arrays bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key, value: np.ndarray) -> None:
+        if value.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self._d[key] = value
+            self.nbytes += value.nbytes
+            while self.nbytes > self.max_bytes:
+                _, ev = self._d.popitem(last=False)
+                self.nbytes -= ev.nbytes
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self.nbytes = 0
+
+
+# ---------------------------------------------------------------- dataset
+
+
+class SliceDataset(Dataset):
+    """Slices as normalised tensors ``(C, img_size, img_size)`` with integer labels.
+
+    ``dataset[i]`` uses epoch ``self.epoch`` (see :meth:`set_epoch`);
+    ``dataset[(i, epoch)]`` names the epoch explicitly, which is what
+    :class:`vitdesk.data.build.EpochSampler` yields so persistent DataLoader workers
+    (which hold their own copy of the dataset) still see the right epoch.
+
+    Caching: decoded slices are kept in a per-process LRU bounded by ``cache_mb``.
+    Each DataLoader worker has its own cache, so use ``persistent_workers=True``
+    (non-persistent workers start empty every epoch). Without intensity
+    augmentation the cache holds the windowed, resized [0, 1] image as float16
+    (``C * img_size**2 * 2`` bytes); with HU jitter it holds HU as int16 (or the
+    image's own uint8/uint16), because jitter must act before windowing.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[SliceRecord],
+        classes: list[str],
+        window: WindowSpec,
+        img_size: int,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        channels: int = 3,
+        augment: AugmentConfig | None = None,
+        cache: bool = True,
+        cache_mb: float = 512.0,
+    ) -> None:
+        self.records = list(records)
+        self.classes = list(classes)
+        self.class_index = {c: i for i, c in enumerate(self.classes)}
+        unknown = sorted({r.label for r in self.records if r.label is not None}
+                         - set(self.class_index))
+        if unknown:
+            raise DataError(
+                f"label(s) {', '.join(unknown)} are not among the model's classes "
+                f"({', '.join(self.classes)}): relabel or retrain with these classes"
+            )
+        self.window = window
+        self.img_size = int(img_size)
+        self.mean = tuple(float(v) for v in np.atleast_1d(mean))
+        self.std = tuple(float(v) for v in np.atleast_1d(std))
+        self.channels = int(channels)
+        self.augment = augment
+        self.epoch = 0
+        self.cache = LRUCache(int(cache_mb * 2**20)) if cache else None
+        self.n_reads = 0  # disk reads in this process (tests check the cache with it)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_img_size(self, img_size: int) -> None:
+        """Change the output size (progressive resizing); cached sources stay valid."""
+        self.img_size = int(img_size)
+
+    @property
+    def targets(self) -> list[int]:
+        return [self.class_index.get(r.label, -1) if r.label else -1 for r in self.records]
+
+    def read_source(self, index: int) -> np.ndarray:
+        """The decoded slice (HU float32 or the image array), read from disk."""
+        self.n_reads += 1
+        return read_record(self.records[index])
+
+    def _cached(self, key, make):
+        if self.cache is None:
+            return make()
+        v = self.cache.get(key)
+        if v is None:
+            v = make()
+            self.cache.put(key, v)
+        return v
+
+    def _source(self, index: int) -> np.ndarray:
+        def make() -> np.ndarray:
+            src = self.read_source(index)
+            return _compact_hu(src) if self.records[index].kind == "dicom" else src
+
+        return self._cached(("src", index), make)
+
+    def _prepared(self, index: int) -> np.ndarray:
+        """Windowed, letterboxed [0, 1] image at the current size (float32)."""
+        rec = self.records[index]
+
+        def make() -> np.ndarray:
+            unit = to_unit(self.read_source(index), rec.kind, self.window, self.channels)
+            return letterbox_resize(unit, self.img_size).astype(np.float16)
+
+        return self._cached(("prep", index, self.img_size), make).astype(np.float32)
+
+    def _intensity_aug(self, kind: str) -> bool:
+        a = self.augment
+        if a is None:
+            return False
+        return a.jitters_hu if kind == "dicom" else a.image_jitter > 0
+
+    def sample(self, index: int, epoch: int | None = None) -> np.ndarray:
+        """The float32 normalised array of one sample (no torch)."""
+        rec = self.records[index]
+        epoch = self.epoch if epoch is None else int(epoch)
+        rng = sample_rng(self.augment.seed, epoch, index) if self.augment else None
+        if self._intensity_aug(rec.kind):
+            if rec.kind == "dicom":
+                hu = jitter_hu(self._source(index), self.augment, rng)
+                unit = self.window.apply(hu, self.channels)
+            else:
+                unit = jitter_image(image_to_unit(self._source(index), self.channels),
+                                    self.augment, rng)
+            x = letterbox_resize(unit, self.img_size)
+        else:
+            x = self._prepared(index)
+        if self.augment is not None:
+            x = geometric(x, self.augment, rng)
+        return normalise(x, self.mean, self.std)
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
+        if isinstance(item, tuple | list):
+            index, epoch = int(item[0]), int(item[1])
+        else:
+            index, epoch = int(item), None
+        x = self.sample(index, epoch)
+        label = self.records[index].label
+        y = self.class_index[label] if label is not None else -1
+        return torch.from_numpy(x), y

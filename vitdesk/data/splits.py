@@ -1,0 +1,235 @@
+"""Patient-level train/val/test splits: stratified, deterministic, leak-checked.
+
+No patient ever appears in two splits (DESIGN.md). Stratification uses each
+patient's majority label. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from vitdesk.data.records import SliceRecord
+from vitdesk.errors import DataError
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_VERSION = 1
+
+
+def _counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Patients per split: largest remainder, every non-zero split gets one if possible."""
+    raw = [n * f for f in fractions]
+    counts = [int(x) for x in raw]
+    order = sorted(range(len(raw)), key=lambda i: (raw[i] - counts[i], -i), reverse=True)
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    # Small datasets: give each requested split one patient, taken from the largest.
+    for i, f in enumerate(fractions):
+        if f > 0 and counts[i] == 0:
+            donor = max(range(len(counts)), key=lambda j: counts[j])
+            if counts[donor] > 1:
+                counts[donor] -= 1
+                counts[i] += 1
+    return counts
+
+
+def _majority_label(labels: list[str | None]) -> str:
+    c = Counter(label for label in labels if label is not None)
+    if not c:
+        return ""
+    top = max(c.values())
+    return min(k for k, v in c.items() if v == top)  # ties broken alphabetically
+
+
+def patient_strata(records: Sequence[SliceRecord]) -> dict[str, str]:
+    """The class each patient is stratified by.
+
+    A patient with one label (series-level labels) is stratified by it, i.e. by its
+    majority label. A patient with several labels (slice-level labels: mostly
+    "normal" slices plus a few "lesion" ones) is stratified by its globally rarest
+    label, because by majority every such patient would be "normal" and the
+    minority class would not be spread over the splits at all.
+    """
+    overall = Counter(r.label for r in records if r.label is not None)
+    labels: dict[str, list[str | None]] = defaultdict(list)
+    for r in records:
+        labels[r.patient].append(r.label)
+    strata = {}
+    for p, ls in labels.items():
+        present = {label for label in ls if label is not None}
+        if len(present) <= 1:
+            strata[p] = _majority_label(ls)
+        else:
+            strata[p] = min(present, key=lambda k: (overall[k], k))
+    return strata
+
+
+def split_by_patient(
+    records: Sequence[SliceRecord],
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    stratify: bool = True,
+) -> dict[str, list[SliceRecord]]:
+    """Split records into train/val/test so that each patient is in exactly one split.
+
+    With ``stratify`` the patients of each class (see :func:`patient_strata`: the
+    majority label, or the rarest label of a mixed patient) are spread over the
+    splits in proportion, and every class gets at least one train patient when it
+    has one at all. The result depends only on the records and ``seed``.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise DataError(
+            f"split fractions {tuple(fractions)} are invalid: give three non-negative "
+            "numbers for train, val, test (e.g. 0.7,0.15,0.15)"
+        )
+    if fractions[0] <= 0:
+        raise DataError("the train fraction must be positive")
+    total = float(sum(fractions))
+    fr = [f / total for f in fractions]
+
+    by_patient: dict[str, list[SliceRecord]] = defaultdict(list)
+    for r in records:
+        by_patient[r.patient].append(r)
+    patients = sorted(by_patient)  # sorted first so the seed alone decides the order
+    rng = random.Random(seed)
+    majority = patient_strata(records)
+
+    if stratify:
+        # Shuffle within each class, then interleave classes by relative rank so any
+        # contiguous run of the order holds every class in proportion.
+        by_class: dict[str, list[str]] = defaultdict(list)
+        for p in patients:
+            by_class[majority[p]].append(p)
+        keyed = []
+        for cls in sorted(by_class):
+            members = by_class[cls]
+            rng.shuffle(members)
+            n = len(members)
+            keyed.extend(((i + rng.random()) / n, cls, p) for i, p in enumerate(members))
+        order = [p for _, _, p in sorted(keyed)]
+    else:
+        order = list(patients)
+        rng.shuffle(order)
+
+    counts = _counts(len(order), fr)
+    assigned: dict[str, list[str]] = {}
+    start = 0
+    for name, n in zip(SPLIT_NAMES, counts, strict=True):
+        assigned[name] = order[start : start + n]
+        start += n
+
+    if stratify:
+        _ensure_train_has_every_class(assigned, majority)
+
+    return {
+        name: [r for p in assigned[name] for r in by_patient[p]] for name in SPLIT_NAMES
+    }
+
+
+def _ensure_train_has_every_class(
+    assigned: dict[str, list[str]], majority: dict[str, str]
+) -> None:
+    """Swap patients so every class with a patient has one in train."""
+    for cls in sorted(set(majority.values())):
+        if any(majority[p] == cls for p in assigned["train"]):
+            continue
+        train_classes = Counter(majority[p] for p in assigned["train"])
+        for other in ("val", "test"):
+            cand = [p for p in assigned[other] if majority[p] == cls]
+            if not cand:
+                continue
+            # Give back a train patient of the most represented class (if it has spare).
+            spare = [p for p in assigned["train"] if train_classes[majority[p]] > 1]
+            if spare:
+                donor = max(spare, key=lambda p: (train_classes[majority[p]], p))
+                assigned["train"].remove(donor)
+                assigned[other].append(donor)
+            assigned[other].remove(cand[0])
+            assigned["train"].append(cand[0])
+            break
+
+
+def check_no_leak(splits: dict[str, Sequence[SliceRecord]]) -> None:
+    """Raise DataError if a patient or a slice appears in more than one split."""
+    seen_patient: dict[str, str] = {}
+    seen_slice: dict[tuple[str, int], str] = {}
+    for name, recs in splits.items():
+        for r in recs:
+            prev = seen_patient.get(r.patient)
+            if prev is not None and prev != name:
+                raise DataError(
+                    f"patient {r.patient} is in both the {prev} and {name} splits "
+                    f"({r.path}): split by patient, or remove the patient from one source"
+                )
+            seen_patient[r.patient] = name
+            key = (r.path, r.frame)
+            prev = seen_slice.get(key)
+            if prev is not None and prev != name:
+                raise DataError(
+                    f"{r.path} (frame {r.frame}) is in both the {prev} and {name} splits: "
+                    "remove the duplicate"
+                )
+            seen_slice[key] = name
+
+
+def _common_root(paths: list[str]) -> str:
+    if not paths:
+        return ""
+    try:
+        root = os.path.commonpath(paths)
+    except ValueError:  # different drives (Windows): keep absolute paths
+        return ""
+    # A single distinct file is its own common path: use its folder.
+    return os.path.dirname(root) if root in set(paths) else root
+
+
+def save_split(splits: dict[str, Sequence[SliceRecord]], path: str | Path) -> Path:
+    """Write the split as JSON: record paths relative to their common data root.
+
+    Only safe fields are stored (hashed patient/series keys, label, sex, age).
+    """
+    path = Path(path)
+    all_paths = [r.path for recs in splits.values() for r in recs]
+    root = _common_root([os.path.abspath(p) for p in all_paths])
+    out: dict = {"version": SPLIT_VERSION, "root": root, "splits": {}}
+    for name, recs in splits.items():
+        rows = []
+        for r in recs:
+            d = r.to_dict()
+            if root:
+                d["path"] = Path(os.path.relpath(os.path.abspath(r.path), root)).as_posix()
+            rows.append(d)
+        out["splits"][name] = rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, path)  # atomic: a crash never leaves half a split file
+    return path
+
+
+def load_split(
+    path: str | Path, data_root: str | Path | None = None
+) -> dict[str, list[SliceRecord]]:
+    """Read a split JSON; ``data_root`` rebases the paths when the data has moved."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        root = str(data_root) if data_root is not None else doc.get("root", "")
+        splits = {}
+        for name, rows in doc["splits"].items():
+            recs = []
+            for d in rows:
+                rec = SliceRecord.from_dict(d)
+                if root and not os.path.isabs(rec.path):
+                    rec = SliceRecord.from_dict({**d, "path": os.path.join(root, rec.path)})
+                recs.append(rec)
+            splits[name] = recs
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: not a vitdesk split file ({exc}): re-create the run") from None
+    return splits

@@ -34,5 +34,8 @@ test: install-test lint
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo 'no tests were collected' >&2; fi; exit $$rc
 
+bench: install-test
+	$(BIN)/python bench/load_series.py
+
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

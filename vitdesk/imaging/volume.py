@@ -37,7 +37,7 @@ class Volume:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
     meta: dict[str, Any] = field(default_factory=dict)
-    phi: dict[str, Any] = field(default_factory=dict)
+    phi: dict[str, Any] = field(default_factory=dict, repr=False)  # never log PHI
     key: str = ""
     warnings: list[str] = field(default_factory=list)
     padding: np.ndarray | None = None

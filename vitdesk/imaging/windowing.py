@@ -103,6 +103,11 @@ class WindowSpec:
             raise ConfigError(
                 f"a window definition needs 1 or 3 windows, got {len(self.windows)}"
             )
+        if len(self.names) != len(self.windows):
+            raise ConfigError(
+                f"a window definition has {len(self.windows)} windows but "
+                f"{len(self.names)} names: give one name per window"
+            )
         for w, _ in self.windows:
             if w <= 0:
                 raise ConfigError(f"window width must be positive, got {w}")

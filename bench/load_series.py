@@ -1,0 +1,130 @@
+"""Benchmark: load a 300-slice 512x512 CT series with vitdesk, SimpleITK and plain pydicom.
+
+Writes the series (shuffled file names, so nobody gets sorted input for free)
+into a temporary folder, checks the three loaders return the same HU volume,
+then times them alternately (ABCABC...) because shared machines are noisy.
+Prints a table last and writes ``bench/results/load_series.json``.
+
+    .venv/bin/python bench/load_series.py [--slices 300] [--size 512] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.pixels import apply_modality_lut
+
+from vitdesk.imaging.dicom import load_series
+from vitdesk.imaging.scan import scan_path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "load_series.json"
+
+
+def write_series(folder: Path, slices: int, size: int) -> None:
+    """A smooth synthetic body with noise, written by the sample engineer's writer."""
+    from vitdesk.imaging.dicom_write import write_ct_series
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    r = np.hypot(yy - size / 2, xx - size / 2) / (size / 2)
+    body = np.where(r < 0.8, 40.0, -1000.0).astype(np.float32)
+    hu = np.empty((slices, size, size), np.float32)
+    for k in range(slices):
+        hu[k] = body + rng.normal(0, 20, (size, size)).astype(np.float32) + k
+    paths = write_ct_series(folder, hu, spacing=(1.25, 0.7, 0.7), origin=(-180, -180, -300),
+                            rng_seed=0, series_description="bench")
+    # Shuffle names so file order says nothing about slice order.
+    perm = rng.permutation(len(paths))
+    tmp = [p.rename(p.with_name(f"tmp_{i:05d}")) for i, p in enumerate(paths)]
+    for i, p in zip(perm, tmp, strict=True):
+        p.rename(p.with_name(f"X{i:05d}.dcm"))
+
+
+def load_vitdesk(folder: Path) -> np.ndarray:
+    scan = scan_path(folder)
+    (series,) = scan.series
+    return load_series(series).hu
+
+
+def load_sitk(folder: Path) -> np.ndarray:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    img = reader.Execute()
+    return sitk.GetArrayFromImage(img)
+
+
+def load_pydicom(folder: Path) -> np.ndarray:
+    slices = []
+    for name in os.listdir(folder):
+        ds = pydicom.dcmread(folder / name)
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        pos = float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ds.ImagePositionPatient, float)))
+        slices.append((pos, apply_modality_lut(ds.pixel_array, ds)))
+    slices.sort(key=lambda s: s[0])
+    return np.stack([s[1] for s in slices]).astype(np.float32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    loaders = {"vitdesk": load_vitdesk, "SimpleITK": load_sitk, "pydicom loop": load_pydicom}
+    times: dict[str, list[float]] = {k: [] for k in loaders}
+    with tempfile.TemporaryDirectory(prefix="vitdesk-bench-") as tmp:
+        folder = Path(tmp) / "series"
+        t0 = time.perf_counter()
+        write_series(folder, args.slices, args.size)
+        print(f"wrote {args.slices} slices {args.size}x{args.size} in "
+              f"{time.perf_counter() - t0:.1f} s")
+        # Warm-up + agreement check (file cache warm for everyone afterwards).
+        ref = None
+        for name, fn in loaders.items():
+            vol = np.asarray(fn(folder), np.float32)
+            if ref is None:
+                ref = vol
+            else:
+                assert vol.shape == ref.shape, f"{name}: shape {vol.shape} != {ref.shape}"
+                assert np.array_equal(vol, ref), f"{name}: HU differ from vitdesk"
+            del vol
+        del ref
+        print("all three loaders return identical HU volumes")
+        for _ in range(args.repeats):
+            for name, fn in loaders.items():
+                t = time.perf_counter()
+                fn(folder)
+                times[name].append(time.perf_counter() - t)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "slices": args.slices, "size": args.size, "repeats": args.repeats,
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "pydicom": pydicom.__version__, "SimpleITK": sitk.Version_VersionString(),
+        "seconds": times, "median_s": med,
+        "speedup_vs_sitk": med["SimpleITK"] / med["vitdesk"],
+        "speedup_vs_pydicom_loop": med["pydicom loop"] / med["vitdesk"],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {RESULTS}")
+    print(f"{'loader':<14}{'median s':>10}{'min s':>10}{'slices/s':>10}{'vitdesk x':>11}")
+    for name in loaders:
+        m = med[name]
+        print(f"{name:<14}{m:>10.3f}{min(times[name]):>10.3f}{args.slices / m:>10.0f}"
+              f"{m / med['vitdesk']:>11.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Patient-safe keys, the safe/PHI metadata split and DICOM de-identification.
+
+``safe_key`` is the only way identifiers (UIDs, patient IDs) reach anything a
+user can export: a truncated SHA-256, stable across runs and machines.
+``deidentify`` implements the Basic Application Level Confidentiality Profile of
+DICOM PS3.15 Annex E (table E.1-1, basic profile column) for the attributes a CT
+file carries, keeping PatientSex and PatientAge (Retain Patient Characteristics
+option, E.3.6) because fairness analysis needs them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+# Shown and exported freely: acquisition and image geometry, no identity.
+SAFE_KEYWORDS: tuple[str, ...] = (
+    "Modality", "SOPClassUID", "SeriesDescription", "StudyDescription", "ProtocolName",
+    "BodyPartExamined", "SliceThickness", "SpacingBetweenSlices", "KVP", "XRayTubeCurrent",
+    "Exposure", "ConvolutionKernel", "Manufacturer", "ManufacturerModelName",
+    "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "PatientPosition",
+    "Rows", "Columns", "PixelSpacing", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "PhotometricInterpretation", "SamplesPerPixel",
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",
+    "ImageType", "ContrastBolusAgent", "GantryDetectorTilt", "NumberOfFrames",
+    "SeriesNumber", "ImageOrientationPatient", "ReconstructionDiameter", "ScanOptions",
+)
+
+# Identifying: names, IDs, dates and times, places, people, devices, UIDs.
+PHI_KEYWORDS: tuple[str, ...] = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthDate",
+    "PatientBirthTime", "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName",
+    "IssuerOfPatientID", "EthnicGroup", "PatientComments", "MilitaryRank", "Occupation",
+    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "SeriesDate", "SeriesTime",
+    "AcquisitionDate", "AcquisitionTime", "ContentDate", "ContentTime",
+    "AcquisitionDateTime", "InstanceCreationDate", "InstanceCreationTime",
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
+    "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord", "RequestingPhysician",
+    "StationName", "DeviceSerialNumber", "DeviceUID", "RequestAttributesSequence",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
+)
+
+# PS3.15 E.1-1 basic profile actions for the attributes we meet in CT:
+# X remove, Z replace with empty (type 2), D dummy value, U replace UID.
+_REMOVE: tuple[str, ...] = (
+    "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "PatientBirthTime",
+    "PatientAddress",
+    "PatientTelephoneNumbers", "PatientMotherBirthName", "IssuerOfPatientID", "EthnicGroup",
+    "PatientComments", "MilitaryRank", "Occupation", "MedicalRecordLocator",
+    "AdditionalPatientHistory", "PatientInsurancePlanCodeSequence", "BranchOfService",
+    "CountryOfResidence", "RegionOfResidence", "PatientReligiousPreference",
+    "MedicalAlerts", "Allergies", "SmokingStatus", "PregnancyStatus", "LastMenstrualDate",
+    "PatientState", "ResponsibleOrganization", "ResponsiblePerson",
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+    "InstitutionCodeSequence", "PerformingPhysicianName", "OperatorsName",
+    "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord", "RequestingPhysician",
+    "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
+    "StationName", "DeviceSerialNumber", "DeviceUID", "PlateID", "DetectorID",
+    "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime",
+    "InstanceCreationDate", "InstanceCreationTime",
+    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime",
+    "PerformedProcedureStepID", "PerformedProcedureStepDescription",
+    "RequestAttributesSequence", "AdmissionID", "AdmittingDiagnosesDescription",
+    "ImageComments", "StudyComments", "TextComments", "DerivationDescription",
+    "RequestedProcedureDescription",
+    "ScheduledProcedureStepDescription", "ReferencedPatientSequence",
+    "ReferencedStudySequence", "ReferencedPerformedProcedureStepSequence",
+    "SourceImageSequence", "ReferencedImageSequence", "IrradiationEventUID",
+    "PatientTransportArrangements", "PersonName", "VerifyingObserverName",
+    "ContentCreatorName", "DataSetTrailingPadding", "ReasonForStudy", "RequestedProcedureID",
+    # Free-text descriptions may name the patient: X in the basic profile (kept
+    # only under the Retain Description option, which we do not claim).
+    "StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments",
+)
+_EMPTY: tuple[str, ...] = (
+    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+    "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime", "ContentDate",
+    "ContentTime",
+)
+_UIDS: tuple[str, ...] = (
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
+    "SynchronizationFrameOfReferenceUID", "ReferencedSOPInstanceUID",
+    "MediaStorageSOPInstanceUID", "ConcatenationUID", "DimensionOrganizationUID",
+)
+
+# Root for replacement UIDs: the UUID-derived root of PS3.5 B.2 ("2.25.").
+_UID_ROOT = "2.25."
+
+
+def safe_key(text: str) -> str:
+    """Return a 12-hex-digit, non-identifying, stable key for ``text`` (sha256)."""
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:12]
+
+
+def _plain(value: Any) -> Any:
+    """Convert pydicom values (MultiValue, PersonName, DSfloat...) to JSON-friendly ones."""
+    if isinstance(value, MultiValue | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, PersonName):
+        return str(value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, float):  # DSfloat is a float subclass
+        return float(value)
+    if isinstance(value, int):  # IS is an int subclass
+        return int(value)
+    if isinstance(value, Dataset | list):
+        return None
+    return str(value) if value is not None else None
+
+
+def split_meta(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a dataset's header into (safe meta, phi) dicts of plain values.
+
+    Only the listed keywords are copied. ``phi["PrivateTags"]`` is True when the
+    dataset carries private elements (they may hold anything, so their presence
+    is itself treated as identifying).
+    """
+    meta: dict[str, Any] = {}
+    phi: dict[str, Any] = {}
+    for kw in SAFE_KEYWORDS:
+        value = ds.get(kw)
+        if value is None or value == "":
+            continue
+        plain = _plain(value)
+        if plain is not None:
+            meta[kw] = plain
+    for kw in PHI_KEYWORDS:
+        value = ds.get(kw)
+        if value is None or value == "":
+            continue
+        plain = _plain(value)
+        if plain is not None:
+            phi[kw] = plain
+    phi["PrivateTags"] = any(elem.tag.is_private for elem in ds)
+    return meta, phi
+
+
+def _hashed_uid(uid: str) -> str:
+    # 2.25.<decimal of a 128-bit hash>: a valid UID of at most 44 characters,
+    # the same for the same input so series stay grouped after de-identification.
+    digest = hashlib.sha256(uid.encode("ascii", "replace")).digest()[:16]
+    return _UID_ROOT + str(int.from_bytes(digest, "big"))
+
+
+def _deid_inplace(ds: Dataset) -> None:
+    ds.remove_private_tags()
+    for kw in _REMOVE:
+        if kw in ds:
+            delattr(ds, kw)
+    for kw in _EMPTY:
+        if kw in ds:
+            ds[kw].value = ""
+    for kw in _UIDS:
+        if kw in ds and ds[kw].value:
+            ds[kw].value = _hashed_uid(str(ds[kw].value))
+    # Overlay data and curves may burn in text; the profile removes them too.
+    for elem in list(ds):
+        if elem.tag.group in range(0x6000, 0x6020, 2) or elem.tag.group in range(
+            0x5000, 0x5020, 2
+        ):
+            del ds[elem.tag]
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _deid_inplace(item)
+
+
+def deidentify(ds: Dataset) -> Dataset:
+    """Return a de-identified copy of ``ds`` (PS3.15 Annex E basic profile).
+
+    Names, IDs, dates, times, institutions, physicians, device serials, comments
+    and private tags are removed or emptied; UIDs are replaced by hashed
+    ``2.25.`` UIDs (consistent within and across files, so series stay grouped);
+    PatientSex and PatientAge are kept. Pixel data is untouched (burnt-in text is
+    not detected). Sets PatientIdentityRemoved and DeidentificationMethod.
+    """
+    out = copy.deepcopy(ds)
+    _deid_inplace(out)
+    fm = getattr(out, "file_meta", None)
+    if fm is not None and "MediaStorageSOPInstanceUID" in fm and "SOPInstanceUID" in out:
+        fm.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = "vitdesk PS3.15 E basic profile; retain patient characteristics"
+    return out

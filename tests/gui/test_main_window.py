@@ -1,0 +1,165 @@
+"""Main window: import in the background (with cancel), errors listed, tabs, browser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vitdesk.gui.main_window import RUO, TAB_ORDER, MainWindow
+from vitdesk.imaging.dicom_write import write_ct_series
+
+
+@pytest.fixture
+def win(qtbot):
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    return w
+
+
+def _series(folder, hu, desc, pid="P1", sex="M", age="061Y", seed=1):
+    return write_ct_series(folder, hu, spacing=(3.0, 0.8, 0.8), origin=(0.0, 0.0, -50.0),
+                           patient={"PatientName": "TEST^ONE", "PatientID": pid,
+                                    "PatientSex": sex, "PatientAge": age},
+                           series_description=desc, window=(1500.0, -600.0), rng_seed=seed)
+
+
+def test_window_has_the_tabs_and_research_notice(win):
+    titles = [win.tabs.tabText(i) for i in range(win.tabs.count())]
+    assert titles == list(TAB_ORDER)
+    assert "Research use only" in win.windowTitle()
+    assert win.ruo_label.text() == RUO and win.ruo_label.isVisible()
+    assert not win.export_action.isEnabled()
+    placeholder = win.tabs.widget(TAB_ORDER.index("Training"))
+    assert "available once" in placeholder.label.text()
+
+
+def test_in_memory_volume_is_listed_and_shown(win, volume):
+    key = win.session.add_volume(volume)
+    assert win.browser.series_keys() == [key]
+    assert win.session.viewer.volume is volume  # selecting the first series opens it
+    np.testing.assert_array_equal(win.viewer.image.image, volume.hu[6])
+
+
+def test_background_import_lists_series_and_opens_one(qtbot, win, tmp_path):
+    hu = np.full((6, 32, 32), -1000, np.float32)
+    hu[:, 8:24, 8:24] = 40.0
+    _series(tmp_path / "a", hu, "Chest A", pid="P1")
+    _series(tmp_path / "b", hu + 10, "Chest B", pid="P2", sex="F", age="034Y", seed=2)
+    (tmp_path / "notes.txt").write_text("not an image")
+    task = win.open_path(tmp_path)
+    assert task is not None and win.job_bar.isVisible()
+    qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
+    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    assert len(win.browser.series_keys()) == 2
+    patients = [win.browser.model.item(r).text() for r in range(win.browser.model.rowCount())]
+    assert sorted(p.split(" · ", 1)[1] for p in patients) == ["F 34y", "M 61y"]
+    assert all("TEST" not in p and "P1" not in p for p in patients)  # PHI hidden
+    vol = win.session.viewer.volume
+    assert vol.shape == (6, 32, 32)
+    assert (win.session.window.width, win.session.window.level) == (1500.0, -600.0)
+    assert vol.hu[3, 16, 16] in (40.0, 50.0)
+    qtbot.waitUntil(lambda: not win.job_bar.isVisible(), timeout=5000)
+
+
+def test_unreadable_files_are_listed_with_a_reason(qtbot, win, tmp_path):
+    hu = np.zeros((3, 16, 16), np.float32)
+    _series(tmp_path / "good", hu, "ok")
+    (broken,) = _series(tmp_path / "cut", hu[:1], "cut", seed=9)
+    broken.write_bytes(broken.read_bytes()[:-100])  # pixel data cut short
+    bad_nifti = tmp_path / "junk.nii"
+    bad_nifti.write_bytes(b"this is not a NIfTI file" * 4)
+    win.open_path(tmp_path)
+    qtbot.waitUntil(lambda: win.last_errors_dialog is not None, timeout=10000)
+    table = win.last_errors_dialog.table
+    rows = {table.item(r, 0).text(): table.item(r, 1).text() for r in range(table.rowCount())}
+    assert set(rows) == {str(broken), str(bad_nifti)}
+    assert "truncated" in rows[str(broken)]
+    assert rows[str(bad_nifti)]
+    # the good series is imported; the cut one is listed too (opening it explains why)
+    assert len(win.browser.series_keys()) == 2
+    qtbot.waitUntil(lambda: win.session.load_task is None or not win.session.load_task.is_running())
+
+
+def test_cancelled_import_stops_its_thread_and_imports_nothing(qtbot, win, tmp_path):
+    hu = np.zeros((4, 16, 16), np.float32)
+    for i in range(3):
+        _series(tmp_path / f"s{i}", hu, f"s{i}", seed=i + 5)
+    task = win.open_path(tmp_path)
+    with qtbot.waitSignals([task.cancelled, task.done], order="strict", timeout=10000):
+        win.job_bar.cancel_button.click()
+    assert not task.is_running()
+    assert win.browser.series_keys() == []
+    assert win.session.viewer.volume is None
+
+
+def test_missing_path_is_a_user_error_not_a_crash(qtbot, win, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("vitdesk.gui.main_window.show_error",
+                        lambda parent, exc: shown.append(exc))
+    win.session.failed.disconnect()
+    win.session.failed.connect(lambda exc: shown.append(exc))
+    assert win.open_path(tmp_path / "nope") is None
+    assert len(shown) == 1 and "no such file or folder" in str(shown[0])
+
+
+def test_synthetic_sample_opens(qtbot, win, tmp_path):
+    from vitdesk.imaging.synthetic import generate_sample
+
+    generate_sample(tmp_path / "sample", patients=2, slices=6, size=48, seed=3)
+    task = win.open_path(tmp_path / "sample")
+    qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=15000)
+    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    assert len(win.browser.series_keys()) == 2
+    assert win.session.viewer.volume.shape == (6, 48, 48)
+
+
+def test_geometry_is_remembered(qtbot, tmp_path):
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.resize(900, 520)  # the offscreen screen is 800x600: test the height
+    w.show()
+    w.close()
+    again = MainWindow()
+    qtbot.addWidget(again)
+    assert again.height() == w.height() == 520  # the default would be 880
+
+
+
+
+def test_dropping_a_folder_imports_it(qtbot, win, tmp_path):
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    _series(tmp_path / "dropped", np.zeros((3, 16, 16), np.float32), "dropped")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "dropped"))])
+    ev = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime,
+                    Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    win.dropEvent(ev)
+    task = win.session.import_task
+    assert task is not None
+    qtbot.waitUntil(lambda: len(win.browser.series_keys()) == 1, timeout=10000)
+    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
+
+
+def test_new_workspace_keeps_open_series_and_is_recent(qtbot, win, tmp_path, volume):
+    from vitdesk.gui.settings import open_settings, recent_workspaces
+
+    files = _series(tmp_path / "s", np.zeros((3, 16, 16), np.float32), "kept")
+    task = win.open_path(tmp_path / "s")
+    qtbot.waitUntil(lambda: not task.is_running(), timeout=10000)
+    qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
+    win.new_workspace(tmp_path / "ws")
+    ws = win.session.workspace
+    assert [s.files for s in ws.series()] == [tuple(str(f) for f in files)]
+    assert len(win.browser.series_keys()) == 1
+    assert recent_workspaces(open_settings())[0] == str((tmp_path / "ws").resolve())
+    assert "ws" in win.windowTitle() and "Research use only" in win.windowTitle()
+    # a workspace folder given as PATH (command line, drop) opens as a workspace
+    win.session.close_workspace()
+    assert win.open_path(tmp_path / "ws") is None
+    assert win.session.workspace is not None and len(win.browser.series_keys()) == 1
+    qtbot.waitUntil(lambda: not any(t is not None and t.is_running() for t in (
+        win.session.thumb_task, win.session.load_task)), timeout=10000)

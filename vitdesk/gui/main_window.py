@@ -1,0 +1,261 @@
+"""The main window: assembles panels, menus, toolbar and status bar. No logic of its own.
+
+Left: study browser. Centre: slice viewer. Right: one tab per task. Background
+work shows in the status bar with a Cancel button. Research use only is stated
+in the title and permanently in the status bar.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings, Qt
+from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QWidget,
+)
+
+from vitdesk import __version__
+from vitdesk.gui import settings as gui_settings
+from vitdesk.gui.dialogs import FileErrorsDialog, show_error
+from vitdesk.gui.job_bar import JobBar
+from vitdesk.gui.resources import icon
+from vitdesk.gui.session import Session
+from vitdesk.gui.slice_view import SliceView
+from vitdesk.gui.study_browser import StudyBrowser
+from vitdesk.gui.tabs.dataset_tab import DatasetTab
+from vitdesk.gui.tabs.placeholder import PlaceholderTab
+from vitdesk.gui.tabs.windowing_tab import WindowingTab
+from vitdesk.gui.widgets import RailTabs
+from vitdesk.gui.worker import Task
+
+RUO = "Research use only — not for diagnosis or treatment"
+TAB_ORDER = ("Windowing", "Dataset", "Training", "Attention", "Inference", "Fairness",
+             "Robustness", "Report")
+
+
+class MainWindow(QMainWindow):
+    """Top-level window over one :class:`Session`."""
+
+    def __init__(self, session: Session | None = None, settings: QSettings | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session or Session()
+        self.settings = settings or gui_settings.open_settings()
+        self.setWindowTitle(f"vitdesk {__version__} — {RUO}")
+        self.setWindowIcon(icon("app"))
+        self.setAcceptDrops(True)
+        self.last_errors_dialog: FileErrorsDialog | None = None
+
+        s = self.session
+        self.browser = StudyBrowser(s.library, s.viewer, self)
+        self.viewer = SliceView(s.viewer, s.window, self)
+        self.tabs = RailTabs(self)
+        self.windowing_tab = WindowingTab(s.window, s.viewer, self.settings, self)
+        self.tabs.addTab(self.windowing_tab, "Windowing")
+        self.dataset_tab = DatasetTab(self.session, self)
+        self.dataset_tab.install_shortcuts(self)
+        self.tabs.addTab(self.dataset_tab, "Dataset")
+        for title in TAB_ORDER[2:]:
+            self.tabs.addTab(PlaceholderTab(title, self), title)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
+        self.splitter.addWidget(self.browser)
+        self.splitter.addWidget(self.viewer)
+        self.splitter.addWidget(self.tabs)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(2, 0)
+        self.splitter.setSizes([280, 630, 530])
+        self.setCentralWidget(self.splitter)
+
+        self.job_bar = JobBar(self)
+        self.ruo_label = QLabel(RUO, self)
+        self.ruo_label.setObjectName("ruoNotice")
+        self.statusBar().addPermanentWidget(self.job_bar)
+        self.statusBar().addPermanentWidget(self.ruo_label)
+
+        self._make_actions()
+        self._make_menus()
+
+        self.browser.series_selected.connect(s.open_series)
+        s.task_started.connect(self._on_task_started)
+        s.failed.connect(lambda exc: show_error(self, exc))
+        s.import_errors.connect(self.show_file_errors)
+        s.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        s.workspace_changed.connect(self._on_workspace)
+
+        geom = self.settings.value("window/geometry")
+        if isinstance(geom, QByteArray | bytes) and geom:
+            self.restoreGeometry(QByteArray(geom))
+        else:
+            self.resize(1440, 880)
+
+    # ------------------------------------------------------------------ actions
+    def _action(self, text: str, slot, shortcut: str | QKeySequence | None = None,
+                icon_name: str | None = None, tip: str = "") -> QAction:
+        act = QAction(text, self)
+        if icon_name:
+            act.setIcon(icon(icon_name))
+        if shortcut:
+            act.setShortcut(QKeySequence(shortcut))
+        if tip:
+            act.setStatusTip(tip)
+            act.setToolTip(tip)
+        act.triggered.connect(slot)
+        return act
+
+    def _make_actions(self) -> None:
+        self.open_folder_action = self._action(
+            "Open &folder…", self.open_folder_dialog, QKeySequence.StandardKey.Open,
+            "open_folder", "Import every DICOM series under a folder")
+        self.open_file_action = self._action(
+            "Open f&ile…", self.open_file_dialog, "Ctrl+Shift+O", "open_file",
+            "Open one DICOM, NIfTI, MHA or NRRD file")
+        self.open_ws_action = self._action(
+            "Open &workspace…", self.open_workspace_dialog, "Ctrl+Shift+W", "workspace",
+            "Open a workspace folder (series, labels, runs)")
+        self.new_ws_action = self._action(
+            "&New workspace…", self.new_workspace_dialog, "Ctrl+N", "new_workspace",
+            "Create a workspace folder; the open series are added to it")
+        self.export_action = self._action(
+            "&Export report…", lambda: None, None, "report",
+            "Available once the report module lands")
+        self.export_action.setEnabled(False)
+        self.settings_action = self._action(
+            "&Settings…", self.show_settings, QKeySequence.StandardKey.Preferences, "settings",
+            "Where settings are kept")
+        self.about_action = self._action("&About vitdesk", self.show_about, None, "about")
+        self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
+
+    def _make_menus(self) -> None:
+        mb = self.menuBar()
+        file_menu = mb.addMenu("&File")
+        for a in (self.open_folder_action, self.open_file_action, self.open_ws_action,
+                  self.new_ws_action):
+            file_menu.addAction(a)
+        self.recent_menu = file_menu.addMenu("Recent workspaces")
+        self._fill_recent()
+        file_menu.addSeparator()
+        file_menu.addAction(self.export_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        edit_menu = mb.addMenu("&Edit")
+        edit_menu.addAction(self.settings_action)
+        view_menu = mb.addMenu("&View")
+        for axis in ("axial", "coronal", "sagittal"):
+            view_menu.addAction(self._action(
+                axis.capitalize(), lambda _c=False, a=axis: self.session.viewer.set_axis(a)))
+        view_menu.addAction(self._action("Reset window", self.session.window.reset, None,
+                                         "reset"))
+        help_menu = mb.addMenu("&Help")
+        help_menu.addAction(self.about_action)
+
+        tb = self.addToolBar("Main")
+        tb.setObjectName("mainToolbar")
+        tb.setMovable(False)
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        for a in (self.open_folder_action, self.open_file_action, self.open_ws_action,
+                  self.new_ws_action):
+            tb.addAction(a)
+        tb.addSeparator()
+        tb.addAction(self.export_action)
+        tb.addSeparator()
+        tb.addAction(self.settings_action)
+        tb.addAction(self.about_action)
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        recent = gui_settings.recent_workspaces(self.settings)
+        for folder in recent:
+            self.recent_menu.addAction(folder, lambda f=folder: self.session.open_workspace(f))
+        self.recent_menu.setEnabled(bool(recent))
+
+    # ------------------------------------------------------------------ slots
+    def open_path(self, path: str | Path) -> Task | None:
+        """Import a folder, file or workspace (what the command line PATH does)."""
+        return self.session.import_path(path)
+
+    def open_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of DICOM series")
+        if folder:
+            self.open_path(folder)
+
+    def open_file_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open an image file", "",
+            "Medical images (*.dcm *.nii *.nii.gz *.mha *.mhd *.nrrd *.nhdr);;All files (*)")
+        if path:
+            self.open_path(path)
+
+    def open_workspace_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a workspace folder")
+        if folder:
+            self.session.open_workspace(folder, create=False)
+
+    def new_workspace_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose an empty folder for the workspace")
+        if folder:
+            self.new_workspace(folder)
+
+    def new_workspace(self, folder: str | Path) -> None:
+        """Create a workspace in ``folder`` and add the series already open to it."""
+        self.session.new_workspace(folder)
+
+    def _on_workspace(self, ws) -> None:
+        if ws is None:
+            self.setWindowTitle(f"vitdesk {__version__} — {RUO}")
+            return
+        folder = str(getattr(ws, "folder", ""))
+        self.setWindowTitle(f"vitdesk — {Path(folder).name} — {RUO}")
+        if folder:
+            gui_settings.add_recent_workspace(self.settings, folder)
+            self._fill_recent()
+
+    def _on_task_started(self, task: Task, text: str) -> None:
+        self.job_bar.attach(task, text)
+
+    def show_file_errors(self, errors: list[tuple[str, str]]) -> None:
+        self.last_errors_dialog = FileErrorsDialog(errors, self)
+        self.last_errors_dialog.open()
+
+    def show_about(self) -> None:
+        QMessageBox.about(
+            self, "About vitdesk",
+            f"<b>vitdesk {__version__}</b><br>Vision Transformer transfer learning for CT, "
+            "offline.<br><br><b>Research use only.</b> vitdesk is not a medical device; its "
+            "outputs are not for diagnosis, treatment or any clinical decision.")
+
+    def show_settings(self) -> None:
+        QMessageBox.information(
+            self, "Settings",
+            f"Window layout, recent workspaces and custom presets are kept in\n"
+            f"{self.settings.fileName()}\nCustom presets are edited in the Windowing tab.")
+
+    # ------------------------------------------------------------------ drag and drop
+    def dragEnterEvent(self, ev: QDragEnterEvent) -> None:  # noqa: N802 - Qt naming
+        if ev.mimeData().hasUrls():
+            ev.acceptProposedAction()
+
+    def dropEvent(self, ev: QDropEvent) -> None:  # noqa: N802 - Qt naming
+        paths = [u.toLocalFile() for u in ev.mimeData().urls() if u.isLocalFile()]
+        for p in paths[:1] if len(paths) == 1 else [self._common_parent(paths)]:
+            self.open_path(p)
+        ev.acceptProposedAction()
+
+    @staticmethod
+    def _common_parent(paths: list[str]) -> str:
+        # Several dropped files usually belong to one series: import their folder.
+        parents = {str(Path(p).parent) for p in paths}
+        return parents.pop() if len(parents) == 1 else str(Path(paths[0]).parent)
+
+    def closeEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.sync()
+        self.session.shutdown()
+        super().closeEvent(ev)

@@ -1,0 +1,213 @@
+"""The open session: library, viewer and window state, workspace, background tasks.
+
+No widgets here. The main window and the tabs call these methods and listen to
+the signals; every slow step runs in a :class:`~vitdesk.gui.worker.Task`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from vitdesk.errors import LoadError
+from vitdesk.gui.library import (
+    ImportResult,
+    Library,
+    SeriesEntry,
+    Thumbnail,
+    import_path,
+    load_entry,
+    make_thumbnails,
+)
+from vitdesk.gui.state import ViewerState, WindowState
+from vitdesk.gui.worker import Task
+from vitdesk.imaging.volume import Volume
+
+WORKSPACE_DB = "workspace.sqlite"
+FALLBACK_WINDOW = (400.0, 40.0)  # soft tissue, when a file carries no window
+
+
+def is_workspace(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / WORKSPACE_DB).is_file()
+
+
+class Session(QObject):
+    """Everything the workbench has open, and the operations on it."""
+
+    task_started = Signal(object, str)  # Task, text for the status bar
+    import_finished = Signal(object)  # ImportResult
+    import_errors = Signal(list)  # [(path, reason)]
+    failed = Signal(object)  # exception to show
+    workspace_changed = Signal(object)  # Workspace | None
+    message = Signal(str)  # short status text
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.library = Library()
+        self.viewer = ViewerState()
+        self.window = WindowState(*FALLBACK_WINDOW)
+        self.workspace: Any = None
+        self.import_task: Task | None = None
+        self.load_task: Task | None = None
+        self.thumb_task: Task | None = None
+        self.current_key: str | None = None
+        self._wanted: str | None = None
+
+    # ------------------------------------------------------------------ import
+    def import_path(self, path: str | Path) -> Task | None:
+        """Open a folder, file or workspace in the background (workspace: at once)."""
+        if is_workspace(path):
+            self.open_workspace(path)
+            return None
+        if not Path(path).exists():
+            self.failed.emit(LoadError(f"{path}: no such file or folder; check the path"))
+            return None
+        if self.import_task is not None and self.import_task.is_running():
+            self.message.emit("An import is already running; cancel it first.")
+            return None
+        task = Task(import_path, str(path), name="import")
+        task.finished.connect(self._on_imported)
+        task.errored.connect(self.failed)
+        task.cancelled.connect(lambda: self.message.emit("Import cancelled."))
+        self.import_task = task
+        self.task_started.emit(task, f"Importing {Path(path).name}")
+        return task.start()
+
+    def _on_imported(self, result: ImportResult) -> None:
+        new = self.library.add(result.entries)
+        if self.workspace is not None:
+            self.record_in_workspace(new)
+        self.message.emit(f"Imported {len(new)} series from {result.n_files} files.")
+        if result.errors:
+            self.import_errors.emit(result.errors)
+        self.import_finished.emit(result)
+
+    def add_volume(self, volume: Volume) -> str:
+        """Show an in-memory volume (volume files, tests); returns its key."""
+        key = self.library.add_volume(volume)
+        return key
+
+    # ------------------------------------------------------------------ series
+    def open_series(self, key: str) -> Task | None:
+        """Show series ``key``, loading its pixels in the background if needed."""
+        entry = self.library.entries.get(key)
+        if entry is None:
+            return None
+        self._wanted = key
+        vol = self.library.cached(key)
+        if vol is not None:
+            self._show(key, vol)
+            return None
+        if self.load_task is not None and self.load_task.is_running():
+            self.load_task.cancel()  # the user moved on: the older load is moot
+        task = Task(load_entry, entry, name="load")
+        task.finished.connect(lambda v, k=key: self._on_loaded(k, v))
+        task.errored.connect(self.failed)
+        self.load_task = task
+        self.task_started.emit(task, f"Loading {entry.description or key}")
+        return task.start()
+
+    def _on_loaded(self, key: str, volume: Volume) -> None:
+        self.library.remember(key, volume)
+        if key == self._wanted:  # a slower, older load must not replace a newer choice
+            self._show(key, volume)
+
+    def _show(self, key: str, volume: Volume) -> None:
+        self.current_key = key
+        self.window.default = volume.default_window or FALLBACK_WINDOW
+        self.viewer.set_volume(volume)
+        self.window.reset()
+
+    # ------------------------------------------------------------------ workspace
+    def open_workspace(self, folder: str | Path, create: bool = False) -> Any:
+        """Open (or create) a workspace and list its series instead of the current ones."""
+        from vitdesk.data.workspace import Workspace
+
+        try:
+            ws = Workspace.open(Path(folder), create=create)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, never a crash
+            self.failed.emit(exc)
+            return None
+        self.close_workspace()
+        self.workspace = ws
+        self.library.clear()
+        self.viewer.set_volume(None)
+        self.current_key = None
+        entries = self._entries_from_workspace(ws)
+        self.library.add(entries)
+        self.workspace_changed.emit(ws)
+        self.message.emit(f"Workspace {Path(folder).name} open: {len(entries)} series.")
+        if entries:
+            self._start_thumbnails(entries)
+        return ws
+
+    def new_workspace(self, folder: str | Path) -> Any:
+        """Create a workspace in ``folder`` and add the series already open to it."""
+        entries = list(self.library.entries.values())
+        ws = self.open_workspace(folder, create=True)
+        if ws is not None and entries:
+            self.record_in_workspace(entries)
+            self.library.add(entries)
+        return ws
+
+    def close_workspace(self) -> None:
+        if self.workspace is not None:
+            self.workspace.close()
+            self.workspace = None
+            self.workspace_changed.emit(None)
+
+    def _entries_from_workspace(self, ws: Any) -> list[SeriesEntry]:
+        return [
+            SeriesEntry(
+                key=s.key, patient_key=s.patient_key, study_key=s.study_key,
+                modality=s.modality, description=s.description, n_slices=s.n_slices,
+                sex=s.meta.get("PatientSex") or None, age=s.meta.get("PatientAge") or None,
+                files=tuple(s.files), meta=dict(s.meta), phi={},
+                # Slice order in a workspace is the order of its file list.
+                source=list(s.files),
+            )
+            for s in ws.series()
+        ]
+
+    def record_in_workspace(self, entries: list[SeriesEntry]) -> None:
+        """Index these series in the open workspace (re-recording one is harmless)."""
+        from vitdesk.imaging.scan import ScanResult, SeriesInfo
+
+        infos = []
+        for e in entries:
+            if isinstance(e.source, SeriesInfo):
+                infos.append(e.source)
+            elif isinstance(e.source, Volume) and e.files:
+                infos.append(SeriesInfo(e.key, e.patient_key, e.study_key, tuple(e.files),
+                                        e.modality, e.description, dict(e.meta), {},
+                                        e.n_slices))
+        if infos:
+            try:
+                self.workspace.import_scan(ScanResult(infos, [], 0))
+            except Exception as exc:  # noqa: BLE001 - shown to the user, never a crash
+                self.failed.emit(exc)
+
+    def _start_thumbnails(self, entries: list[SeriesEntry]) -> None:
+        task = Task(make_thumbnails, [(e.key, e.files, e.meta) for e in entries],
+                    name="thumbnails")
+        task.event.connect(self._on_thumbnail)
+        self.thumb_task = task
+        self.task_started.emit(task, "Making previews")
+        task.start()
+
+    def _on_thumbnail(self, ev: Any) -> None:
+        if isinstance(ev, Thumbnail):
+            entry = self.library.entries.get(ev.key)
+            if entry is not None:
+                entry.thumbnail = ev.image
+                self.library.thumbnail_ready.emit(ev.key)
+
+    def shutdown(self) -> None:
+        for task in (self.import_task, self.load_task, self.thumb_task):
+            if task is not None and task.is_running():
+                task.cancel()
+                task.wait(5000)
+        self.close_workspace()

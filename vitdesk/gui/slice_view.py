@@ -1,0 +1,319 @@
+"""The slice viewer: one pyqtgraph ImageItem showing HU through the current window.
+
+Interaction (as in radiology viewers):
+    mouse wheel, Up/Down, Left/Right      previous / next slice
+    PageUp / PageDown                     ten slices back / forward
+    Home / End                            first / last slice
+    left drag                             window: right = wider, up = higher level
+    right drag / Ctrl+wheel               zoom; middle drag: pan
+    1..9                                  window presets in table order
+    R                                     reset to the series' own window
+    A / C / S                             axial / coronal / sagittal
+
+Speed: the ImageItem is created once; each slice change calls ``setImage`` on it
+with the HU view and ``levels=(L - W/2, L + W/2)`` so pyqtgraph's own lookup does
+the windowing (no per-frame array work here), and a window change only calls
+``setLevels``. CLAHE needs the windowed image, so with CLAHE on each frame is
+windowed, equalised and shown as uint8.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from vitdesk.gui import geometry
+from vitdesk.gui.resources import preset_keys
+from vitdesk.gui.state import AXES, ViewerState, WindowState
+from vitdesk.imaging.windowing import apply_window, clahe
+
+PAGE_STEP = 10
+_PHI_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "AccessionNumber",
+               "InstitutionName")
+
+
+def window_drag_delta(width: float, dx: float, dy: float) -> tuple[float, float]:
+    """Change of (width, level) for a drag of (dx, dy) screen pixels (y grows downward).
+
+    Right widens the window, up raises the level. The step grows with the window
+    so both a 40 HU stroke window and a 1800 HU bone window are easy to adjust.
+    """
+    scale = max(1.0, width / 200.0)
+    return (dx * scale, -dy * scale)
+
+
+class _SliceViewBox(pg.ViewBox):
+    """ViewBox with radiology mouse bindings; knows nothing of volumes."""
+
+    def __init__(self, owner: SliceView) -> None:
+        super().__init__(lockAspect=True, invertY=True, enableMenu=False)
+        self._owner = owner
+
+    def wheelEvent(self, ev, axis=None):  # noqa: N802 - Qt naming
+        if ev.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            super().wheelEvent(ev, axis)
+            return
+        ev.accept()
+        self._owner.viewer.step(-1 if ev.delta() > 0 else 1)
+
+    def mouseDragEvent(self, ev, axis=None):  # noqa: N802 - Qt naming
+        if ev.button() == Qt.MouseButton.LeftButton:
+            ev.accept()
+            d = ev.screenPos() - ev.lastScreenPos()
+            self._owner.drag_window(d.x(), d.y())
+            return
+        super().mouseDragEvent(ev, axis)
+
+
+class SliceView(QWidget):
+    """Slice viewer bound to a :class:`ViewerState` and a :class:`WindowState`."""
+
+    cursor_text_changed = Signal(str)
+
+    def __init__(self, viewer: ViewerState, window: WindowState,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer, self.window = viewer, window
+        self._presets = preset_keys()
+        self._clahe_cache: dict[tuple, np.ndarray] = {}
+
+        self.banner = QLabel(self)
+        self.banner.setObjectName("banner")
+        self.banner.setWordWrap(True)
+        self.banner.hide()
+
+        self.phi_label = QLabel(self)
+        self.phi_label.setObjectName("phi")
+        # Identifiers can be long: never let them widen the viewer (tooltip has all).
+        self.phi_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.phi_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+
+        self.axis_buttons = QButtonGroup(self)
+        axis_row = QHBoxLayout()
+        axis_row.setContentsMargins(0, 0, 0, 0)
+        for i, axis in enumerate(AXES):
+            b = QPushButton(axis.capitalize(), self)
+            b.setCheckable(True)
+            b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            b.setToolTip(f"{axis.capitalize()} view ({axis[0].upper()})")
+            self.axis_buttons.addButton(b, i)
+            axis_row.addWidget(b)
+        self.axis_buttons.button(0).setChecked(True)
+        self.axis_buttons.idClicked.connect(lambda i: self.viewer.set_axis(AXES[i]))
+        axis_row.addSpacing(12)
+        axis_row.addWidget(self.phi_label, 1)
+
+        self.graphics = pg.GraphicsLayoutWidget(self)
+        self.graphics.setBackground("#000000")
+        self.graphics.ci.setContentsMargins(0, 0, 0, 0)
+        self.view = _SliceViewBox(self)
+        self.graphics.addItem(self.view)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.view.addItem(self.image)
+        self.graphics.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.graphics.installEventFilter(self)
+        self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
+        self.graphics.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+        self.info_label = QLabel(self)
+        self.info_label.setObjectName("overlay")
+        self.cursor_label = QLabel(self)
+        self.cursor_label.setObjectName("overlay")
+        self.cursor_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.setSpacing(4)
+        lay.addLayout(axis_row)
+        lay.addWidget(self.banner)
+        lay.addWidget(self.graphics, 1)
+        lay.addWidget(self.info_label)
+        lay.addWidget(self.cursor_label)
+
+        viewer.volume_changed.connect(self._on_volume)
+        viewer.axis_changed.connect(self._on_axis)
+        viewer.slice_changed.connect(self._on_slice)
+        viewer.show_phi_changed.connect(lambda _on: self._update_phi())
+        window.changed.connect(self._on_window)
+        window.clahe_changed.connect(lambda _on: self._render())
+        self._on_volume(viewer.volume)
+
+    # ----------------------------------------------------------------- state -> view
+    def _on_volume(self, volume) -> None:
+        self._clahe_cache.clear()
+        if volume is None:
+            self.image.clear()
+            self.banner.hide()
+            self.info_label.setText("No series open. Use File > Open folder, or drop files here.")
+            self.cursor_label.setText("")
+            self._update_phi()
+            return
+        # MONOCHROME1 stores bright as low values: invert the display LUT only.
+        lut = np.arange(255, -1, -1, dtype=np.uint8) if volume.invert_display else None
+        self.image.setLookupTable(lut, update=False)
+        if volume.warnings:
+            self.banner.setText("Warning: " + " | ".join(volume.warnings))
+            self.banner.show()
+        else:
+            self.banner.hide()
+        self._update_phi()
+        self._on_axis(self.viewer.axis)
+
+    def _on_axis(self, axis: str) -> None:
+        self.axis_buttons.button(AXES.index(axis)).setChecked(True)
+        vol = self.viewer.volume
+        if vol is None:
+            return
+        self._render()
+        h, w = self.image.image.shape[:2]
+        pw, ph = geometry.pixel_size(vol, axis)
+        # The item's rect is in mm, so a locked 1:1 aspect shows true proportions.
+        self.image.setRect(QRectF(0, 0, w * pw, h * ph))
+        self.view.autoRange(padding=0.02)
+
+    def _on_slice(self, _index: int) -> None:
+        self._render()
+
+    def _on_window(self, _w: float, _l: float) -> None:
+        if self.window.clahe:
+            self._render()
+        else:
+            self.image.setLevels(self.window.levels)
+            self._update_info()
+
+    def _render(self) -> None:
+        vol = self.viewer.volume
+        if vol is None:
+            return
+        img = geometry.plane(vol, self.viewer.axis, self.viewer.index)
+        if self.window.clahe:
+            key = (self.viewer.axis, self.viewer.index, self.window.width, self.window.level)
+            u8 = self._clahe_cache.get(key)
+            if u8 is None:
+                eq = clahe(apply_window(img, self.window.width, self.window.level))
+                u8 = np.rint(eq * 255).astype(np.uint8)
+                if len(self._clahe_cache) > 64:
+                    self._clahe_cache.clear()
+                self._clahe_cache[key] = u8
+            self.image.setImage(u8, autoLevels=False, levels=(0, 255))
+        else:
+            self.image.setImage(img, autoLevels=False, levels=self.window.levels)
+        self._update_info()
+
+    def _update_info(self) -> None:
+        vol = self.viewer.volume
+        if vol is None:
+            return
+        axis, i, n = self.viewer.axis, self.viewer.index, self.viewer.n_slices()
+        if axis == "axial":
+            pos = geometry.slice_position_mm(vol, i)
+            thick = vol.meta.get("SliceThickness") or vol.spacing[0]
+            where = f"pos {pos:.1f} mm   thickness {float(thick):.2f} mm"
+        else:
+            x, y, _ = geometry.voxel_at(vol, axis, i, 0, 0)
+            mm = geometry.voxel_to_mm(vol, x, y, 0)
+            coord = mm[1] if axis == "coronal" else mm[0]
+            step = vol.spacing[1] if axis == "coronal" else vol.spacing[2]
+            where = f"pos {coord:.1f} mm   spacing {float(step):.2f} mm"
+        extra = "  CLAHE" if self.window.clahe else ""
+        self.info_label.setText(
+            f"{axis.capitalize()}  slice {i + 1}/{n}   {where}   "
+            f"W {self.window.width:.0f}  L {self.window.level:.0f}{extra}"
+        )
+
+    def _update_phi(self) -> None:
+        vol = self.viewer.volume
+        shown = vol is not None and self.viewer.show_phi
+        if not shown:
+            self.phi_label.setText("" if vol is None else "Patient identifiers hidden")
+        else:
+            parts = [str(vol.phi[k]) for k in _PHI_FIELDS if vol.phi.get(k)]
+            self.phi_label.setText(" · ".join(parts) or "No patient identifiers in this series")
+        self.phi_label.setToolTip(self.phi_label.text())
+        # A dynamic property drives the style sheet colour; re-polish to apply it.
+        self.phi_label.setProperty("shown", shown)
+        self.phi_label.style().unpolish(self.phi_label)
+        self.phi_label.style().polish(self.phi_label)
+
+    # ----------------------------------------------------------------- view -> state
+    def drag_window(self, dx: float, dy: float) -> None:
+        """Apply a window/level drag of (dx, dy) screen pixels."""
+        dw, dl = window_drag_delta(self.window.width, dx, dy)
+        self.window.set_window(self.window.width + dw, self.window.level + dl)
+
+    def handle_key(self, ev: QKeyEvent) -> bool:
+        """Viewer keyboard bindings; True when the key was used."""
+        key, mods = ev.key(), ev.modifiers()
+        if mods & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier):
+            return False  # Ctrl+digits belong to labelling shortcuts
+        steps = {Qt.Key.Key_Up: -1, Qt.Key.Key_Left: -1, Qt.Key.Key_Down: 1,
+                 Qt.Key.Key_Right: 1, Qt.Key.Key_PageUp: -PAGE_STEP,
+                 Qt.Key.Key_PageDown: PAGE_STEP}
+        if key in steps:
+            self.viewer.step(steps[key])
+        elif key == Qt.Key.Key_Home:
+            self.viewer.set_index(0)
+        elif key == Qt.Key.Key_End:
+            self.viewer.set_index(self.viewer.n_slices() - 1)
+        elif Qt.Key.Key_1 <= key <= Qt.Key.Key_9:
+            n = int(key) - int(Qt.Key.Key_1)
+            if n < len(self._presets):
+                p = self._presets[n]
+                self.window.apply_preset(p.name.lower().replace(" ", "_"))
+        elif key == Qt.Key.Key_R:
+            self.window.reset()
+        elif key in (Qt.Key.Key_A, Qt.Key.Key_C, Qt.Key.Key_S):
+            self.viewer.set_axis({Qt.Key.Key_A: "axial", Qt.Key.Key_C: "coronal",
+                                  Qt.Key.Key_S: "sagittal"}[key])
+        else:
+            return False
+        return True
+
+    def eventFilter(self, obj: QObject, ev: QEvent) -> bool:  # noqa: N802 - Qt naming
+        if obj is self.graphics and ev.type() == QEvent.Type.KeyPress and self.handle_key(ev):
+            return True
+        return super().eventFilter(obj, ev)
+
+    def keyPressEvent(self, ev: QKeyEvent) -> None:  # noqa: N802 - Qt naming
+        if not self.handle_key(ev):
+            super().keyPressEvent(ev)
+
+    def _on_mouse_moved(self, scene_pos: QPointF) -> None:
+        vol = self.viewer.volume
+        img = self.image.image
+        if vol is None or img is None:
+            return
+        p = self.image.mapFromScene(scene_pos)
+        col, row = int(np.floor(p.x())), int(np.floor(p.y()))
+        h, w = img.shape[:2]
+        if not (0 <= row < h and 0 <= col < w):
+            self.cursor_label.setText("")
+            return
+        text = self.readout(row, col)
+        self.cursor_label.setText(text)
+        self.cursor_text_changed.emit(text)
+
+    def readout(self, row: int, col: int) -> str:
+        """Text for the voxel under display pixel (row, col): HU, voxel and mm position."""
+        vol = self.viewer.volume
+        axis, i = self.viewer.axis, self.viewer.index
+        x, y, z = geometry.voxel_at(vol, axis, i, row, col)
+        hu = float(vol.hu[z, y, x])
+        mm = geometry.voxel_to_mm(vol, x, y, z)
+        unit = " HU" if str(vol.meta.get("Modality") or "CT").upper() == "CT" else ""
+        return (f"{hu:.0f}{unit}   voxel ({x}, {y}, {z})   "
+                f"({mm[0]:.1f}, {mm[1]:.1f}, {mm[2]:.1f}) mm")
+
+    def grab_focus(self) -> None:
+        self.graphics.setFocus()

@@ -1,0 +1,1 @@
+"""Right-hand tabs of the main window, one module each."""

@@ -1,0 +1,184 @@
+"""The synthetic sample: CT-like HU, a visible lesion where labelled, determinism."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut
+
+from vitdesk.errors import Cancelled, DataError
+from vitdesk.imaging import synthetic
+from vitdesk.imaging.synthetic import (
+    README_MARKER,
+    generate_sample,
+    render_case,
+    sample_demographics,
+)
+from vitdesk.jobs import CancelToken, Progress
+
+LUNG, LIVER = 2, 3
+
+
+def _read_labels(csv_path: Path) -> list[dict[str, str]]:
+    with open(csv_path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tissue_hu_ranges():
+    case = render_case(seed=3, index=0, sex="M", age=50, positive=False, slices=12, size=96)
+    hu, tissue = case.hu, case.tissue
+    assert case.labels == ["normal"] * 12 and case.lesions == []
+    lung = hu[tissue == LUNG]
+    assert lung.size > 2000
+    assert -880 < float(lung.mean()) < -780  # parenchyma ~ -850 plus vessels
+    liver = hu[tissue == LIVER]
+    assert liver.size > 500
+    assert 45 < float(np.median(liver)) < 80
+    corner = hu[:, :6, :6]
+    assert -1024 <= float(corner.mean()) < -960  # air outside the patient
+    for k in range(12):
+        assert (hu[k] > 300).sum() * case.px_mm**2 > 300  # spine (+ ribs) on every slice
+        body = hu[k][tissue[k] > 0]
+        assert ((body > -130) & (body < -70)).mean() > 0.03  # subcutaneous fat
+    chest = hu[: 12 // 2]
+    assert (chest > 200).sum() > 0 and (chest < -950).sum() > 0  # contrast aorta, airway
+    assert 8 < float(np.std(hu[0, :6, :])) < 25  # noise in air of 10-18 HU (clipped)
+
+
+def _lesion_case(kind: str, size: int = 96, slices: int = 12):
+    for index in range(40):
+        pos = render_case(0, index, "F", 60, True, slices=slices, size=size)
+        if pos.lesions and pos.lesions[0].kind == kind:
+            neg = render_case(0, index, "F", 60, False, slices=slices, size=size)
+            return pos, neg
+    raise AssertionError(f"no {kind} lesion in 40 patients")
+
+
+@pytest.mark.parametrize("kind", ["lung", "liver"])
+def test_lesions_only_on_labelled_slices_and_inside_their_discs(kind, monkeypatch):
+    if kind == "liver":  # liver lesions are the fallback; make them the first choice here
+        monkeypatch.setattr(synthetic, "LUNG_LESION_FRACTION", 0.0)
+    pos, neg = _lesion_case(kind)
+    first, last = pos.lesions[0].first, pos.lesions[0].last
+    assert all((les.first, les.last) == (first, last) for les in pos.lesions)
+    labelled = [k for k, lab in enumerate(pos.labels) if lab == "lesion"]
+    assert labelled == list(range(first, last + 1)) and len(labelled) >= 3
+    assert neg.labels == ["normal"] * len(neg.labels) and neg.lesions == []
+    diff = pos.hu - neg.hu
+    size = pos.hu.shape[1]
+    coord = (np.arange(size) - (size - 1) / 2.0) * pos.px_mm
+    dists = [np.hypot(coord[None, :] - les.x, coord[:, None] - les.y) for les in pos.lesions]
+    outside = np.all([d > les.radius + 2 * pos.px_mm
+                      for d, les in zip(dists, pos.lesions, strict=True)], axis=0)
+    for k in range(len(pos.labels)):
+        if k in labelled:
+            for d, les in zip(dists, pos.lesions, strict=True):
+                core = d < les.radius * 0.5  # always inside: drawn radius >= 0.6 r
+                assert core.sum() >= 2  # several pixels at 96 px, not a speck
+                change = float(diff[k][core].mean())
+                if kind == "lung":
+                    assert change > 500  # solid nodule (~40 HU) in lung (~-850 HU)
+                else:
+                    assert change < -35  # hypodense lesion in liver (~60 HU)
+            assert np.abs(diff[k][outside]).max() == 0
+        else:
+            assert np.abs(diff[k]).max() == 0
+
+
+def test_demographics_balanced_and_age_dependent():
+    sexes, ages, positive = sample_demographics(200, seed=1)
+    assert sexes.count("M") == sexes.count("F") == 100
+    assert min(ages) >= 25 and max(ages) <= 85
+    assert len(positive) == 100
+    old = [i for i, a in enumerate(ages) if a >= 60]
+    young = [i for i, a in enumerate(ages) if a < 45]
+    frac = lambda idx: sum(i in positive for i in idx) / len(idx)  # noqa: E731
+    assert frac(old) > frac(young)
+
+
+def test_sample_files_labels_and_phi(tmp_path):
+    events = []
+    info = generate_sample(tmp_path / "s", patients=6, slices=8, size=48, seed=5,
+                           listener=events.append)
+    rows = _read_labels(info.labels_csv)
+    on_disk = sorted(p.relative_to(info.out_dir).as_posix()
+                     for p in info.out_dir.rglob("*.dcm"))
+    assert sorted(r["path"] for r in rows) == on_disk
+    assert len(rows) == info.n_slices_total == 48
+    assert {r["label"] for r in rows} <= set(info.classes) == {"normal", "lesion"}
+    assert sum(r["label"] == "lesion" for r in rows) == info.n_positive_slices > 0
+    assert "SYNTHETIC" in (info.out_dir / "README.txt").read_text()
+    assert README_MARKER in (info.out_dir / "README.txt").read_text()
+    assert isinstance(events[-1], Progress) and events[-1].done == events[-1].total == 6
+
+    cases: dict[str, list[str]] = {}
+    for r in rows:
+        cases.setdefault(r["path"].split("/")[0], []).append(r["label"])
+    assert sorted(cases) == [f"case_{i:03d}" for i in range(1, 7)]
+    positives = [c for c, labs in cases.items() if "lesion" in labs]
+    assert len(positives) == 3
+    for labs in cases.values():  # one contiguous run of lesion slices per patient
+        idx = [k for k, lab in enumerate(labs) if lab == "lesion"]
+        assert idx == list(range(idx[0], idx[-1] + 1)) if idx else True
+
+    sexes = []
+    for case in cases:
+        files = sorted((info.out_dir / case / "series_1").glob("*.dcm"))
+        datasets = [pydicom.dcmread(f) for f in files]
+        ds = datasets[0]
+        sexes.append(ds.PatientSex)
+        assert ds.PatientAge.endswith("Y") and 25 <= int(ds.PatientAge[:3]) <= 85
+        for secret in (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate):
+            assert secret and all(secret not in r["path"] for r in rows)
+        z = [float(d.ImagePositionPatient[2]) for d in datasets]
+        assert z == sorted(z) and len(set(z)) == len(z)
+        assert len({d.SeriesInstanceUID for d in datasets}) == 1
+        hu = apply_modality_lut(datasets[3].pixel_array, datasets[3])
+        assert hu.shape == (48, 48) and hu.min() >= -1024 and hu.max() > 300
+    assert sorted(sexes) == ["F", "F", "F", "M", "M", "M"]
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = generate_sample(tmp_path / "a", patients=2, slices=4, size=32, seed=11)
+    b = generate_sample(tmp_path / "b", patients=2, slices=4, size=32, seed=11)
+    c = generate_sample(tmp_path / "c", patients=2, slices=4, size=32, seed=12)
+    assert a.labels_csv.read_bytes() == b.labels_csv.read_bytes()
+    for row in _read_labels(a.labels_csv):
+        fa, fb = a.out_dir / row["path"], b.out_dir / row["path"]
+        assert fa.read_bytes() == fb.read_bytes()
+    first = _read_labels(a.labels_csv)[0]["path"]
+    pa = pydicom.dcmread(a.out_dir / first).PixelData
+    pc = pydicom.dcmread(c.out_dir / first).PixelData
+    assert pa != pc
+
+
+def test_bad_output_folders(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(DataError, match="existing file"):
+        generate_sample(f, patients=1, slices=1, size=16)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.txt").write_text("keep")
+    with pytest.raises(DataError, match="not a vitdesk sample"):
+        generate_sample(busy, patients=1, slices=1, size=16)
+    assert (busy / "mine.txt").read_text() == "keep"
+
+
+def test_regenerating_replaces_a_previous_sample(tmp_path):
+    out = tmp_path / "s"
+    generate_sample(out, patients=3, slices=2, size=16)
+    info = generate_sample(out, patients=2, slices=2, size=16)
+    assert sorted(p.name for p in out.glob("case_*")) == ["case_001", "case_002"]
+    assert len(_read_labels(info.labels_csv)) == 4
+
+
+def test_cancel_stops_generation(tmp_path):
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        generate_sample(tmp_path / "s", patients=2, slices=2, size=16, cancel=token)

@@ -110,12 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "gui"
     if args.command is None:
         args.path = None
-    from vitdesk.errors import VitdeskError
+    from vitdesk.errors import Cancelled, VitdeskError
 
     try:
         module = importlib.import_module(f"vitdesk.commands.{command}")
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):
         print("vitdesk: cancelled", file=sys.stderr)
         return 130
     except VitdeskError as exc:

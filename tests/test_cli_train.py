@@ -1,0 +1,131 @@
+"""`vitdesk train` end to end on a tiny PNG class-folder dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tomllib
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vitdesk.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared 2-core machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def png_data(tmp_path):
+    """Class folders of 32 px PNGs: 'lesion' has a bright square, 'normal' does not."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for label in ("normal", "lesion"):
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            img = rng.normal(90, 20, (32, 32)).clip(0, 255)
+            if label == "lesion":
+                r, c = rng.integers(0, 22, 2)
+                img[r:r + 10, c:c + 10] = 230
+            cv2.imwrite(str(root / label / f"{label}_{i:02d}.png"), img.astype(np.uint8))
+    return root
+
+
+def _args(data, out, *extra):
+    return ["train", "--data", str(data), "--model", "vit_test_tiny", "--img-size", "32",
+            "--pretrained", "none", "--batch-size", "8", "--device", "cpu", "--out", str(out),
+            *extra]
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_random_backbone_switches_staged_to_full_and_writes_the_run(
+        png_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(png_data, out, "--epochs", "1,1,1")) == 0
+    err = capsys.readouterr().err
+    assert "staged fine-tuning of a random backbone is meaningless" in err
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert cfg["recipe"]["kind"] == "full"
+    assert [s["epochs"] for s in cfg["recipe"]["stages"]] == [3]  # 1+1+1 kept in total
+    assert cfg["model"]["name"] == "vit_test_tiny" and cfg["data"]["source"] == str(png_data)
+    for name in ("config.toml", "history.jsonl", "metrics.json", "env.json", "split.json",
+                 "checkpoints/last.json", "checkpoints/best.json"):
+        assert (out / name).is_file(), name
+    assert len((out / "history.jsonl").read_text().splitlines()) == 3
+
+    # bad inputs: exit 2, one line, and the existing run folder is untouched
+    before = _snapshot(out)
+    for argv, needle in [
+        (_args(png_data, out), "already exists"),
+        (_args(png_data, tmp_path / "b", "--img-size", "36"), "divisible"),
+        (_args(png_data, tmp_path / "b", "--model", "vit_tiny_patch16_22"), "did you mean"),
+        (_args(png_data, tmp_path / "b", "--pretrained", str(tmp_path / "no.pth")), "not found"),
+        (_args(png_data, tmp_path / "b", "--epochs", "1,2", "--force-staged"), "3 stage"),
+        (_args(png_data, tmp_path / "b", "--epochs", "two"), "--epochs"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("vitdesk: error:")]
+        assert len(errors) == 1 and needle in errors[0], err
+        assert "Traceback" not in err
+    assert _snapshot(out) == before
+    assert not (tmp_path / "b").exists()
+
+
+def test_force_staged_keeps_the_recipe(png_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(png_data, out, "--epochs", "1,1,0", "--force-staged")) == 0
+    assert "meaningless" not in capsys.readouterr().err
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert cfg["recipe"]["kind"] == "staged"
+    assert [s["unfreeze"] for s in cfg["recipe"]["stages"]] == ["head", "top:4", "all"]
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in hist] == [0, 1]
+
+
+def test_single_class_data_is_a_user_error(tmp_path, png_data, capsys):
+    import shutil
+
+    shutil.rmtree(png_data / "lesion")
+    assert main(_args(png_data, tmp_path / "run", "--epochs", "1")) == 2
+    assert "class" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_writes_last_and_exits_130_then_resume_finishes(
+        png_data, tmp_path, monkeypatch, capsys):
+    import vitdesk.console
+    from vitdesk.engine.events import StepDone
+
+    original = vitdesk.console.ConsoleProgress
+
+    class InterruptOnFirstStep(original):
+        def __call__(self, event):
+            if isinstance(event, StepDone) and not getattr(self, "sent", False):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C in the terminal does
+            super().__call__(event)
+
+    monkeypatch.setattr(vitdesk.console, "ConsoleProgress", InterruptOnFirstStep)
+    out = tmp_path / "run"
+    cfg_path = tmp_path / "cfg.toml"
+    cfg_path.write_text("log_every = 1\n[recipe]\nkind = 'full'\n")
+    assert main(_args(png_data, out, "--config", str(cfg_path), "--epochs", "2")) == 130
+    last = json.loads((out / "checkpoints" / "last.json").read_text())
+    assert last["train_state"]["global_step"] == 1 and last["train_state"]["batch"] == 1
+    monkeypatch.setattr(vitdesk.console, "ConsoleProgress", original)
+    assert main(_args(png_data, out, "--resume")) == 0
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [0, 1]
+    assert json.loads((out / "metrics.json").read_text())["finished"] is True

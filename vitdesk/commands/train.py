@@ -1,0 +1,88 @@
+"""``vitdesk train``: build the run config from file + flags, then run the engine."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vitdesk.config import RunConfig, load_config
+
+STAGED_RANDOM_WARNING = (
+    "warning: staged fine-tuning of a random backbone is meaningless (the frozen blocks "
+    "hold no learned features): switching to --recipe full; pass --force-staged to keep it"
+)
+
+
+def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
+    """The run configuration: ``--config`` (or the run's own config on ``--resume``) + flags."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    out = getattr(args, "out", None)
+    if args.config:
+        cfg = load_config(args.config)
+    elif args.resume and out and (Path(out) / "config.toml").is_file():
+        cfg = load_config(Path(out) / "config.toml")
+    else:
+        cfg = RunConfig()
+    cfg.data.source = args.data
+    simple = {
+        "val": "data.val_source", "model": "model.name", "pretrained": "weights.pretrained",
+        "img_size": "model.img_size", "window": "data.window", "batch_size": "data.batch_size",
+        "device": "device", "seed": "seed", "teacher": "teacher.run",
+    }
+    for attr, dotted in simple.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            cfg.set(dotted, value)
+    if getattr(args, "recipe", None) and args.recipe != cfg.recipe.kind:
+        cfg.recipe.kind = args.recipe
+        cfg.recipe.stages = []  # the new recipe's default plan
+    if getattr(args, "force_staged", False):
+        cfg.recipe.force_staged = True
+    epochs = getattr(args, "epochs", None)
+    if (cfg.weights.pretrained.strip().lower() == "none" and cfg.recipe.kind == "staged"
+            and not cfg.recipe.force_staged and not args.resume):
+        warn(STAGED_RANDOM_WARNING)
+        total = None
+        if epochs:
+            try:
+                total = sum(int(v) for v in str(epochs).split(",") if v.strip())
+            except ValueError:
+                total = None  # set_epochs below reports the bad value
+        cfg.recipe.kind, cfg.recipe.stages = "full", []
+        if total is not None:
+            epochs = str(total)
+    if epochs:
+        cfg.set_epochs(epochs)
+    if out:
+        cfg.out = out
+    elif not args.config:
+        cfg.out = str(Path("runs") / f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return cfg.resolved().validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitdesk.console import ConsoleProgress
+    from vitdesk.engine.run import train
+    from vitdesk.jobs import CancelToken
+
+    cfg = config_from_args(args)
+    token = CancelToken()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        # first Ctrl-C: stop at the next safe point with checkpoints/last written;
+        # a second one interrupts at once
+        print("\nvitdesk: stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+        token.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        out = train(cfg, token, [ConsoleProgress()], resume=bool(args.resume))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(out)
+    return 0

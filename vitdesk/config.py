@@ -1,0 +1,438 @@
+"""Typed run configuration: dataclasses, TOML load/save, CLI overrides, validation.
+
+One :class:`RunConfig` describes a training run completely. It is validated once
+(:meth:`RunConfig.validate`, raising :class:`ConfigError` naming the field and the
+fix), resolved (:meth:`RunConfig.resolved`: the stage plan spelled out) and saved
+as ``RUN/config.toml`` so a run can be reproduced from its folder alone.
+No torch here: the config is read by light commands too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitdesk.errors import ConfigError
+
+ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flash")
+AMP_MODES = ("auto", "off", "fp16", "bf16")
+RECIPES = ("staged", "full", "head")
+BALANCE = ("none", "sampler", "loss")
+DEVICES = ("auto", "cpu", "cuda")
+# Patch sizes of the registered test models (timm names carry theirs: "patch16").
+TEST_MODEL_PATCH = {"vit_test_tiny": 8}
+
+
+@dataclass
+class ModelConfig:
+    """Which network and how it runs."""
+
+    name: str = "vit_tiny_patch16_224"
+    img_size: int = 224
+    drop_path: float = 0.1
+    grad_checkpointing: bool = False
+    attention: str = "auto"  # auto | sdpa | eager | flash
+    ema: bool = False
+    ema_decay: float = 0.9998
+
+
+@dataclass
+class WeightsConfig:
+    """Where the starting weights come from: a file/run/MAE folder, ``hub`` or ``none``."""
+
+    pretrained: str = "hub"
+
+
+@dataclass
+class DataConfig:
+    """Data sources, windowing, batching and augmentation."""
+
+    source: str = ""
+    val_source: str = ""
+    window: str = "soft_tissue"  # a WindowSpec label, e.g. "lung,mediastinum,bone"
+    clahe: bool = False
+    fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    batch_size: int = 32
+    workers: int = 0
+    augment: bool = True
+    hflip: bool = True
+    rotate_deg: float = 10.0
+    scale: float = 0.1  # random zoom +- this fraction
+    intensity: float = 0.05  # random brightness/contrast jitter
+    mixup: float = 0.0  # mixup alpha (0 = off)
+    cutmix: float = 0.0  # cutmix alpha (0 = off)
+    label_smoothing: float = 0.1
+    balance: str = "none"  # none | sampler | loss
+
+
+@dataclass
+class StageConfig:
+    """One stage of fine-tuning: what is trainable, for how long, at what LR."""
+
+    name: str = "all"
+    epochs: int = 1
+    lr: float = 1e-4
+    unfreeze: str = "all"  # head | top:N | all
+    layer_decay: float = 1.0  # 1.0 = no layer-wise decay
+
+    def top_blocks(self) -> int | None:
+        """N of ``top:N``, else None."""
+        m = re.fullmatch(r"top:(\d+)", self.unfreeze.strip())
+        return int(m.group(1)) if m else None
+
+
+@dataclass
+class RecipeConfig:
+    """The fine-tuning recipe; ``stages`` empty means the recipe's default plan."""
+
+    kind: str = "staged"  # staged | full | head
+    stages: list[StageConfig] = field(default_factory=list)
+    top_blocks: int = 4  # N for the staged recipe's middle stage
+    force_staged: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the per-step cosine schedule."""
+
+    opt: str = "adamw"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.05
+    accumulation: int = 1
+    clip_grad: float = 1.0  # 0 = off
+    warmup_fraction: float = 0.1  # of each stage's optimizer steps
+    warmup_epochs: float = 0.0  # > 0 overrides warmup_fraction
+    min_lr: float = 1e-6
+
+
+@dataclass
+class TeacherConfig:
+    """Knowledge distillation from a trained run (KL on softened logits)."""
+
+    run: str = ""
+    temperature: float = 4.0
+    alpha: float = 0.5  # weight of the KL term; (1 - alpha) on the label loss
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    amp: str = "auto"  # auto | off | fp16 | bf16
+    patience: int = 0  # early stopping on val loss, epochs without improvement (0 = off)
+    device: str = "auto"
+    seed: int = 0
+    out: str = "runs/run"
+    log_every: int = 10  # StepDone event every N optimizer steps (each costs a device sync)
+
+    # ---- dict / TOML round trip -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> RunConfig:
+        return _build(cls, d, where)
+
+    # ---- overrides ----------------------------------------------------------------
+    def set(self, dotted: str, value: Any) -> None:
+        """Set ``"model.img_size"``-style fields, converting to the field's type."""
+        obj: Any = self
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            if not hasattr(obj, p):
+                raise ConfigError(f"unknown config section '{p}' in '{dotted}'")
+            obj = getattr(obj, p)
+        name = parts[-1]
+        names = {f.name: f for f in dataclasses.fields(obj)}
+        if name not in names:
+            raise ConfigError(
+                f"unknown config field '{dotted}': known fields are {', '.join(names)}"
+            )
+        current = getattr(obj, name)
+        setattr(obj, name, _coerce(current, value, dotted))
+
+    def stage_plan(self) -> list[StageConfig]:
+        """The stages this run trains (the recipe's default plan when none are given)."""
+        if self.recipe.stages:
+            return [dataclasses.replace(s) for s in self.recipe.stages]
+        return default_stages(self.recipe.kind, self.recipe.top_blocks)
+
+    def resolved(self) -> RunConfig:
+        """A copy with the stage plan spelled out (what ``config.toml`` records)."""
+        cfg = RunConfig.from_dict(self.to_dict())
+        cfg.recipe.stages = cfg.stage_plan()
+        return cfg
+
+    def set_epochs(self, text: str) -> None:
+        """Apply ``--epochs N`` (every stage) or ``N1,N2,N3`` (one per stage)."""
+        try:
+            values = [int(v) for v in str(text).split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"--epochs '{text}' is not N or N1,N2,N3 (whole numbers)"
+            ) from None
+        stages = self.stage_plan()
+        if len(values) == 1:
+            values = values * len(stages)
+        if len(values) != len(stages):
+            raise ConfigError(
+                f"--epochs gives {len(values)} values but recipe '{self.recipe.kind}' has "
+                f"{len(stages)} stage(s): give one value or {len(stages)}"
+            )
+        for s, n in zip(stages, values, strict=True):
+            s.epochs = n
+        self.recipe.stages = stages
+
+    # ---- validation ------------------------------------------------------------------
+    def validate(self) -> RunConfig:
+        """Check every field; raise :class:`ConfigError` naming the field and the fix."""
+        m, d, o = self.model, self.data, self.optim
+        _choice("model.attention", m.attention, ATTENTION_BACKENDS)
+        _choice("amp", self.amp, AMP_MODES)
+        _choice("recipe.kind", self.recipe.kind, RECIPES)
+        _choice("data.balance", d.balance, BALANCE)
+        _choice("device", self.device, DEVICES)
+        if not m.name.strip():
+            raise ConfigError(
+                "model.name is empty: give a timm model name, e.g. vit_tiny_patch16_224"
+            )
+        if m.img_size < 8:
+            raise ConfigError(f"model.img_size={m.img_size} is too small: use at least 8")
+        patch = patch_size_of(m.name)
+        if patch and m.img_size % patch:
+            lo = m.img_size // patch * patch
+            raise ConfigError(
+                f"model.img_size={m.img_size} is not divisible by the patch size {patch} of "
+                f"{m.name}: use {max(lo, patch)} or {lo + patch}"
+            )
+        _range("model.drop_path", m.drop_path, 0.0, 0.9)
+        _range("model.ema_decay", m.ema_decay, 0.0, 1.0)
+        if d.batch_size < 1:
+            raise ConfigError(f"data.batch_size={d.batch_size}: use 1 or more")
+        if d.workers < 0:
+            raise ConfigError(f"data.workers={d.workers}: use 0 or more")
+        if len(d.fractions) != 3 or any(f < 0 for f in d.fractions) or not math.isclose(
+            sum(d.fractions), 1.0, abs_tol=1e-6
+        ):
+            raise ConfigError(
+                f"data.fractions={d.fractions}: give three non-negative numbers "
+                "(train, val, test) that sum to 1"
+            )
+        if d.fractions[0] <= 0:
+            raise ConfigError("data.fractions: the train fraction must be above 0")
+        for name in ("mixup", "cutmix", "rotate_deg", "scale", "intensity"):
+            if getattr(d, name) < 0:
+                raise ConfigError(f"data.{name}={getattr(d, name)}: must be 0 or more")
+        _range("data.label_smoothing", d.label_smoothing, 0.0, 0.5)
+        try:
+            from vitdesk.imaging.windowing import WindowSpec
+
+            WindowSpec.parse(d.window)
+        except ConfigError as exc:
+            raise ConfigError(f"data.window='{d.window}': {exc}") from None
+        stages = self.stage_plan()
+        if not stages:
+            raise ConfigError("recipe.stages is empty: give at least one stage")
+        for i, s in enumerate(stages):
+            where = f"recipe.stages[{i}] ({s.name})"
+            if s.epochs < 0:
+                raise ConfigError(f"{where}.epochs={s.epochs}: use 0 or more")
+            if not (s.lr > 0 and math.isfinite(s.lr)):
+                raise ConfigError(f"{where}.lr={s.lr}: use a positive learning rate")
+            if s.unfreeze not in ("head", "all") and s.top_blocks() is None:
+                raise ConfigError(
+                    f"{where}.unfreeze='{s.unfreeze}': use head, top:N (e.g. top:4) or all"
+                )
+            _range(f"{where}.layer_decay", s.layer_decay, 1e-6, 1.0)
+        if sum(s.epochs for s in stages) < 1:
+            raise ConfigError("the recipe trains 0 epochs in total: set --epochs to 1 or more")
+        if o.opt.lower() not in ("adamw", "adam", "sgd", "momentum", "lamb", "lion"):
+            raise ConfigError(f"optim.opt='{o.opt}': use adamw (default), adam, sgd or lamb")
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"optim.betas={o.betas}: give two numbers in [0, 1)")
+        if o.accumulation < 1:
+            raise ConfigError(f"optim.accumulation={o.accumulation}: use 1 or more")
+        if o.weight_decay < 0 or o.clip_grad < 0 or o.min_lr < 0 or o.warmup_epochs < 0:
+            raise ConfigError(
+                "optim.weight_decay, clip_grad, min_lr and warmup_epochs must be 0 or more"
+            )
+        _range("optim.warmup_fraction", o.warmup_fraction, 0.0, 1.0)
+        if self.patience < 0:
+            raise ConfigError(f"patience={self.patience}: use 0 (off) or more")
+        if self.log_every < 1:
+            raise ConfigError(f"log_every={self.log_every}: use 1 or more")
+        t = self.teacher
+        if t.run:
+            if t.temperature <= 0:
+                raise ConfigError(f"teacher.temperature={t.temperature}: must be above 0")
+            _range("teacher.alpha", t.alpha, 0.0, 1.0)
+        if not str(self.out).strip():
+            raise ConfigError("out is empty: give a run folder with --out RUN")
+        return self
+
+
+def default_stages(kind: str, top_blocks: int = 4) -> list[StageConfig]:
+    """The default plan of each recipe."""
+    if kind == "head":
+        return [StageConfig("head", 5, 1e-3, "head", 1.0)]
+    if kind == "full":
+        return [StageConfig("full", 10, 3e-4, "all", 0.75)]
+    return [
+        StageConfig("head", 2, 1e-3, "head", 1.0),
+        StageConfig("top", 3, 3e-4, f"top:{top_blocks}", 1.0),
+        StageConfig("all", 5, 1e-4, "all", 0.75),
+    ]
+
+
+def patch_size_of(name: str) -> int | None:
+    """Patch size encoded in a model name (``patch16``), or of a registered test model."""
+    if name in TEST_MODEL_PATCH:
+        return TEST_MODEL_PATCH[name]
+    m = re.search(r"patch(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML run configuration (missing fields take their defaults)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML ({exc}): fix the file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
+    return RunConfig.from_dict(data, where=str(p))
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write ``cfg`` as TOML (readable by :func:`load_config`)."""
+    Path(path).write_text(dumps_toml(cfg.to_dict()), encoding="utf-8")
+
+
+# ---- internals -----------------------------------------------------------------------
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}='{value}' is not valid: choose one of {', '.join(allowed)}")
+
+
+def _range(name: str, value: float, lo: float, hi: float) -> None:
+    if not (lo <= value <= hi):
+        raise ConfigError(f"{name}={value} is out of range: use a value in [{lo:g}, {hi:g}]")
+
+
+def _coerce(current: Any, value: Any, where: str) -> Any:
+    """Convert ``value`` to the type of ``current`` (the field default)."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(current, int) and not isinstance(current, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, str):
+            if not isinstance(value, str | int | float):
+                raise ValueError(value)
+            return str(value)
+        if isinstance(current, list):
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+            if current and isinstance(current[0], float):
+                return [float(v) for v in value]
+            return list(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}={value!r} has the wrong type: expected {type(current).__name__}"
+        ) from None
+    return value
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(d).__name__}")
+    obj = cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in d.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: unknown field '{key}': known fields are {', '.join(fields)}"
+            )
+        current = getattr(obj, key)
+        sub = f"{where}.{key}" if where == "config" else f"{where}: {key}"
+        if dataclasses.is_dataclass(current):
+            setattr(obj, key, _build(type(current), value, key))
+        elif key == "stages":
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: stages must be an array of tables ([[recipe.stages]])")
+            setattr(obj, key, [_build(StageConfig, s, f"stages[{i}]") for i, s in enumerate(value)])
+        else:
+            setattr(obj, key, _coerce(current, value, sub))
+    return obj
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        esc = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{esc}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(d: dict[str, Any]) -> str:
+    """A small TOML writer for nested dicts of scalars, lists and lists of tables."""
+    lines: list[str] = []
+
+    def table(prefix: str, t: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in t.items() if not isinstance(v, dict) and not _is_aot(v)}
+        for k, v in scalars.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in t.items():
+            name = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                lines.append("")
+                lines.append(f"[{name}]")
+                table(name, v)
+            elif _is_aot(v):
+                for item in v:
+                    lines.append("")
+                    lines.append(f"[[{name}]]")
+                    table(name, item)
+
+    table("", d)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_aot(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)

@@ -1,0 +1,427 @@
+"""A training run end to end: validate, build, train, write the run folder; load it back.
+
+Run folder: ``config.toml`` (resolved), ``history.jsonl``, ``checkpoints/`` (last,
+best), ``metrics.json``, ``env.json``, ``split.json``. Everything (config, data,
+model, weights, teacher, resume checkpoint) is validated before the first byte is
+written, so a failing run never clobbers a previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vitdesk.config import RunConfig, load_config, save_config
+from vitdesk.engine import checkpoint as ckpt
+from vitdesk.engine.events import EpochEnded, TrainingDone
+from vitdesk.engine.models import choose_attention_backend, create_model, model_norm_stats
+from vitdesk.engine.trainer import DistInfo, Trainer, dataset_targets
+from vitdesk.engine.weights import build_model
+from vitdesk.errors import CheckpointError, ConfigError, DataError
+from vitdesk.imaging.windowing import WindowSpec
+from vitdesk.jobs import NEVER, CancelToken, Listener
+
+
+@dataclass
+class TrainData:
+    """Datasets for a run when the caller builds them (tests, GUI): any ``(x, y)`` Datasets."""
+
+    train: Dataset
+    val: Dataset | None
+    classes: list[str]
+    test: Dataset | None = None
+    splits: dict[str, Any] | None = None
+    fingerprint: str = ""
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready for inference."""
+
+    model: nn.Module
+    cfg: RunConfig
+    classes: list[str]
+    window: WindowSpec
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    run_dir: Path = field(default_factory=Path)
+
+
+# ---- listeners ---------------------------------------------------------------------------
+class HistoryWriter:
+    """Appends one JSON line per epoch to ``history.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, ev: Any) -> None:
+        if isinstance(ev, EpochEnded):
+            line = {"stage": ev.stage, "epoch": ev.epoch, "step": ev.global_step,
+                    "train_loss": _num(ev.train_loss), "val_loss": _num(ev.val_loss),
+                    "val_acc": _num(ev.val_acc), "lr": ev.lr, "seconds": round(ev.seconds, 3)}
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
+class MetricsWriter:
+    """Writes ``metrics.json`` (best and final values) after every epoch and at the end."""
+
+    def __init__(self, path: Path, classes: Sequence[str]) -> None:
+        self.path, self.classes = path, list(classes)
+        self.epochs: list[EpochEnded] = []
+        if path.is_file():  # resumed run: keep what was recorded
+            try:
+                self.previous = json.loads(path.read_text())
+            except ValueError:
+                self.previous = {}
+        else:
+            self.previous = {}
+
+    def __call__(self, ev: Any) -> None:
+        if isinstance(ev, EpochEnded):
+            self.epochs.append(ev)
+            self._write(done=False)
+        elif isinstance(ev, TrainingDone):
+            self._write(done=True, best=ev)
+
+    def _write(self, done: bool, best: TrainingDone | None = None) -> None:
+        last = self.epochs[-1] if self.epochs else None
+        data = dict(self.previous)
+        data.update({
+            "classes": self.classes,
+            "finished": done,
+            "epochs_this_session": len(self.epochs),
+        })
+        if last is not None:
+            data["final"] = {"stage": last.stage, "epoch": last.epoch, "step": last.global_step,
+                             "train_loss": _num(last.train_loss), "val_loss": _num(last.val_loss),
+                             "val_acc": _num(last.val_acc)}
+        if best is not None:
+            data["best_val_acc"] = _num(best.best_val_acc)
+            data["best_val_loss"] = _num(best.best_val_loss)
+        ckpt.atomic_write_text(self.path, json.dumps(data, indent=2))
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+# ---- helpers -----------------------------------------------------------------------------
+def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is available: use --device cpu or auto")
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", dist.rank if dist.active else 0))
+        return torch.device("cuda", local % max(1, torch.cuda.device_count()))
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _dist_from_env() -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(rank=int(os.environ.get("RANK", "0")), world=world)
+
+
+def _init_dist(dist: DistInfo, device: torch.device) -> bool:
+    import torch.distributed as tdist
+
+    if not dist.active or tdist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def _augment_config(cfg: RunConfig) -> Any:
+    """The data package's AugmentConfig from our flags (fields matched by name)."""
+    if not cfg.data.augment:
+        return None
+    try:
+        import dataclasses
+
+        from vitdesk.data.augment import AugmentConfig
+    except ImportError:
+        return None
+    d = cfg.data
+    # per-sample augmentation RNG is seeded from (seed, epoch, index) by the data package
+    ours = {"hflip": d.hflip, "rotate_deg": d.rotate_deg, "scale": d.scale,
+            "intensity": d.intensity, "seed": cfg.seed}
+    names = {f.name for f in dataclasses.fields(AugmentConfig)}
+    return AugmentConfig(**{k: v for k, v in ours.items() if k in names})
+
+
+def _build_data(cfg: RunConfig, mean: tuple, std: tuple, cancel: CancelToken,
+                listeners: Sequence[Listener]) -> TrainData:
+    from vitdesk.data.build import build_datasets  # lazy: the data package is heavy
+
+    b = build_datasets(
+        cfg.data.source, cfg.data.val_source or None, window=WindowSpec.parse(
+            cfg.data.window, clahe=cfg.data.clahe),
+        img_size=cfg.model.img_size, mean=mean, std=std, channels=3, seed=cfg.seed,
+        fractions=tuple(cfg.data.fractions), augment=_augment_config(cfg),
+        cancel=cancel, listener=list(listeners),
+    )
+    return TrainData(b.train, b.val, list(b.classes), test=b.test, splits=b.splits,
+                     fingerprint=b.fingerprint)
+
+
+def _check_data(data: TrainData) -> None:
+    if len(data.classes) < 2:
+        raise DataError(
+            f"found {len(data.classes)} class(es) ({', '.join(data.classes) or 'none'}): a "
+            "classifier needs at least 2 labelled classes"
+        )
+    if data.train is None or len(data.train) == 0:
+        raise DataError("the training split is empty: add labelled images")
+    present = {t for t in dataset_targets(data.train) if t >= 0}
+    if len(present) < 2:
+        names = [data.classes[t] for t in sorted(present)]
+        raise DataError(
+            f"the training split holds only class {', '.join(names) or 'none'}: label "
+            "examples of at least 2 classes"
+        )
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not ckpt.checkpoint_exists(out / "checkpoints", "last"):
+            raise CheckpointError(
+                f"cannot resume: {out} has no checkpoints/last.json; start without --resume"
+            )
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(
+            f"run folder {out} already exists and is not empty: choose a new --out, or add "
+            "--resume to continue it"
+        )
+
+
+def _env_info(cfg: RunConfig, device: torch.device, attention: dict, dist: DistInfo,
+              weights_report: dict, amp: str) -> dict:
+    import timm
+
+    import vitdesk
+
+    info = {
+        "vitdesk": vitdesk.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
+        "os": platform.system(), "machine": platform.machine(),
+        "seed": cfg.seed, "device": str(device), "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "world_size": dist.world, "amp": amp, "attention": attention,
+        "weights": weights_report,
+    }
+    return info
+
+
+def _amp_name(trainer: Trainer) -> str:
+    return {None: "off", torch.float16: "fp16", torch.bfloat16: "bf16"}[trainer.amp_dtype]
+
+
+# ---- the run -----------------------------------------------------------------------------
+def train(
+    cfg: RunConfig,
+    cancel: CancelToken = NEVER,
+    listeners: Sequence[Listener] = (),
+    *,
+    data: TrainData | None = None,
+    resume: bool = False,
+) -> Path:
+    """Train ``cfg`` and return the run folder.
+
+    Args:
+        cfg: the run configuration (validated here).
+        cancel: cooperative cancel/pause token, checked before every optimizer step.
+        listeners: callables receiving the events of :mod:`vitdesk.engine.events`.
+        data: prebuilt datasets; by default built from ``cfg.data`` with
+            :func:`vitdesk.data.build.build_datasets`.
+        resume: continue ``cfg.out`` from ``checkpoints/last``.
+
+    Raises:
+        ConfigError, DataError, ModelError, CheckpointError: before anything is written.
+        Cancelled: after ``checkpoints/last`` was written.
+    """
+    cfg = cfg.resolved()
+    cfg.validate()
+    out = Path(cfg.out).expanduser()
+    _check_out(out, resume)
+    dist = _dist_from_env()
+    device = resolve_device(cfg.device, dist)
+    if cfg.model.attention == "flash":
+        _check_flash(device)
+    seed_everything(cfg.seed)
+    mean, std = model_norm_stats(cfg.model.name)
+    if data is None:
+        data = _build_data(cfg, mean, std, cancel, listeners)
+    _check_data(data)
+    # on resume the checkpoint holds the weights: the original source may be gone
+    model, report = build_model(cfg.model.name, len(data.classes), cfg.model.img_size,
+                                "none" if resume else cfg.weights.pretrained,
+                                cfg.model.drop_path)
+    teacher = None
+    if cfg.teacher.run:
+        teacher = _load_teacher(cfg, data.classes, device)
+    resume_cp = None
+    if resume:
+        resume_cp = ckpt.load_checkpoint(out / "checkpoints", "last")
+        if list(resume_cp.meta.get("classes", [])) != list(data.classes):
+            raise CheckpointError(
+                f"cannot resume {out}: it was trained on classes {resume_cp.meta.get('classes')}"
+                f" but the data has {data.classes}"
+            )
+    # ---- everything is valid: now write -------------------------------------------------
+    created_pg = _init_dist(dist, device)
+    try:
+        meta = {"model": cfg.model.name, "img_size": cfg.model.img_size,
+                "mean": list(mean), "std": list(std), "window": cfg.data.window}
+        run_listeners: list[Listener] = []
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume:
+                _truncate_history(out / "history.jsonl", resume_cp.meta["global_step"])
+            else:
+                save_config(cfg, out / "config.toml")
+                _write_split(out / "split.json", data)
+            run_listeners = [HistoryWriter(out / "history.jsonl"),
+                             MetricsWriter(out / "metrics.json", data.classes)]
+        trainer = Trainer(cfg, model, data.train, data.val, data.classes, device, out,
+                          listeners=[*run_listeners, *listeners], cancel=cancel, dist=dist,
+                          teacher=teacher, meta=meta)
+        if resume_cp is not None:
+            trainer.load_resume(resume_cp)
+        sample = _first_batch(data.train, cfg, device)
+        attention = choose_attention_backend(model, sample, cfg.model.attention,
+                                             trainer.amp_dtype)
+        if dist.main:
+            env = _env_info(cfg, device, attention, dist, report.to_dict(), _amp_name(trainer))
+            env["resumed"] = resume
+            ckpt.atomic_write_text(out / "env.json", json.dumps(env, indent=2))
+        seed_everything(cfg.seed)  # the attention timing must not shift the run's RNG
+        t0 = time.perf_counter()
+        trainer.fit()
+        if dist.main:
+            env["train_seconds"] = round(time.perf_counter() - t0, 2)
+            ckpt.atomic_write_text(out / "env.json", json.dumps(env, indent=2))
+    finally:
+        if created_pg:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
+    return out
+
+
+def _check_flash(device: torch.device) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None or device.type != "cuda":
+        raise ConfigError(
+            "model.attention='flash' needs a CUDA GPU and the flash-attn package "
+            "(pip install vitdesk[gpu]): use attention = 'auto'"
+        )
+
+
+def _first_batch(ds: Dataset, cfg: RunConfig, device: torch.device) -> torch.Tensor:
+    n = min(cfg.data.batch_size, len(ds))
+    xs = [ds[i][0] for i in range(n)]
+    return torch.stack([torch.as_tensor(x) for x in xs]).to(device)
+
+
+def _truncate_history(path: Path, global_step: int) -> None:
+    """Drop history lines written after the checkpoint we resume from (a crash in between)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= global_step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue
+    ckpt.atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def _write_split(path: Path, data: TrainData) -> None:
+    if data.splits:
+        try:
+            from vitdesk.data.splits import save_split
+
+            save_split(data.splits, path)
+            return
+        except ImportError:
+            pass
+    sizes = {"train": len(data.train), "val": len(data.val) if data.val is not None else 0,
+             "test": len(data.test) if data.test is not None else 0}
+    ckpt.atomic_write_text(path, json.dumps({"sizes": sizes, "classes": data.classes,
+                                             "fingerprint": data.fingerprint}, indent=2))
+
+
+def _load_teacher(cfg: RunConfig, classes: list[str], device: torch.device) -> nn.Module:
+    t = load_run(cfg.teacher.run, device=str(device))
+    if t.classes != list(classes):
+        raise ConfigError(
+            f"teacher run {cfg.teacher.run} has classes {t.classes}, the data has {classes}: "
+            "distil from a teacher trained on the same classes"
+        )
+    if t.img_size != cfg.model.img_size:
+        raise ConfigError(
+            f"teacher run {cfg.teacher.run} uses img_size {t.img_size}, this run "
+            f"{cfg.model.img_size}: use the same image size"
+        )
+    if WindowSpec.parse(t.cfg.data.window) != WindowSpec.parse(cfg.data.window):
+        raise ConfigError(
+            f"teacher run {cfg.teacher.run} uses window '{t.cfg.data.window}', this run "
+            f"'{cfg.data.window}': use the same window"
+        )
+    return t.model
+
+
+def load_run(run_dir: str | Path, device: str = "cpu", kind: str = "best") -> LoadedRun:
+    """Load a trained run (best checkpoint, else last) in eval mode."""
+    run = Path(run_dir).expanduser()
+    cfg_path = run / "config.toml"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{run} is not a vitdesk run folder (no config.toml)")
+    cfg = load_config(cfg_path)
+    folder = run / "checkpoints"
+    if not ckpt.checkpoint_exists(folder, kind):
+        kind = "last"
+    cp = ckpt.load_checkpoint(folder, kind, with_state=False)
+    classes = list(cp.meta.get("classes") or [])
+    if len(classes) < 1:
+        raise CheckpointError(f"{folder}/{kind}.json names no classes: the run is incomplete")
+    model = create_model(cfg.model.name, len(classes), cfg.model.img_size)
+    try:
+        model.load_state_dict(cp.weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint of {run} does not match its config ({exc})") from None
+    dev = resolve_device(device) if device == "auto" else torch.device(device)
+    model.to(dev).eval()
+    mean = tuple(cp.meta.get("mean") or model_norm_stats(cfg.model.name)[0])
+    std = tuple(cp.meta.get("std") or model_norm_stats(cfg.model.name)[1])
+    window = WindowSpec.parse(cfg.data.window, clahe=cfg.data.clahe)
+    return LoadedRun(model, cfg, classes, window, cfg.model.img_size, mean, std, run)

@@ -1,0 +1,638 @@
+"""Self-supervised MAE pretraining of a ViT encoder on the user's unlabelled slices.
+
+Hospital workstations often cannot download ImageNet weights. :func:`pretrain` trains a
+masked autoencoder (:mod:`vitdesk.engine.mae`) on every slice of a data source, labels
+ignored, and writes a folder that ``vitdesk train --pretrained DIR`` starts from:
+
+``DIR/encoder.safetensors``
+    the encoder weights, keys exactly those of the fine-tuning model minus its head;
+``DIR/card.json``
+    model name, image size, patch size, window, data fingerprint, epochs, mask ratio,
+    loss per epoch, seconds, software versions (no paths, no patient data);
+``DIR/history.jsonl``
+    one line per epoch;
+``DIR/checkpoints/``
+    ``last`` for ``--resume`` (the engine's atomic checkpoint format). Its weights file
+    holds the encoder only, with the same keys as ``encoder.safetensors``, so loading
+    ``DIR`` as a run folder gives the same encoder; the decoder and the optimizer live
+    in the checkpoint's state file.
+
+Everything random is a function of the seed: data order of ``(seed, epoch)``, masks of
+``(seed, step)``, augmentation of ``(seed, epoch, index)``, so a cancelled run resumed
+from its last checkpoint ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vitdesk.engine import checkpoint as ckpt
+from vitdesk.engine.events import CheckpointSaved, StepDone, TrainingFailed
+from vitdesk.engine.mae import MaskedAutoencoder, n_visible
+from vitdesk.errors import Cancelled, CheckpointError, ConfigError, DataError
+from vitdesk.imaging.windowing import WindowSpec
+from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
+
+CARD = "card.json"
+ENCODER = "encoder.safetensors"
+HISTORY = "history.jsonl"
+CARD_FORMAT = "vitdesk-mae-card-1"
+_TASK = "pretrain"
+# Settings a resumed run must share with its checkpoint (the rest may change).
+_RESUME_FIXED = ("model", "img_size", "window", "clahe", "mask_ratio", "norm_pix_loss",
+                 "decoder_dim", "decoder_depth", "decoder_heads", "batch_size", "seed",
+                 "base_lr", "weight_decay", "warmup_epochs", "min_lr", "augment")
+
+
+# ---- configuration ----------------------------------------------------------------------
+@dataclass
+class PretrainConfig:
+    """Everything that defines an MAE pretraining run.
+
+    The learning rate follows the MAE paper's rule ``lr = base_lr * batch_size / 256``.
+    """
+
+    data: str = ""
+    model: str = "vit_tiny_patch16_224"
+    img_size: int = 224
+    window: str = "soft_tissue"  # a WindowSpec label: must match the later fine-tuning
+    clahe: bool = False
+    epochs: int = 50
+    batch_size: int = 64
+    base_lr: float = 1.5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 5.0
+    min_lr: float = 0.0
+    clip_grad: float = 0.0  # 0 = off (the paper does not clip)
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    augment: bool = True  # flips + small zoom/shift (MAE needs only light augmentation)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on a GPU that has it) | off | bf16
+    attention: str = "auto"  # auto | sdpa | eager
+    workers: int = 0
+    log_every: int = 10
+    out: str = "pretrain"
+    resume: bool = False
+
+    @property
+    def lr(self) -> float:
+        """The actual peak learning rate (linear scaling with the batch size)."""
+        return self.base_lr * self.batch_size / 256.0
+
+    def validate(self) -> PretrainConfig:
+        """Check every field; raise :class:`ConfigError` naming the field and the fix."""
+        from vitdesk.config import patch_size_of
+
+        if not str(self.out).strip():
+            raise ConfigError("pretrain.out is empty: give an output folder with --out DIR")
+        if not self.model.strip():
+            raise ConfigError("pretrain.model is empty: give a timm ViT name, e.g. "
+                              "vit_tiny_patch16_224")
+        patch = patch_size_of(self.model)
+        if self.img_size < 8:
+            raise ConfigError(f"pretrain.img_size={self.img_size} is too small: use at least 8")
+        if patch and self.img_size % patch:
+            lo = self.img_size // patch * patch
+            raise ConfigError(
+                f"pretrain.img_size={self.img_size} is not divisible by the patch size {patch} "
+                f"of {self.model}: use {max(lo, patch)} or {lo + patch}"
+            )
+        try:
+            WindowSpec.parse(self.window, clahe=self.clahe)
+        except ConfigError as exc:
+            raise ConfigError(f"pretrain.window='{self.window}': {exc}") from None
+        if self.epochs < 1:
+            raise ConfigError(f"pretrain.epochs={self.epochs}: use 1 or more")
+        if self.batch_size < 1:
+            raise ConfigError(f"pretrain.batch_size={self.batch_size}: use 1 or more")
+        for name in ("base_lr",):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ConfigError(f"pretrain.{name}={v}: use a positive number")
+        for name in ("weight_decay", "warmup_epochs", "min_lr", "clip_grad"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ConfigError(f"pretrain.{name}={v}: use 0 or more")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"pretrain.betas={self.betas}: give two numbers in [0, 1)")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError(f"pretrain.mask_ratio={self.mask_ratio}: use a value between 0 "
+                              "and 1 (0.75 is the usual choice)")
+        if patch:
+            n_visible((self.img_size // patch) ** 2, self.mask_ratio)
+        if self.decoder_depth < 1 or self.decoder_heads < 1 or self.decoder_dim < 4:
+            raise ConfigError("pretrain.decoder_depth and decoder_heads must be 1 or more and "
+                              "decoder_dim 4 or more")
+        if self.decoder_dim % 4 or self.decoder_dim % self.decoder_heads:
+            raise ConfigError(
+                f"pretrain.decoder_dim={self.decoder_dim}: use a multiple of 4 and of "
+                f"decoder_heads={self.decoder_heads}"
+            )
+        for name, allowed in (("device", ("auto", "cpu", "cuda")), ("amp", ("auto", "off", "bf16")),
+                              ("attention", ("auto", "sdpa", "eager"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"pretrain.{name}='{getattr(self, name)}': choose one of "
+                                  f"{', '.join(allowed)}")
+        if self.workers < 0 or self.log_every < 1:
+            raise ConfigError("pretrain.workers must be 0 or more and log_every 1 or more")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown pretrain option(s): {', '.join(unknown)}")
+        kw = dict(d)
+        if "betas" in kw:
+            kw["betas"] = tuple(float(b) for b in kw["betas"])
+        return cls(**kw)
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings written into checkpoints and the card: no data path, no out path
+        (folder names may carry patient names)."""
+        d = self.to_dict()
+        for k in ("data", "out", "resume", "device", "workers", "log_every"):
+            d.pop(k, None)
+        return d
+
+
+# ---- events -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PretrainStarted:
+    """Pretraining begins (or resumes at ``start_epoch``)."""
+
+    epochs: int
+    start_epoch: int
+    n_images: int
+    trainable_params: int
+    lr: float
+    mask_ratio: float
+
+    def describe(self) -> str:
+        what = "resuming at" if self.start_epoch else "starting"
+        return (f"MAE pretraining: {what} epoch {self.start_epoch + 1}/{self.epochs}, "
+                f"{self.n_images} images, {self.trainable_params:,} parameters, "
+                f"lr {self.lr:.2e}, mask ratio {self.mask_ratio:g}")
+
+
+@dataclass(frozen=True)
+class PretrainEpochEnded:
+    """An epoch of pretraining finished (``loss``: mean reconstruction loss on hidden patches)."""
+
+    epoch: int
+    epochs: int
+    global_step: int
+    loss: float
+    lr: float
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"pretrain epoch {self.epoch + 1}/{self.epochs}: reconstruction loss "
+                f"{self.loss:.4f}  lr {self.lr:.2e}  ({self.seconds:.1f} s)")
+
+
+@dataclass(frozen=True)
+class PretrainDone:
+    """The encoder and its card were written."""
+
+    out: str
+    final_loss: float
+    epochs: int
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"done: {self.epochs} epoch(s), final loss {self.final_loss:.4f}, "
+                f"{self.seconds:.0f} s -> {self.out} (use --pretrained {self.out})")
+
+
+# ---- state ------------------------------------------------------------------------------
+@dataclass
+class PretrainState:
+    """Where the run is: the next epoch and batch to do, the curve so far."""
+
+    epoch: int = 0
+    batch: int = 0  # batches of `epoch` already consumed (resume mid-epoch)
+    global_step: int = 0
+    loss_sum: float = 0.0  # of the current, unfinished epoch
+    loss_count: int = 0
+    losses: list[float] = field(default_factory=list)  # mean loss of each finished epoch
+    seconds: float = 0.0  # over all sessions
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def _check_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not ckpt.checkpoint_exists(out / "checkpoints", "last"):
+            raise CheckpointError(
+                f"cannot resume: {out} has no checkpoints/last.json; start without --resume"
+            )
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(
+            f"output folder {out} already exists and is not empty: choose a new --out, or add "
+            "--resume to continue it"
+        )
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is available: use --device cpu or auto")
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available()
+                        else "cpu")
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "off":
+        return None  # CPU autocast is slower than fp32 on most CPUs
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None  # fp16 would need loss scaling; fp32 is the safe choice
+
+
+@dataclass
+class PretrainData:
+    """The unlabelled images (any Dataset of ``(x, y)``; ``y`` is ignored)."""
+
+    dataset: Dataset
+    fingerprint: str = ""
+    n_patients: int = 0
+    n_series: int = 0
+
+
+def build_pretrain_data(cfg: PretrainConfig, mean: Sequence[float], std: Sequence[float],
+                        cancel: CancelToken = NEVER, listeners: Sequence[Listener] = ()
+                        ) -> PretrainData:
+    """Every slice of ``cfg.data``, labelled or not, as one :class:`SliceDataset`."""
+    from vitdesk.data.augment import AugmentConfig
+    from vitdesk.data.build import fingerprint
+    from vitdesk.data.dataset import SliceDataset
+    from vitdesk.data.sources import load_records
+
+    if not str(cfg.data).strip():
+        raise ConfigError("pretrain.data is empty: give the unlabelled images with --data SRC")
+    records = load_records(cfg.data, cancel, list(listeners), require_labels=False)
+    # labels are not used; dropping them keeps the fingerprint about pixels only
+    records = [dataclasses.replace(r, label=None) for r in records]
+    if not records:
+        raise DataError(f"{cfg.data}: no images found: check --data")
+    augment = None
+    if cfg.augment:
+        augment = AugmentConfig(hflip=True, rotate_deg=5.0, scale=(0.9, 1.2), translate=0.05,
+                                hu_shift=0.0, hu_scale=0.0, image_jitter=0.0, seed=cfg.seed)
+    ds = SliceDataset(records, [], WindowSpec.parse(cfg.window, clahe=cfg.clahe), cfg.img_size,
+                      mean, std, channels=3, augment=augment)
+    return PretrainData(ds, fingerprint(records), len({r.patient for r in records}),
+                        len({r.series for r in records}))
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _mask_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((int(seed) * 7_919 + int(step) * 104_729 + 17) % (2**63))
+    return g
+
+
+def _warmup_steps(cfg: PretrainConfig, steps_per_epoch: int, total: int) -> int:
+    return max(0, min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1))
+
+
+def _build_optim(cfg: PretrainConfig, mae: MaskedAutoencoder, steps_per_epoch: int):
+    """AdamW (no decay on norms, biases, pos/cls embeddings, mask token) + per-step cosine."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    opt = create_optimizer_v2(mae, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              betas=tuple(cfg.betas))
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = _warmup_steps(cfg, steps_per_epoch, total)
+    sched = CosineLRScheduler(
+        # t_initial >= 2: timm warns that a 1-step cosine has no effect (tiny test runs)
+        opt, t_initial=max(2, total - warm), lr_min=min(cfg.min_lr, cfg.lr), warmup_t=warm,
+        warmup_lr_init=cfg.lr * 1e-3 if warm else cfg.lr, warmup_prefix=True,
+        t_in_epochs=False,
+    )
+    return opt, sched
+
+
+def _current_lr(opt: torch.optim.Optimizer) -> float:
+    return float(max(g["lr"] for g in opt.param_groups))
+
+
+def _versions() -> dict[str, str]:
+    import numpy as np
+    import timm
+
+    import vitdesk
+
+    return {"vitdesk": vitdesk.__version__, "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _append_history(path: Path, ev: PretrainEpochEnded) -> None:
+    line = {"epoch": ev.epoch, "step": ev.global_step, "loss": round(ev.loss, 6),
+            "lr": ev.lr, "seconds": round(ev.seconds, 3)}
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _truncate_history(path: Path, global_step: int) -> None:
+    """Drop lines written after the checkpoint we resume from (a crash in between)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= global_step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    ckpt.atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def _check_resume(cp: ckpt.Checkpoint, cfg: PretrainConfig, fp: str, out: Path) -> None:
+    saved = cp.meta.get("config") or {}
+    for key in _RESUME_FIXED:
+        ours = cfg.recorded().get(key)
+        if key in saved and saved[key] != ours:
+            raise CheckpointError(
+                f"cannot resume {out}: it was pretrained with {key}={saved[key]!r}, now "
+                f"{key}={ours!r}; use the same setting or a new --out"
+            )
+    if fp and cp.meta.get("fingerprint") and cp.meta["fingerprint"] != fp:
+        raise CheckpointError(
+            f"cannot resume {out}: the images differ from those it was pretrained on "
+            "(data fingerprint changed); use the same --data or a new --out"
+        )
+    done = len(cp.meta.get("pretrain_state", {}).get("losses", []))
+    if done >= cfg.epochs:
+        raise ConfigError(
+            f"{out} has already finished {done} epoch(s): raise --epochs above {done} to "
+            "continue it"
+        )
+
+
+def save_encoder(path: Path, weights: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Write encoder weights as safetensors atomically (string metadata only)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
+    ckpt.atomic_write_bytes(path, lambda p: save_file(flat, p, metadata=meta))
+
+
+# ---- the run ----------------------------------------------------------------------------
+def pretrain(
+    cfg: PretrainConfig,
+    cancel: CancelToken = NEVER,
+    listeners: Sequence[Listener] = (),
+    *,
+    data: PretrainData | None = None,
+) -> Path:
+    """Pretrain an encoder with a masked autoencoder; returns the output folder.
+
+    Args:
+        cfg: the settings (validated here); ``cfg.resume`` continues ``cfg.out``.
+        cancel: cooperative cancel/pause, checked before every optimizer step.
+        listeners: receive :class:`PretrainStarted`, :class:`StepDone`,
+            :class:`PretrainEpochEnded`, :class:`CheckpointSaved`, :class:`PretrainDone`
+            (or :class:`TrainingFailed`) and :class:`vitdesk.jobs.Progress`.
+        data: prebuilt images (tests, GUI); by default every slice of ``cfg.data``.
+
+    Raises:
+        ConfigError, DataError, ModelError, CheckpointError: before anything is written.
+        Cancelled: after ``checkpoints/last`` was written.
+    """
+    from vitdesk.engine.models import (
+        choose_attention_backend,
+        count_trainable,
+        create_model,
+        model_norm_stats,
+    )
+
+    cfg.validate()
+    out = Path(cfg.out).expanduser()
+    _check_out(out, cfg.resume)
+    device = _resolve_device(cfg.device)
+    window = WindowSpec.parse(cfg.window, clahe=cfg.clahe)
+    mean, std = model_norm_stats(cfg.model)
+    if data is None:
+        data = build_pretrain_data(cfg, mean, std, cancel, listeners)
+    n = len(data.dataset)
+    if n == 0:
+        raise DataError("no images to pretrain on: check --data")
+    torch.manual_seed(cfg.seed)
+    encoder = create_model(cfg.model, 1, cfg.img_size)
+    mae = MaskedAutoencoder(encoder, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
+                            cfg.mask_ratio, cfg.norm_pix_loss)
+    st = PretrainState()
+    cp = None
+    if cfg.resume:
+        cp = ckpt.load_checkpoint(out / "checkpoints", "last")
+        _check_resume(cp, cfg, data.fingerprint, out)
+        try:
+            mae.load_state_dict({**{f"encoder.{k}": v for k, v in cp.weights.items()},
+                                 **cp.state["decoder"]}, strict=True)
+        except (RuntimeError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise CheckpointError(
+                f"checkpoint in {out} does not fit {cfg.model} ({first}): start a new --out"
+            ) from None
+        try:
+            st = PretrainState(**cp.meta["pretrain_state"])
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{out}/checkpoints/last.json is corrupt ({exc}): start a "
+                                  "new --out") from None
+    # ---- everything is valid: now write -------------------------------------------------
+    mae.to(device)
+    bs = cfg.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    opt, sched = _build_optim(cfg, mae, steps_per_epoch)
+    if cp is not None and cp.state.get("optimizer") is not None:
+        opt.load_state_dict(cp.state["optimizer"])
+    amp = _amp_dtype(cfg.amp, device)
+    out.mkdir(parents=True, exist_ok=True)
+    history = out / HISTORY
+    if cfg.resume:
+        _truncate_history(history, st.global_step)
+    sample = torch.stack([torch.as_tensor(data.dataset[i][0]) for i in range(min(bs, n))])
+    attention = choose_attention_backend(mae, sample.to(device), cfg.attention, amp)
+    opt.zero_grad(set_to_none=True)
+    base_meta = {"pretrain": CARD_FORMAT, "model": cfg.model, "img_size": cfg.img_size,
+                 "window": window.to_dict(), "fingerprint": data.fingerprint,
+                 "config": cfg.recorded()}
+
+    def save_last() -> None:
+        state = {"optimizer": opt.state_dict(),
+                 "decoder": {k: v for k, v in mae.state_dict().items()
+                             if not k.startswith("encoder.")}}
+        meta = dict(base_meta, pretrain_state=asdict(st), global_step=st.global_step)
+        path = ckpt.save_checkpoint(out / "checkpoints", "last", mae.encoder_state_dict(),
+                                    meta, state)
+        emit(listeners, CheckpointSaved(str(path), "last"))
+
+    emit(listeners, PretrainStarted(cfg.epochs, st.epoch, n, count_trainable(mae), cfg.lr,
+                                    cfg.mask_ratio))
+    session_t0 = time.perf_counter()
+    seconds_before = st.seconds
+    sched.step_update(st.global_step)
+    mae.train()
+    try:
+        while st.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            if hasattr(data.dataset, "set_epoch"):
+                data.dataset.set_epoch(st.epoch)  # per-epoch augmentation draws
+            order = _epoch_order(n, cfg.seed, st.epoch)[st.batch * bs:]
+            loader = DataLoader(data.dataset, batch_size=bs, sampler=order,
+                                num_workers=cfg.workers, pin_memory=device.type == "cuda")
+            log_t, log_n = time.perf_counter(), 0
+            for x, _ in loader:
+                cancel.check()  # safe point: nothing of this batch applied yet
+                x = x.to(device, non_blocking=True)
+                gen = _mask_generator(cfg.seed, st.global_step, device)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss = mae(x, gen)
+                loss.backward()
+                if cfg.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(mae.parameters(), cfg.clip_grad)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                st.global_step += 1
+                st.batch += 1
+                sched.step_update(st.global_step)
+                value = float(loss.detach())  # one sync per step: cheap next to the step
+                if not math.isfinite(value):
+                    raise DataError(
+                        f"reconstruction loss became {value} at step {st.global_step}: lower "
+                        "--batch-size or the learning rate (pretrain.base_lr)"
+                    )
+                st.loss_sum += value * int(x.shape[0])
+                st.loss_count += int(x.shape[0])
+                log_n += int(x.shape[0])
+                if listeners and (st.global_step % cfg.log_every == 0
+                                  or st.batch == steps_per_epoch):
+                    now = time.perf_counter()
+                    emit(listeners, StepDone(0, st.epoch, st.batch, st.global_step, value,
+                                             _current_lr(opt), log_n / max(now - log_t, 1e-9)))
+                    emit(listeners, Progress(_TASK, st.batch, steps_per_epoch,
+                                             f"epoch {st.epoch + 1}/{cfg.epochs} loss {value:.4f}"))
+                    log_t, log_n = now, 0
+            epoch_loss = st.loss_sum / max(st.loss_count, 1)
+            st.losses.append(epoch_loss)
+            st.epoch += 1
+            st.batch, st.loss_sum, st.loss_count = 0, 0.0, 0
+            st.seconds = seconds_before + time.perf_counter() - session_t0
+            ev = PretrainEpochEnded(st.epoch - 1, cfg.epochs, st.global_step, epoch_loss,
+                                    _current_lr(opt), time.perf_counter() - t0)
+            _append_history(history, ev)
+            emit(listeners, ev)
+            save_last()
+    except Cancelled:
+        st.seconds = seconds_before + time.perf_counter() - session_t0
+        save_last()
+        emit(listeners, TrainingFailed("cancelled; continue with --resume"))
+        raise
+    except Exception as exc:
+        emit(listeners, TrainingFailed(f"{type(exc).__name__}: {exc}"))
+        raise
+    # ---- results ----------------------------------------------------------------------
+    enc = mae.encoder
+    card = {
+        "format": CARD_FORMAT,
+        "encoder": ENCODER,
+        "model": cfg.model,
+        "img_size": cfg.img_size,
+        "patch_size": mae.patch,
+        "in_chans": mae.in_chans,
+        "embed_dim": int(enc.embed_dim),
+        "depth": len(enc.blocks),
+        "window": window.to_dict(),
+        "window_label": window.label(),
+        "mean": list(mean),
+        "std": list(std),
+        "data": {"fingerprint": data.fingerprint, "n_images": n,
+                 "n_patients": data.n_patients, "n_series": data.n_series},
+        "epochs": st.epoch,
+        "steps": st.global_step,
+        "mask_ratio": cfg.mask_ratio,
+        "norm_pix_loss": cfg.norm_pix_loss,
+        "decoder": {"dim": cfg.decoder_dim, "depth": cfg.decoder_depth,
+                    "heads": cfg.decoder_heads},
+        "batch_size": bs,
+        "lr": cfg.lr,
+        "base_lr": cfg.base_lr,
+        "weight_decay": cfg.weight_decay,
+        "loss_per_epoch": [round(v, 6) for v in st.losses],
+        "seconds": round(st.seconds, 2),
+        "device": device.type,
+        "amp": "bf16" if amp is not None else "off",
+        "attention": attention.get("backend"),
+        "seed": cfg.seed,
+        "software": _versions(),
+        "finished": True,
+    }
+    save_encoder(out / ENCODER, mae.encoder_state_dict(),
+                 {"format": CARD_FORMAT, "model": cfg.model, "img_size": str(cfg.img_size)})
+    ckpt.atomic_write_text(out / CARD, json.dumps(card, indent=2))
+    emit(listeners, PretrainDone(str(out), st.losses[-1], st.epoch, st.seconds))
+    return out
+
+
+def saved_config(out: str | Path) -> PretrainConfig | None:
+    """The settings recorded in ``out/checkpoints/last.json`` (None when there is none).
+
+    ``data`` and ``out`` are not recorded (paths may name patients): the caller sets them.
+    """
+    meta_path = Path(out).expanduser() / "checkpoints" / "last.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        saved = json.loads(meta_path.read_text(encoding="utf-8"))["config"]
+        return PretrainConfig.from_dict(saved)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{meta_path} is corrupt ({exc}): start a new --out") from None
+
+
+def read_card(folder: str | Path) -> dict[str, Any] | None:
+    """The ``card.json`` of a pretraining folder (or of the folder holding a weights file),
+    or None when there is none. Fine-tuning uses it to warn about a window or size mismatch."""
+    p = Path(folder)
+    if p.is_file():
+        p = p.parent
+    card = p / CARD
+    if not card.is_file():
+        return None
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"{card} is corrupt ({exc}): re-run vitdesk pretrain") from None
+    return data if data.get("format") == CARD_FORMAT else None

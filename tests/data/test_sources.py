@@ -169,6 +169,10 @@ def test_workspace_source(dicom_folder, tmp_path):
     assert lesion[0].patient == safe_key("PID-SECRET-2") and lesion[0].series == s2.key
     assert {(r.sex, r.age) for r in recs if r.patient == safe_key("PID-SECRET-1")} == {
         ("M", 41.0)}
+    # unlabelled use (pretraining) gets every slice of every series, labels kept
+    every = load_records(tmp_path / "ws", require_labels=False)
+    assert len(every) == sum(len(s.files) for s in series.values())
+    assert sum(r.label is not None for r in every) == len(recs)
 
 
 def test_conflicting_duplicate_rows(png_folder):
@@ -203,3 +207,16 @@ def test_synthetic_sample_loads_with_sex_and_age(tmp_path):
     first = [r for r in recs if r.series == recs[0].series]
     inst = [int(pydicom.dcmread(r.path, stop_before_pixels=True).InstanceNumber) for r in first]
     assert inst == sorted(inst)
+
+
+def test_unlabelled_use_reads_any_folder_of_images(png_folder, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, src in enumerate(sorted(Path(png_folder).rglob("*.png"))):
+        shutil.copy(src, flat / f"x{i}.png")
+    with pytest.raises(DataError, match="no labels"):
+        load_records(flat)
+    recs = load_records(flat, require_labels=False)
+    assert len(recs) == 6 and all(r.label is None for r in recs)
+    # class folders too: every image, whatever the folder names
+    assert len(load_records(png_folder, require_labels=False)) == 6

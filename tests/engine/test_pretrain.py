@@ -128,6 +128,9 @@ def test_cancel_then_resume_ends_where_an_uninterrupted_run_ends(sample, tmp_pat
     meta = json.loads((part / "checkpoints" / "last.json").read_text())
     assert meta["global_step"] == 4 and meta["pretrain_state"]["batch"] == 1
     assert not (part / "encoder.safetensors").exists() and not (part / "card.json").exists()
+    # an unfinished pretraining is no backbone: fine-tuning refuses it
+    with pytest.raises(CheckpointError, match="did not finish"):
+        build_model("vit_test_tiny", 2, 32, str(part))
     # the folder is refused without --resume, accepted with it
     with pytest.raises(ConfigError, match="not empty"):
         pretrain(_cfg(sample, part, **kw))
@@ -172,3 +175,24 @@ def test_cli_pretrain_writes_and_refuses_a_used_folder(sample, tmp_path, capsys)
     assert main(["pretrain", "--data", str(sample), "--model", "vit_test_tiny", "--img-size",
                  "30", "--out", str(tmp_path / "bad")]) == 2
     assert "divisible" in capsys.readouterr().err
+
+
+def test_finetuning_warns_when_the_backbone_window_differs(pretrained):
+    from vitdesk.config import RunConfig
+    from vitdesk.engine.run import _check_backbone_card
+    from vitdesk.jobs import Notice
+
+    out, _ = pretrained
+    cfg = RunConfig()
+    cfg.weights.pretrained = str(out)
+    cfg.model.img_size = 32
+    seen: list = []
+    cfg.data.window = "lung"
+    _check_backbone_card(cfg, [seen.append])
+    assert seen == []  # same window and size: silent
+    cfg.data.window = "soft_tissue"
+    cfg.model.img_size = 48
+    _check_backbone_card(cfg, [seen.append])
+    texts = [e.message for e in seen if isinstance(e, Notice)]
+    assert any("--window lung" in t for t in texts)
+    assert any("32 px" in t for t in texts)

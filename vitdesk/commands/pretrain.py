@@ -16,7 +16,6 @@ from vitdesk.errors import ConfigError
 
 _FLAGS = {"model": "model", "img_size": "img_size", "window": "window", "epochs": "epochs",
           "batch_size": "batch_size", "device": "device", "seed": "seed"}
-_DEFAULT_MASK_RATIO = 0.75  # the parser's default for --mask-ratio
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -35,8 +34,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if value is not None:
             setattr(cfg, name, value)
     ratio = getattr(args, "mask_ratio", None)
-    # the parser fills in 0.75 when the flag is absent: on resume keep the saved ratio then
-    if ratio is not None and not (saved is not None and ratio == _DEFAULT_MASK_RATIO):
+    if ratio is not None:
         cfg.mask_ratio = float(ratio)
     return cfg.validate()
 

@@ -301,25 +301,43 @@ def read_class_folder(
     header_cache: dict[str, DicomHeader] = {}
     for k, cdir in enumerate(class_dirs):
         emit(listener, Progress(_TASK, k, len(class_dirs), cdir.name))
-        dicom_headers = []
-        for p in sorted(cdir.rglob("*")):
-            cancel.check()
-            if not p.is_file() or p.name.startswith("."):
-                continue
-            if is_image_file(p):
-                records.append(
-                    SliceRecord(
-                        path=str(p.resolve()), frame=0, label=cdir.name,
-                        patient=safe_key(p.stem), series=safe_key(str(p.resolve())),
-                        kind="image",
-                    )
-                )
-            elif looks_like_dicom(p):
-                dicom_headers.append(_cached_header(str(p), header_cache))
-        records.extend(
-            _dicom_records(_volume_order(dicom_headers), cdir.name, None, None, None)
-        )
+        records.extend(_tree_records(cdir, cdir.name, cancel, header_cache))
     emit(listener, Progress(_TASK, len(class_dirs), len(class_dirs), folder.name))
+    return records
+
+
+def read_unlabelled_folder(
+    folder: str | Path, cancel: CancelToken = NEVER, listener: Listener | None = None
+) -> list[SliceRecord]:
+    """Every PNG/JPEG/DICOM slice below ``folder`` with no label (for pretraining)."""
+    folder = Path(folder)
+    emit(listener, Progress(_TASK, 0, 1, folder.name))
+    records = list(_tree_records(folder, None, cancel, {}))
+    emit(listener, Progress(_TASK, 1, 1, folder.name))
+    return records
+
+
+def _tree_records(
+    root: Path, label: str | None, cancel: CancelToken, header_cache: dict[str, DicomHeader]
+) -> list[SliceRecord]:
+    """Records for every image file below ``root``, DICOM slices in volume order."""
+    records: list[SliceRecord] = []
+    dicom_headers = []
+    for p in sorted(root.rglob("*")):
+        cancel.check()
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if is_image_file(p):
+            records.append(
+                SliceRecord(
+                    path=str(p.resolve()), frame=0, label=label,
+                    patient=safe_key(p.stem), series=safe_key(str(p.resolve())),
+                    kind="image",
+                )
+            )
+        elif looks_like_dicom(p):
+            dicom_headers.append(_cached_header(str(p), header_cache))
+    records.extend(_dicom_records(_volume_order(dicom_headers), label, None, None, None))
     return records
 
 
@@ -327,12 +345,14 @@ def read_class_folder(
 
 
 def read_workspace(
-    folder: str | Path, cancel: CancelToken = NEVER, listener: Listener | None = None
+    folder: str | Path, cancel: CancelToken = NEVER, listener: Listener | None = None,
+    *, unlabelled: bool = False,
 ) -> list[SliceRecord]:
     """The labelled slices of a workspace (a series label labels all its slices).
 
-    Keys, sex and age come from the workspace index, so no file is opened except
-    to count frames of multi-frame files.
+    With ``unlabelled`` every slice of every series comes back, labelled or not
+    (pretraining). Keys, sex and age come from the workspace index, so no file is
+    opened except to count frames of multi-frame files.
     """
     try:
         from vitdesk.data.workspace import Workspace
@@ -352,7 +372,7 @@ def read_workspace(
             cancel.check()
             emit(listener, Progress(_TASK, k, len(all_series), "workspace"))
             labels = ws.labels_for_series(s.key)
-            if not labels or not s.files:
+            if (not labels and not unlabelled) or not s.files:
                 continue
             gone = [f for f in s.files if not os.path.isfile(f)]
             if gone:
@@ -362,11 +382,12 @@ def read_workspace(
             p = patients.get(s.patient_key)
             sex = parse_sex(p.sex) if p else None
             age = parse_age(p.age) if p else None
-            for i, label in sorted(labels.items()):
+            wanted = range(len(slices)) if unlabelled else sorted(labels)
+            for i in wanted:
                 if 0 <= i < len(slices):
                     path, frame = slices[i]
-                    records.append(SliceRecord(path, frame, label, s.patient_key, s.key,
-                                               sex, age, "dicom"))
+                    records.append(SliceRecord(path, frame, labels.get(i), s.patient_key,
+                                               s.key, sex, age, "dicom"))
     finally:
         ws.close()
     if missing:
@@ -439,10 +460,18 @@ def load_records(
         require_labels: drop unlabelled rows (with a notice) and fail if none is left.
         min_classes: fail with fewer classes (2 for training; 1 for an evaluation set).
     """
-    kind = detect_kind(src)
     p = Path(src)
-    if kind == "workspace":
-        records = read_workspace(p.parent if p.is_file() else p, cancel, listener)
+    if not require_labels and p.is_dir() and not (p / WORKSPACE_DB).is_file():
+        # unlabelled use (pretraining) reads every slice below the folder, whatever
+        # labels.csv or class folders say
+        kind = "unlabelled"
+    else:
+        kind = detect_kind(src)
+    if kind == "unlabelled":
+        records = read_unlabelled_folder(p, cancel, listener)
+    elif kind == "workspace":
+        records = read_workspace(p.parent if p.is_file() else p, cancel, listener,
+                                 unlabelled=not require_labels)
     elif kind == "dicom_folder":
         records = read_manifest(p / LABELS_CSV, cancel, listener)
     elif kind == "manifest":

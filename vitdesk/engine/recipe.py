@@ -105,7 +105,7 @@ def build_scheduler(
     min_lr = min(optim.min_lr, stage.lr * 0.01)
     return CosineLRScheduler(
         optimizer,
-        t_initial=max(1, total - warm),
+        t_initial=max(2, total - warm),  # timm warns that 1 step anneals nothing
         lr_min=min_lr,
         warmup_t=warm,
         warmup_lr_init=stage.lr * 0.01 if warm else stage.lr,

@@ -32,7 +32,7 @@ from vitdesk.engine.trainer import DistInfo, Trainer, dataset_targets
 from vitdesk.engine.weights import build_model
 from vitdesk.errors import CheckpointError, ConfigError, DataError
 from vitdesk.imaging.windowing import WindowSpec
-from vitdesk.jobs import NEVER, CancelToken, Listener
+from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, emit
 
 
 @dataclass
@@ -244,6 +244,33 @@ def _amp_name(trainer: Trainer) -> str:
 
 
 # ---- the run -----------------------------------------------------------------------------
+def _check_backbone_card(cfg: RunConfig, listeners: Sequence[Listener]) -> None:
+    """Warn when an MAE backbone was pretrained with another window or image size.
+
+    The encoder learnt the intensity statistics of its window: fine-tuning on other
+    windows throws part of that away, so the user should know.
+    """
+    src = str(cfg.weights.pretrained)
+    if src in ("none", "hub") or not Path(src).expanduser().exists():
+        return
+    from vitdesk.engine.pretrain import read_card
+
+    card = read_card(Path(src).expanduser())
+    if not card:
+        return
+    if "window" in card:
+        theirs = WindowSpec.from_dict(card["window"])
+        ours = WindowSpec.parse(cfg.data.window)
+        if theirs.windows != ours.windows:
+            emit(list(listeners), Notice("train", (
+                f"the backbone was pretrained with window '{theirs.label()}' but this run "
+                f"uses '{ours.label()}': use --window {theirs.label()} to keep them identical")))
+    if int(card.get("img_size", cfg.model.img_size)) != int(cfg.model.img_size):
+        emit(list(listeners), Notice("train", (
+            f"the backbone was pretrained at {card['img_size']} px and this run uses "
+            f"{cfg.model.img_size} px: position embeddings are resized")))
+
+
 def train(
     cfg: RunConfig,
     cancel: CancelToken = NEVER,
@@ -283,6 +310,8 @@ def train(
     model, report = build_model(cfg.model.name, len(data.classes), cfg.model.img_size,
                                 "none" if resume else cfg.weights.pretrained,
                                 cfg.model.drop_path)
+    if not resume:
+        _check_backbone_card(cfg, listeners)
     teacher = None
     if cfg.teacher.run:
         teacher = _load_teacher(cfg, data.classes, device)

@@ -110,9 +110,16 @@ def resolve_weights_path(src: str | Path) -> Path:
             if meta.is_file():
                 try:
                     info = json.loads(meta.read_text())
-                    return ck / info["weights"]
+                    weights = ck / info["weights"]
                 except (ValueError, KeyError) as exc:
                     raise CheckpointError(f"{meta} is corrupt ({exc})") from None
+                if "pretrain" in info:
+                    # an MAE folder without card.json was interrupted: its encoder is partial
+                    raise CheckpointError(
+                        f"pretraining in {p} did not finish: resume it with "
+                        f"'vitdesk pretrain --resume --out {p}' or point at another backbone"
+                    )
+                return weights
         raise CheckpointError(f"run folder {p} has no checkpoint: it never finished an epoch")
     # MAE card / export folder: prefer an encoder file, else the only weights file
     files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", *TORCH_SUFFIXES))

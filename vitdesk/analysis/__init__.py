@@ -1,1 +1,8 @@
-"""vitdesk.analysis (no Qt)."""
+"""vitdesk.analysis (no Qt): attention maps, TTA, metrics, fairness, robustness, shift.
+
+Modules: ``attention`` (CLS attention, rollout, Grad-CAM, overlays), ``tta``
+(batched test-time augmentation), ``metrics`` (bootstrap CIs, patient level,
+calibration, transfer), ``fairness`` (group metrics and disparities),
+``robustness`` (HU perturbations, FGSM/PGD) and ``shift`` (Mahalanobis check).
+Import the submodules directly; this package imports nothing heavy.
+"""

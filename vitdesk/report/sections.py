@@ -1,0 +1,278 @@
+"""Turn ReportData into renderer-neutral sections (text, tables, figures).
+
+HTML and PDF render the same sections, so both say the same thing; missing
+results simply produce no section.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from vitdesk.report import figures
+from vitdesk.report.data import ReportData, plain
+
+ATTENTION_PER_PAGE = 8
+FIG_DPI = 120
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    """One report section; ``figures`` are factories so nothing is drawn twice needlessly."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Callable[[], Figure]] = field(default_factory=list)
+    images: list[tuple[np.ndarray, str]] = field(default_factory=list)  # raw RGB + caption
+    _pngs: list[bytes] | None = field(default=None, repr=False)
+
+    def pngs(self) -> list[bytes]:
+        """The figures as PNG bytes, drawn once and shared by the HTML and PDF renderers."""
+        if self._pngs is None:
+            self._pngs = [figures.to_png(make(), dpi=FIG_DPI) for make in self.figures]
+        return self._pngs
+
+
+def fmt(v: object, digits: int = 3) -> str:
+    """Number formatting that shows NaN/None as an en dash."""
+    if v is None:
+        return "–"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(v)
+    return "–" if not math.isfinite(f) else f"{f:.{digits}f}"
+
+
+def fmt_ci(e: dict | None) -> str:
+    """"value (lo–hi)" of an Estimate dict."""
+    if not e:
+        return "–"
+    if not math.isfinite(float(e.get("lo", float("nan")))):
+        return fmt(e.get("value"))
+    return f"{fmt(e['value'])} ({fmt(e['lo'])}–{fmt(e['hi'])})"
+
+
+def _model_section(data: ReportData) -> Section:
+    s = Section("Model card")
+    m = data.model
+    if m is None:
+        s.paragraphs.append("No model information was given.")
+        return s
+    rows = [
+        ["Architecture", m.architecture],
+        ["Pretrained weights", m.weights_source],
+        ["Backbone provenance", m.backbone],
+        ["Input size", f"{m.img_size} px" if m.img_size else ""],
+        ["Windowing", m.windowing],
+        ["Recipe", m.recipe],
+        ["Classes", ", ".join(m.classes)],
+        ["Split", m.split],
+        ["Seed", "" if m.seed is None else str(m.seed)],
+        ["Device", m.device],
+    ]
+    s.tables.append(Table(["Item", "Value"], [r for r in rows if r[1]], "Model and run"))
+    if m.stages:
+        keys = list(dict.fromkeys(k for st in m.stages for k in st))
+        s.tables.append(Table([k.replace("_", " ") for k in keys],
+                              [[fmt(st.get(k)) if not isinstance(st.get(k), str)
+                                else st[k] for k in keys] for st in m.stages], "Stage plan"))
+    if m.data_sizes or m.patients:
+        splits = list(dict.fromkeys([*m.data_sizes, *m.patients]))
+        s.tables.append(Table(["Split", "Slices", "Patients"],
+                              [[k, fmt(m.data_sizes.get(k)), fmt(m.patients.get(k))]
+                               for k in splits], "Data"))
+    if m.software:
+        s.tables.append(Table(["Package", "Version"], [[k, v] for k, v in m.software.items()],
+                              "Software"))
+    return s
+
+
+def _training_section(history: list[dict]) -> Section:
+    s = Section("Training")
+    s.paragraphs.append(f"{len(history)} epochs over "
+                        f"{len({r.get('stage') for r in history})} stage(s). Dashed lines "
+                        "mark stage changes.")
+    s.figures.append(lambda: figures.training_curves(history))
+    s.tables.append(Table(
+        ["stage", "epoch", "train loss", "val loss", "val acc", "lr"],
+        [[str(r.get("stage", "")), str(r.get("epoch", "")), fmt(r.get("train_loss")),
+          fmt(r.get("val_loss")), fmt(r.get("val_acc")), fmt(r.get("lr"), 6)]
+         for r in (history if len(history) <= 12 else [*history[:6], *history[-6:]])],
+        "Epochs" + (" (first and last six)" if len(history) > 12 else ""),
+    ))
+    return s
+
+
+def _level_table(level: dict, title: str) -> Table:
+    names = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
+             "auc": "ROC AUC", "ece": "Expected calibration error"}
+    rows = [[names.get(k, k), fmt_ci(e)] for k, e in level["metrics"].items()]
+    for cls, d in level.get("per_class", {}).items():
+        rows.append([f"Sensitivity {cls}", fmt_ci(d.get("sensitivity"))])
+        rows.append([f"Specificity {cls}", fmt_ci(d.get("specificity"))])
+    return Table(["Metric", "Value (95% CI)"], rows, f"{title} (n = {level['n']})")
+
+
+def _evaluation_section(ev: dict) -> Section:
+    s = Section("Evaluation")
+    st = ev.get("settings", {})
+    s.paragraphs.append(
+        f"Intervals: {st.get('ci', 'bootstrap')}, {st.get('n_boot', '?')} resamples of "
+        f"{st.get('resampling', 'cases')}, seed {st.get('seed', '?')}. Patient score = mean of "
+        f"its slice probabilities; patient label by the '{st.get('rule', 'majority')}' rule.")
+    s.tables.append(_level_table(ev["slice"], "Slice level"))
+    if ev.get("patient"):
+        s.tables.append(_level_table(ev["patient"], "Patient level"))
+    lvl = ev["slice"]
+    cal = lvl.get("calibration", {})
+    s.figures.append(lambda: figures.confusion_and_reliability(
+        lvl["confusion"], ev["classes"], cal.get("bins", []), cal.get("ece")))
+    return s
+
+
+def _extra_section(data: ReportData) -> Section | None:
+    s = Section("Test-time augmentation, transfer and distribution shift")
+    if data.tta:
+        t = data.tta
+        rows = [["Views", f"{t.get('n_views')} ({', '.join(t.get('views', []))})"],
+                ["Accuracy without TTA", fmt(t.get("accuracy_plain"))],
+                ["Accuracy with TTA", fmt(t.get("accuracy_tta"))],
+                ["Predictions changed by TTA", f"{t.get('changed')} of {t.get('n')}"],
+                ["Mean uncertainty (std across views)", fmt(t.get("mean_uncertainty"))],
+                ["Mean predictive entropy (nats)", fmt(t.get("mean_entropy"))]]
+        s.tables.append(Table(["TTA", ""], rows, "Test-time augmentation"))
+    if data.transfer:
+        t = data.transfer
+        fc, bc = t.get("finetuned_curve", {}), t.get("baseline_curve", {})
+        rows = [["Fine-tuned accuracy", fmt(t.get("accuracy"))],
+                ["From-scratch baseline accuracy", fmt(t.get("baseline_accuracy"))],
+                ["Absolute improvement", fmt(t.get("absolute_improvement"))],
+                ["Gain over chance (acc-chance)/(base-chance)", fmt(t.get("gain_over_chance"))],
+                ["Relative error reduction (acc-base)/(1-base)",
+                 fmt(t.get("relative_error_reduction"))],
+                ["Epoch reaching 95% of best (fine-tuned / baseline)",
+                 f"{fmt(fc.get('epoch_to_fraction'))} / {fmt(bc.get('epoch_to_fraction'))}"],
+                ["Overfitting onset (fine-tuned / baseline)",
+                 f"{fmt(fc.get('overfit_onset'))} / {fmt(bc.get('overfit_onset'))}"]]
+        s.tables.append(Table(["Transfer", ""], rows, "Transfer effectiveness"))
+    if data.shift is not None:
+        sh = plain(data.shift)
+        rows = [["Cases checked", fmt(sh.get("n"))],
+                [f"Threshold ({fmt(sh.get('percentile'), 0)}th pct of training distances)",
+                 fmt(sh.get("threshold"))],
+                ["Share of cases beyond threshold", fmt(sh.get("fraction_above"))],
+                ["Median distance / training median", fmt(sh.get("median_ratio"))],
+                ["Outlier cases", fmt(sh.get("n_outliers"))]]
+        s.tables.append(Table(["Shift check", ""], rows,
+                              "Distribution shift (Mahalanobis distance of features)"))
+        frac = float(sh.get("fraction_above", 0) or 0)
+        expected = 1 - float(sh.get("percentile", 95)) / 100
+        if frac > 2 * expected + 0.05:
+            s.paragraphs.append(
+                f"Warning: {frac:.0%} of cases lie beyond the training threshold (about "
+                f"{expected:.0%} expected): these data may differ from the training data.")
+    return s if s.tables else None
+
+
+def _fairness_sections(reports: list[dict]) -> list[Section]:
+    out = []
+    for r in reports:
+        s = Section(f"Fairness: {r['attribute']} ({r['positive']} vs rest)")
+        rows = []
+        for g in r["rows"]:
+            m = g["metrics"]
+            rows.append([g["group"] + (" *" if g.get("small") else ""), str(g["n"]),
+                         fmt_ci(m["accuracy"]), fmt_ci(m["tpr"]), fmt_ci(m["fpr"]),
+                         fmt_ci(m["positive_rate"]), fmt_ci(m["auc"])])
+        s.tables.append(Table(["Group", "n", "Accuracy", "TPR", "FPR", "Positive rate", "AUC"],
+                              rows, f"* fewer than {r['min_group_size']} cases: unreliable"
+                              if any(g.get("small") for g in r["rows"]) else "Per group"))
+        d = r["disparities"]
+        s.tables.append(Table(["Disparity", "Value"], [
+            ["Demographic parity difference", fmt(d.get("demographic_parity_difference"))],
+            ["Demographic parity ratio", fmt(d.get("demographic_parity_ratio"))],
+            ["Equalized odds difference", fmt(d.get("equalized_odds_difference"))],
+            ["Accuracy gap", fmt(d.get("accuracy_gap"))]], "Between groups"))
+        s.paragraphs.extend(r.get("notes", []))
+        s.figures.append(lambda r=r: figures.fairness_bars(r))
+        out.append(s)
+    return out
+
+
+def _robustness_section(results: list[dict]) -> Section:
+    s = Section("Robustness")
+    s.paragraphs.append(
+        "HU perturbations are applied to raw Hounsfield units before windowing. Attack "
+        "strengths (FGSM, PGD) are in units of the windowed [0, 1] image (1/255 = one "
+        "display grey level). Dashed line: clean accuracy.")
+    rows = []
+    for r in results:
+        for c in r["curves"]:
+            worst = max(c["drop"]) if c["drop"] else float("nan")
+            rows.append([c["name"], ", ".join(fmt(v, 3) for v in c["strengths"]),
+                         ", ".join(fmt(v, 2) for v in c["accuracy"]), fmt(worst)])
+    s.tables.append(Table(["Perturbation", "Strengths", "Accuracy", "Largest drop"], rows))
+    s.figures.append(lambda: figures.robustness_curves(results))
+    return s
+
+
+def build_sections(data: ReportData) -> list[Section]:
+    """All sections for the results present in ``data`` (the model card is always there)."""
+    sections = [_model_section(data)]
+    if data.notes:
+        sections[0].paragraphs.extend(data.notes)
+    if data.history:
+        sections.append(_training_section(list(data.history)))
+    if data.evaluation is not None:
+        sections.append(_evaluation_section(plain(data.evaluation)))
+    extra = _extra_section(data)
+    if extra:
+        sections.append(extra)
+    if data.fairness:
+        sections.extend(_fairness_sections([plain(r) for r in data.fairness]))
+    if data.robustness:
+        sections.append(_robustness_section([plain(r) for r in data.robustness]))
+    if data.attention:
+        samples = list(data.attention)
+        pages = math.ceil(len(samples) / ATTENTION_PER_PAGE)
+        for p in range(pages):
+            chunk = samples[p * ATTENTION_PER_PAGE : (p + 1) * ATTENTION_PER_PAGE]
+            title = "Attention" + (f" ({p + 1}/{pages})" if pages > 1 else "")
+            s = Section(title, images=[(a.image, a.caption) for a in chunk])
+            if p == 0:
+                s.paragraphs.append("Where the model attended (attention rollout or Grad-CAM "
+                                    "over the windowed slice). Bright is not a finding.")
+            out_imgs = [a.image for a in chunk]
+            caps = [a.caption for a in chunk]
+            s.figures.append(lambda i=out_imgs, c=caps: figures.attention_grid(i, c))
+            sections.append(s)
+    return sections
+
+
+def section_texts(sections: list[Section]) -> list[str]:
+    """Every string a renderer will print (for the PHI guard)."""
+    out = []
+    for s in sections:
+        out.append(s.title)
+        out.extend(s.paragraphs)
+        for t in s.tables:
+            out.append(t.caption)
+            out.extend(t.header)
+            out.extend(c for row in t.rows for c in row)
+        out.extend(c for _, c in s.images)
+    return out

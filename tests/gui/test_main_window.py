@@ -29,9 +29,12 @@ def test_window_has_the_tabs_and_research_notice(win):
     assert titles == list(TAB_ORDER)
     assert "Research use only" in win.windowTitle()
     assert win.ruo_label.text() == RUO and win.ruo_label.isVisible()
-    assert not win.export_action.isEnabled()
-    placeholder = win.tabs.widget(TAB_ORDER.index("Training"))
-    assert "available once" in placeholder.label.text()
+    assert win.export_action.isEnabled()
+    from vitdesk.gui.tabs.report_tab import ReportTab
+    from vitdesk.gui.tabs.training_tab import TrainingTab
+
+    assert isinstance(win.tabs.widget(TAB_ORDER.index("Report")), ReportTab)
+    assert isinstance(win.tabs.widget(TAB_ORDER.index("Training")), TrainingTab)
 
 
 def test_in_memory_volume_is_listed_and_shown(win, volume):

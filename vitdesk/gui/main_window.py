@@ -25,11 +25,17 @@ from vitdesk.gui import settings as gui_settings
 from vitdesk.gui.dialogs import FileErrorsDialog, show_error
 from vitdesk.gui.job_bar import JobBar
 from vitdesk.gui.resources import icon
+from vitdesk.gui.run_state import CurrentRun
 from vitdesk.gui.session import Session
 from vitdesk.gui.slice_view import SliceView
 from vitdesk.gui.study_browser import StudyBrowser
+from vitdesk.gui.tabs.attention_tab import AttentionTab
 from vitdesk.gui.tabs.dataset_tab import DatasetTab
-from vitdesk.gui.tabs.placeholder import PlaceholderTab
+from vitdesk.gui.tabs.fairness_tab import FairnessTab
+from vitdesk.gui.tabs.inference_tab import InferenceTab
+from vitdesk.gui.tabs.report_tab import ReportTab
+from vitdesk.gui.tabs.robustness_tab import RobustnessTab
+from vitdesk.gui.tabs.training_tab import TrainingTab
 from vitdesk.gui.tabs.windowing_tab import WindowingTab
 from vitdesk.gui.widgets import RailTabs
 from vitdesk.gui.worker import Task
@@ -61,8 +67,20 @@ class MainWindow(QMainWindow):
         self.dataset_tab = DatasetTab(self.session, self)
         self.dataset_tab.install_shortcuts(self)
         self.tabs.addTab(self.dataset_tab, "Dataset")
-        for title in TAB_ORDER[2:]:
-            self.tabs.addTab(PlaceholderTab(title, self), title)
+        self.training_tab = TrainingTab(self.session, self.dataset_tab.training_input, self)
+        self.tabs.addTab(self.training_tab, "Training")
+        # One loaded run shared by the analysis tabs (see vitdesk.gui.run_state).
+        self.current_run = CurrentRun(self.session, self)
+        self.training_tab.run_finished.connect(self.current_run.load)
+        self.attention_tab = AttentionTab(self.session, self.current_run, self.viewer, self)
+        self.inference_tab = InferenceTab(self.session, self.current_run, self)
+        self.fairness_tab = FairnessTab(self.session, self.current_run, self)
+        self.robustness_tab = RobustnessTab(self.session, self.current_run, self)
+        self.report_tab = ReportTab(self.session, self.current_run, self)
+        for tab, title in zip((self.attention_tab, self.inference_tab, self.fairness_tab,
+                               self.robustness_tab, self.report_tab), TAB_ORDER[3:],
+                              strict=True):
+            self.tabs.addTab(tab, title)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
         self.splitter.addWidget(self.browser)
@@ -124,9 +142,8 @@ class MainWindow(QMainWindow):
             "&New workspace…", self.new_workspace_dialog, "Ctrl+N", "new_workspace",
             "Create a workspace folder; the open series are added to it")
         self.export_action = self._action(
-            "&Export report…", lambda: None, None, "report",
-            "Available once the report module lands")
-        self.export_action.setEnabled(False)
+            "&Export report…", self.export_report, "Ctrl+E", "report",
+            "Evaluate the current run and write report.html and report.pdf to a folder")
         self.settings_action = self._action(
             "&Settings…", self.show_settings, QKeySequence.StandardKey.Preferences, "settings",
             "Where settings are kept")
@@ -198,6 +215,11 @@ class MainWindow(QMainWindow):
         if folder:
             self.session.open_workspace(folder, create=False)
 
+    def export_report(self) -> None:
+        """Show the Report tab and export the report of the current run to a folder."""
+        self.tabs.setCurrentIndex(TAB_ORDER.index("Report"))
+        self.report_tab.export_dialog()
+
     def new_workspace_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Choose an empty folder for the workspace")
         if folder:
@@ -255,7 +277,11 @@ class MainWindow(QMainWindow):
         return parents.pop() if len(parents) == 1 else str(Path(paths[0]).parent)
 
     def closeEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        if not self.training_tab.confirm_close():  # asks, then cancels and waits
+            ev.ignore()
+            return
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.sync()
         self.session.shutdown()
+        self.current_run.shutdown()  # analysis tasks: cancel and wait
         super().closeEvent(ev)

@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from vitdesk.errors import Cancelled
 from vitdesk.jobs import CancelToken
@@ -119,7 +119,9 @@ class Task(QObject):
         self._runner.returned.connect(self._on_returned)
         self._runner.failed.connect(self._on_failed)
         self._runner.was_cancelled.connect(self.cancelled)
-        self._runner.ended.connect(self._thread.quit)
+        # quit() is thread-safe: a direct call from the worker lets wait() on the GUI
+        # thread return at once (a queued one would wait for the blocked GUI loop)
+        self._runner.ended.connect(self._thread.quit, Qt.ConnectionType.DirectConnection)
         # Qt's documented pattern: the runner is deleted by the worker thread's own
         # event loop as it winds down (a deleteLater from here would never run).
         self._thread.finished.connect(self._runner.deleteLater)

@@ -1,0 +1,84 @@
+"""Attention tab: overlay on the viewer aligned with the slice, controls, export."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PySide6.QtWidgets import QHBoxLayout, QWidget
+
+from tests.gui.conftest_runs import sample_dir, tiny_run  # noqa: F401
+from tests.gui.helpers import make_volume
+from vitdesk.gui.run_state import CurrentRun
+from vitdesk.gui.session import Session
+from vitdesk.gui.slice_view import SliceView
+from vitdesk.gui.tabs.attention_tab import AttentionTab
+
+
+@pytest.fixture
+def setup(qtbot, tiny_run):  # noqa: F811
+    from vitdesk.engine.run import load_run
+
+    session = Session()
+    host = QWidget()
+    view = SliceView(session.viewer, session.window, host)
+    current = CurrentRun(session, host, device="cpu")
+    tab = AttentionTab(session, current, view, host)
+    lay = QHBoxLayout(host)
+    lay.addWidget(view)
+    lay.addWidget(tab)
+    qtbot.addWidget(host)
+    host.show()
+    session.viewer.set_volume(make_volume())  # 64 x 80 slices: not square
+    current.set_run(load_run(tiny_run, "cpu"))
+    yield session, view, current, tab
+    session.shutdown()
+
+
+def _wait_result(qtbot, tab, index):
+    qtbot.waitUntil(lambda: tab.result is not None and tab.result.key[2] == index
+                    and not (tab.task and tab.task.is_running()), timeout=15000)
+
+
+def test_overlay_aligns_with_slice_and_follows_controls(qtbot, setup, tmp_path):
+    session, view, current, tab = setup
+    _wait_result(qtbot, tab, session.viewer.index)
+    # the overlay is an item of the viewer, above the slice, with the slice's shape and rect
+    assert tab.overlay.getViewBox() is view.view
+    assert tab.overlay.zValue() > view.image.zValue()
+    assert tab.overlay.image.shape == view.image.image.shape == (64, 80)
+    assert tab.overlay.mapRectToParent(tab.overlay.boundingRect()) == \
+        view.image.mapRectToParent(view.image.boundingRect())
+    assert tab.overlay.isVisible()
+    heat = tab.overlay.image
+    assert heat.min() >= 0.0 and heat.max() == pytest.approx(1.0)
+    # probabilities: one bar per class, summing to ~100 %
+    probs = tab.result.probs
+    assert probs.shape == (2,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert sum(b.value() for b in tab.prob_bars) == pytest.approx(1000, abs=2)
+
+    tab.opacity_slider.setValue(70)
+    assert tab.overlay.opacity() == pytest.approx(0.70)
+    # each map choice shows a different map (same shape)
+    shown = {}
+    for mode in ("Rollout", "Head mean", "Layer / head", "Grad-CAM"):
+        tab.mode_combo.setCurrentText(mode)
+        shown[mode] = tab.overlay.image.copy()
+        assert shown[mode].shape == (64, 80)
+    assert not np.allclose(shown["Rollout"], shown["Head mean"])
+    tab.mode_combo.setCurrentText("Layer / head")
+    tab.head_spin.setValue(2)
+    assert not np.allclose(tab.overlay.image, shown["Layer / head"])
+    tab.show_check.setChecked(False)
+    assert not tab.overlay.isVisible()
+    tab.show_check.setChecked(True)
+
+    # a new slice is recomputed (debounced, in a worker)
+    session.viewer.set_index(3)
+    _wait_result(qtbot, tab, 3)
+    assert tab.result.key[2] == 3
+
+    out = tab.export_png(tmp_path / "att.png")
+    png = cv2.imread(str(out))
+    assert png.shape == (64, 80, 3)
+    assert png.std() > 1  # not a blank image

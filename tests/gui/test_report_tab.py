@@ -1,0 +1,64 @@
+"""Report tab: evaluate + write HTML/PDF in a worker, preview, notice, PHI markers."""
+
+from __future__ import annotations
+
+from pypdf import PdfReader
+
+from tests.gui.conftest_runs import sample_dir, tiny_run  # noqa: F401
+from tests.gui.helpers import make_volume
+from vitdesk.gui.run_state import CurrentRun
+from vitdesk.gui.session import Session
+from vitdesk.gui.tabs.report_tab import ReportTab
+from vitdesk.report.data import NOTICE
+
+
+def test_report_export_and_preview(qtbot, tiny_run, tmp_path):  # noqa: F811
+    from vitdesk.engine.run import load_run
+
+    session = Session()
+    current = CurrentRun(session, device="cpu")
+    tab = ReportTab(session, current)
+    qtbot.addWidget(tab)
+    tab.show()
+    assert NOTICE in tab.notice.text() and tab.notice.isVisible()
+    current.set_run(load_run(tiny_run, "cpu"))
+    assert tab.out_dir() == tiny_run / "report"
+    session.viewer.set_volume(make_volume(phi={"PatientName": "DOE^JANE", "PatientID": "X123"}))
+    assert tab.forbidden_markers() == ["DOE^JANE", "X123"]
+
+    tab.out_edit.setText(str(tmp_path / "rep"))
+    tab.robust_check.setChecked(False)
+    tab.shift_check.setChecked(False)
+    tab.att_spin.setValue(1)
+    tab.boot_spin.setValue(50)
+    with qtbot.waitSignal(tab.build().done, timeout=60000):
+        pass
+    assert tab.files is not None, tab.status.text()
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert NOTICE in html
+    assert "DOE" not in html and "X123" not in html
+    pdf = PdfReader(str(tmp_path / "rep" / "report.pdf"))
+    assert len(pdf.pages) == tab.files.pages >= 1
+    assert NOTICE in pdf.pages[0].extract_text()
+    # the preview shows the written report
+    text = tab.preview.toPlainText()
+    assert NOTICE in text and "tiny" in text
+    assert tab.open_html_button.isEnabled()
+    session.shutdown()
+
+
+def test_export_report_action_opens_the_report_tab(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    from vitdesk.gui.main_window import TAB_ORDER, MainWindow
+
+    win = MainWindow()
+    qtbot.addWidget(win)
+    built = []
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *a, **k: str(tmp_path / "out")))
+    monkeypatch.setattr(win.report_tab, "_build_or_cancel", lambda: built.append(True))
+    assert win.export_action.isEnabled()
+    win.export_action.trigger()
+    assert win.tabs.currentIndex() == TAB_ORDER.index("Report")
+    assert win.report_tab.out_dir() == tmp_path / "out" and built == [True]

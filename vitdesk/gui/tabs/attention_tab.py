@@ -1,0 +1,342 @@
+"""Attention tab: where the model looks on the slice in the viewer.
+
+For the current slice the tab shows the run's class probabilities and draws an
+attention map *on the viewer*: an extra pyqtgraph ImageItem above the slice, with
+its own colormap and opacity, mapped back through the preprocessing letterbox
+(:class:`vitdesk.data.dataset.Letterbox`) so it lines up with the pixels shown.
+Maps: one layer/head, the head mean of a layer, attention rollout (head fusion
+mean/max/min) or Grad-CAM. Changing slice recomputes in a worker after a short
+pause (debounced); changing the map, colormap or opacity only redraws.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, QTimer
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from vitdesk.gui import geometry
+from vitdesk.gui.analysis_jobs import SliceAttention, attention_job
+from vitdesk.gui.dialogs import show_error
+from vitdesk.gui.run_state import CurrentRun, RunPicker
+from vitdesk.gui.session import Session
+from vitdesk.gui.slice_view import SliceView
+from vitdesk.gui.tabs.analysis_common import hint, scroll_layout
+from vitdesk.gui.worker import Task
+
+MODES = ("Rollout", "Head mean", "Layer / head", "Grad-CAM")
+COLORMAPS = ("inferno", "turbo", "viridis", "plasma", "CET-L8")
+DEBOUNCE_MS = 250
+
+
+class AttentionTab(QWidget):
+    """Attention maps of the current run over the viewer's slice."""
+
+    def __init__(self, session: Session, current: CurrentRun, view: SliceView,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session, self.current, self.slice_view = session, current, view
+        self.result: SliceAttention | None = None
+        self.task: Task | None = None
+        self._pending = False
+
+        self.picker = RunPicker(current, self)
+
+        # --- prediction
+        self.pred_label = QLabel("—", self)
+        self.pred_label.setStyleSheet("font-weight: bold;")
+        self.prob_bars: list[QProgressBar] = []
+        self.prob_grid = QGridLayout()
+        pred_box = QGroupBox("Prediction for this slice", self)
+        pl = QVBoxLayout(pred_box)
+        pl.addWidget(self.pred_label)
+        pl.addLayout(self.prob_grid)
+
+        # --- map choice
+        self.mode_combo = QComboBox(self)
+        self.mode_combo.addItems(MODES)
+        self.mode_combo.setToolTip("Rollout: attention flow through all layers (Abnar & "
+                                   "Zuidema). Head mean / Layer-head: the class token's "
+                                   "attention in one layer. Grad-CAM: gradient-weighted "
+                                   "tokens for the predicted class.")
+        self.layer_spin = QSpinBox(self)
+        self.layer_spin.setRange(1, 1)
+        self.head_spin = QSpinBox(self)
+        self.head_spin.setRange(1, 1)
+        self.fusion_combo = QComboBox(self)
+        self.fusion_combo.addItems(["mean", "max", "min"])
+        self.fusion_combo.setToolTip("How the heads of each layer are fused before rollout")
+        self.cmap_combo = QComboBox(self)
+        self.cmap_combo.addItems(COLORMAPS)
+        self.opacity_slider = QSlider(self)
+        self.opacity_slider.setOrientation(pg.QtCore.Qt.Orientation.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setValue(45)
+        self.opacity_value = QLabel("45%", self)
+        self.opacity_value.setMinimumWidth(36)
+        self.show_check = QCheckBox("Show overlay on the viewer", self)
+        self.show_check.setChecked(True)
+        op_row = QHBoxLayout()
+        op_row.addWidget(self.opacity_slider, 1)
+        op_row.addWidget(self.opacity_value)
+        map_box = QGroupBox("Attention map", self)
+        ml = QFormLayout(map_box)
+        ml.addRow("Map", self.mode_combo)
+        ml.addRow("Head fusion", self.fusion_combo)
+        ml.addRow("Layer", self.layer_spin)
+        ml.addRow("Head", self.head_spin)
+        ml.addRow("Colormap", self.cmap_combo)
+        ml.addRow("Opacity", op_row)
+        ml.addRow(self.show_check)
+
+        self.export_button = QPushButton("Export overlay PNG…", self)
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.status = hint("", self)
+
+        lay = scroll_layout(self)
+        lay.addWidget(self.picker)
+        lay.addWidget(pred_box)
+        lay.addWidget(map_box)
+        lay.addWidget(self.export_button)
+        lay.addWidget(self.status)
+        lay.addWidget(hint("Maps are recomputed for each slice shown; they are explanations of "
+                           "the model, not findings.", self))
+        lay.addStretch(1)
+
+        # --- the overlay, layered above the slice image on the viewer
+        self.overlay = pg.ImageItem(axisOrder="row-major")
+        self.overlay.setZValue(10)
+        self.overlay.setOpacity(self.opacity_slider.value() / 100)
+        self.overlay.setVisible(False)
+        view.view.addItem(self.overlay)
+        self._apply_cmap()
+
+        self.debounce = QTimer(self)
+        self.debounce.setSingleShot(True)
+        self.debounce.setInterval(DEBOUNCE_MS)
+        self.debounce.timeout.connect(self.recompute)
+
+        for sig in (session.viewer.slice_changed, session.viewer.volume_changed,
+                    session.viewer.axis_changed):
+            sig.connect(self._schedule)
+        current.changed.connect(self._on_run)
+        self.mode_combo.currentIndexChanged.connect(self._on_mode)
+        for w in (self.layer_spin, self.head_spin):
+            w.valueChanged.connect(lambda _v: self.redraw())
+        self.fusion_combo.currentIndexChanged.connect(lambda _i: self.redraw())
+        self.cmap_combo.currentIndexChanged.connect(lambda _i: self._apply_cmap())
+        self.opacity_slider.valueChanged.connect(self._on_opacity)
+        self.show_check.toggled.connect(lambda _on: self._update_visibility())
+        self._on_mode()
+        self._on_run(current.run)
+
+    # ----------------------------------------------------------------- state -> work
+    def _on_run(self, run: Any) -> None:
+        self.result = None
+        for bar in self.prob_bars:
+            bar.deleteLater()
+        self.prob_bars = []
+        while self.prob_grid.count():
+            item = self.prob_grid.takeAt(0)
+            if item.widget():
+                item.widget().deleteLater()
+        if run is None:
+            self.status.setText("Pick a run to see its attention on the slice.")
+            self._update_visibility()
+            return
+        for i, name in enumerate(run.classes):
+            bar = QProgressBar(self)
+            bar.setRange(0, 1000)
+            bar.setFormat("%p%")
+            bar.setTextVisible(True)
+            self.prob_grid.addWidget(QLabel(name, self), i, 0)
+            self.prob_grid.addWidget(bar, i, 1)
+            self.prob_bars.append(bar)
+        blocks = getattr(run.model, "blocks", [])
+        n_layers = max(1, len(blocks))
+        heads = getattr(getattr(blocks[0], "attn", None), "num_heads", 1) if len(blocks) else 1
+        self.layer_spin.setRange(1, n_layers)
+        self.layer_spin.setValue(n_layers)
+        self.head_spin.setRange(1, max(1, int(heads)))
+        self._schedule()
+
+    def _schedule(self, *_args: Any) -> None:
+        self.debounce.start()
+
+    def _key(self) -> tuple | None:
+        vol, run = self.session.viewer.volume, self.current.run
+        if vol is None or run is None:
+            return None
+        return (id(vol), self.session.viewer.axis, self.session.viewer.index, str(run.run_dir))
+
+    def recompute(self) -> Task | None:
+        """Compute the maps of the slice in the viewer (in a worker) unless cached."""
+        key = self._key()
+        if key is None:
+            self.result = None
+            self._update_visibility()
+            return None
+        if not self.isVisible():
+            return None  # nobody looks: showEvent recomputes when the tab is shown
+        if self.result is not None and self.result.key == key:
+            self.redraw()
+            return None
+        if self.task is not None and self.task.is_running():
+            self._pending = True  # one more pass when the current one ends
+            return None
+        vol = self.session.viewer.volume
+        hu = np.ascontiguousarray(geometry.plane(vol, self.session.viewer.axis,
+                                                 self.session.viewer.index), dtype=np.float32)
+        task = Task(attention_job, self.current.run, self.current.lock, hu, "dicom", key,
+                    name="attention")
+        task.finished.connect(self._on_result)
+        task.errored.connect(self._on_error)
+        task.done.connect(self._on_done)
+        self.task = task
+        self.status.setText("Computing attention…")
+        self.session.task_started.emit(task, "Attention maps")
+        return task.start()
+
+    def _on_done(self) -> None:
+        if self._pending:
+            self._pending = False
+            self.recompute()
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(f"Attention failed: {exc}")
+        show_error(self, exc)
+
+    def _on_result(self, res: SliceAttention) -> None:
+        if res.key != self._key():  # the slice changed meanwhile; _pending recomputes
+            self._pending = True
+            return
+        self.result = res
+        k = int(res.probs.argmax())
+        self.pred_label.setText(f"Predicted: {res.classes[k]} ({res.probs[k]:.1%})")
+        for bar, p in zip(self.prob_bars, res.probs, strict=False):
+            bar.setValue(int(round(float(p) * 1000)))
+        self.export_button.setEnabled(True)
+        self.status.setText(f"Slice {self.session.viewer.index + 1} "
+                            f"({self.session.viewer.axis}).")
+        self.redraw()
+
+    # ----------------------------------------------------------------- drawing
+    def current_map(self) -> np.ndarray | None:
+        """The chosen map of the current result at the slice's shape, scaled to [0, 1]."""
+        from vitdesk.analysis.attention import normalize01
+
+        r = self.result
+        if r is None:
+            return None
+        mode = self.mode_combo.currentText()
+        layer = self.layer_spin.value() - 1
+        if mode == "Rollout":
+            m = r.rollout[self.fusion_combo.currentText()]
+        elif mode == "Head mean":
+            m = r.head_mean[layer]
+        elif mode == "Layer / head":
+            m = r.per_head[layer, self.head_spin.value() - 1]
+        else:
+            m = r.grad_cam
+        return normalize01(m)
+
+    def redraw(self) -> None:
+        heat = self.current_map()
+        vol = self.session.viewer.volume
+        if heat is None or vol is None:
+            self._update_visibility()
+            return
+        h, w = heat.shape
+        pw, ph = geometry.pixel_size(vol, self.session.viewer.axis)
+        self.overlay.setImage(heat, autoLevels=False, levels=(0.0, 1.0))
+        self.overlay.setRect(QRectF(0, 0, w * pw, h * ph))  # same mm rect as the slice
+        self._update_visibility()
+
+    def _apply_cmap(self) -> None:
+        cmap = pg.colormap.get(self.cmap_combo.currentText())
+        self.overlay.setLookupTable(cmap.getLookupTable(0.0, 1.0, 256))
+
+    def _on_opacity(self, value: int) -> None:
+        self.opacity_value.setText(f"{value}%")
+        self.overlay.setOpacity(value / 100.0)
+
+    def _on_mode(self, *_args: Any) -> None:
+        mode = self.mode_combo.currentText()
+        self.fusion_combo.setEnabled(mode == "Rollout")
+        self.layer_spin.setEnabled(mode in ("Head mean", "Layer / head"))
+        self.head_spin.setEnabled(mode == "Layer / head")
+        self.redraw()
+
+    def _update_visibility(self) -> None:
+        self.overlay.setVisible(self.result is not None and self.show_check.isChecked()
+                                and self.isVisible())
+
+    def showEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        super().showEvent(ev)
+        self._update_visibility()
+        self._schedule()
+
+    def hideEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        # The overlay belongs to this tab: other tabs show a clean slice.
+        super().hideEvent(ev)
+        self.overlay.setVisible(False)
+
+    # ----------------------------------------------------------------- export
+    def export_png(self, path: str | Path) -> Path:
+        """Write the slice (current display window) blended with the map as a PNG."""
+        import cv2
+
+        from vitdesk.imaging.windowing import apply_window
+
+        heat = self.current_map()
+        vol = self.session.viewer.volume
+        if heat is None or vol is None:
+            raise RuntimeError("no attention map to export yet")
+        img = apply_window(geometry.plane(vol, self.session.viewer.axis,
+                                          self.session.viewer.index),
+                           self.session.window.width, self.session.window.level)
+        # The viewer's own colormap, so the file looks like the screen.
+        rgb = _blend(img, heat, self.opacity_slider.value() / 100.0,
+                     self.cmap_combo.currentText())
+        path = Path(path)
+        if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+            raise OSError(f"{path}: could not write the PNG; check the folder")
+        return path
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export attention overlay",
+                                              "attention.png", "PNG images (*.png)")
+        if path:
+            try:
+                self.export_png(path)
+                self.session.message.emit(f"Overlay written to {path}")
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                show_error(self, exc)
+
+
+def _blend(img: np.ndarray, heat: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
+    """Grey [0, 1] image blended with a pyqtgraph colormap (for maps matplotlib lacks)."""
+    lut = pg.colormap.get(cmap).getLookupTable(0.0, 1.0, 256)[:, :3].astype(np.float32) / 255
+    colour = lut[np.clip(np.rint(heat * 255), 0, 255).astype(int)]
+    grey = np.repeat(np.clip(img, 0, 1)[..., None], 3, axis=2)
+    return np.clip(np.rint(((1 - alpha) * grey + alpha * colour) * 255), 0, 255).astype(np.uint8)

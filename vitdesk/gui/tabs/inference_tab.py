@@ -1,0 +1,352 @@
+"""Inference tab: the run's predictions for every slice, with test-time augmentation.
+
+The source is the open series (every axial slice) or a labelled data set (the run's
+test/validation split or any dataset source). Results are a per-slice probability
+strip (P(class) against slice number with a band of +- one standard deviation across
+TTA views), kept in step with the viewer (a vertical line at the current slice; a
+click on the strip or a table row jumps the viewer there), a table, and CSV export.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from vitdesk.analysis.tta import CROP_POSITIONS, TTAConfig
+from vitdesk.gui.analysis_jobs import Inference, inference_job
+from vitdesk.gui.dialogs import show_error
+from vitdesk.gui.run_state import CurrentRun, RunPicker
+from vitdesk.gui.session import Session
+from vitdesk.gui.tabs.analysis_common import (
+    ACCENT,
+    AXIS,
+    BACKGROUND,
+    SourceChooser,
+    fill_table,
+    hint,
+    make_table,
+    parse_floats,
+    scroll_layout,
+)
+from vitdesk.gui.worker import Task
+
+
+class InferenceTab(QWidget):
+    """Per-slice predictions of the current run, plain or with TTA."""
+
+    def __init__(self, session: Session, current: CurrentRun,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session, self.current = session, current
+        self.result: Inference | None = None
+        self.task: Task | None = None
+        self._series_id: int | None = None  # which volume the result belongs to
+
+        self.picker = RunPicker(current, self)
+        self.source = SourceChooser(self, with_series=True)
+
+        # --- TTA options
+        self.tta_box = QGroupBox("Test-time augmentation", self)
+        self.tta_box.setCheckable(True)
+        self.tta_box.setChecked(True)
+        self.hflip_check = QCheckBox("Horizontal flip", self)
+        self.hflip_check.setChecked(True)
+        self.scales_edit = QLineEdit("1.0, 0.9, 1.1", self)
+        self.scales_edit.setToolTip("Zoom factors; 1.0 is the plain image, >1 zooms in")
+        self.crop_checks = {}
+        crops_row = QHBoxLayout()
+        for pos in CROP_POSITIONS:
+            c = QCheckBox(pos, self)
+            c.setToolTip(f"Crop of 87.5% at {pos}, resized back")
+            self.crop_checks[pos] = c
+            crops_row.addWidget(c)
+        crops_row.addStretch(1)
+        self.combine_combo = QComboBox(self)
+        self.combine_combo.addItems(["mean", "geometric"])
+        self.combine_combo.setToolTip("Arithmetic or geometric mean of the views' probabilities")
+        tl = QGridLayout(self.tta_box)
+        tl.addWidget(self.hflip_check, 0, 0)
+        tl.addWidget(QLabel("Combine", self), 0, 1, Qt.AlignmentFlag.AlignRight)
+        tl.addWidget(self.combine_combo, 0, 2)
+        tl.addWidget(QLabel("Scales", self), 1, 0)
+        tl.addWidget(self.scales_edit, 1, 1, 1, 2)
+        tl.addWidget(QLabel("Crops", self), 2, 0)
+        tl.addLayout(crops_row, 2, 1, 1, 2)
+
+        self.run_button = QPushButton("Run inference", self)
+        self.run_button.setObjectName("primary")
+        self.run_button.clicked.connect(self._run_or_cancel)
+        self.export_button = QPushButton("Export CSV…", self)
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self._export_dialog)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.export_button)
+        self.summary = hint("", self)
+
+        # --- probability strip
+        self.class_combo = QComboBox(self)
+        self.class_combo.currentIndexChanged.connect(lambda _i: self._draw_strip())
+        self.plot = pg.PlotWidget(self, background=BACKGROUND)
+        self.plot.setMinimumHeight(170)
+        pi = self.plot.getPlotItem()
+        pi.showGrid(x=True, y=True, alpha=0.15)
+        pi.setLabel("bottom", "slice")
+        pi.setLabel("left", "P")
+        pi.setYRange(0, 1, padding=0.02)
+        pi.setMouseEnabled(x=True, y=False)
+        for ax in ("left", "bottom"):
+            pi.getAxis(ax).setPen(AXIS)
+            pi.getAxis(ax).setTextPen(AXIS)
+        self.band_hi = pg.PlotDataItem([], [], pen=None)
+        self.band_lo = pg.PlotDataItem([], [], pen=None)
+        self.band = pg.FillBetweenItem(self.band_lo, self.band_hi, brush=(74, 158, 218, 60))
+        pi.addItem(self.band)
+        self.curve = pi.plot([], [], pen=pg.mkPen(ACCENT, width=2), symbol="o", symbolSize=5,
+                             symbolBrush=ACCENT, symbolPen=None)
+        self.half_line = pg.InfiniteLine(0.5, angle=0, pen=pg.mkPen("#50565e",
+                                                                   style=Qt.PenStyle.DashLine))
+        pi.addItem(self.half_line)
+        self.cursor_line = pg.InfiniteLine(1, angle=90, pen=pg.mkPen("#e0a040", width=1.5))
+        pi.addItem(self.cursor_line)
+        self.cursor_line.hide()
+        self.plot.scene().sigMouseClicked.connect(self._on_plot_clicked)
+        strip_head = QHBoxLayout()
+        strip_head.addWidget(QLabel("Probability of", self))
+        strip_head.addWidget(self.class_combo, 1)
+
+        self.table = make_table(["#", "Predicted"], self)
+        self.table.cellClicked.connect(lambda r, _c: self.select_case(r))
+
+        top = QWidget(self)
+        tl2 = QVBoxLayout(top)
+        tl2.setContentsMargins(0, 0, 0, 0)
+        tl2.addWidget(self.picker)
+        tl2.addWidget(self.source)
+        tl2.addWidget(self.tta_box)
+        tl2.addLayout(buttons)
+        tl2.addWidget(self.summary)
+        tl2.addLayout(strip_head)
+        tl2.addWidget(self.plot, 1)
+        split = QSplitter(Qt.Orientation.Vertical, self)
+        split.addWidget(top)
+        split.addWidget(self.table)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        lay = scroll_layout(self)
+        lay.addWidget(split)
+
+        session.viewer.slice_changed.connect(lambda _i: self._sync_cursor())
+        session.viewer.volume_changed.connect(lambda _v: self._sync_cursor())
+        session.viewer.axis_changed.connect(lambda _a: self._sync_cursor())
+        current.changed.connect(lambda _run: self.clear())
+
+    # ----------------------------------------------------------------- options
+    def tta_config(self) -> TTAConfig | None:
+        """The TTA configuration of the form (None when TTA is off); validated."""
+        if not self.tta_box.isChecked():
+            return None
+        cfg = TTAConfig(hflip=self.hflip_check.isChecked(),
+                        scales=parse_floats(self.scales_edit.text(), "TTA scales"),
+                        crops=tuple(p for p, c in self.crop_checks.items() if c.isChecked()),
+                        combine=self.combine_combo.currentText())
+        cfg.validate()
+        return cfg
+
+    # ----------------------------------------------------------------- run
+    def _run_or_cancel(self) -> None:
+        if self.task is not None and self.task.is_running():
+            self.task.cancel()
+            return
+        try:
+            self.run()
+        except Exception as exc:  # noqa: BLE001 - user errors are shown, not raised
+            show_error(self, exc)
+
+    def run(self) -> Task | None:
+        """Start inference with the form's settings (raises a user error if not ready)."""
+        from vitdesk.errors import ConfigError
+
+        run = self.current.run
+        if run is None:
+            raise ConfigError("Inference: no run loaded; pick a trained run first")
+        tta = self.tta_config()
+        src, split = self.source.value()
+        slices = None
+        vol = self.session.viewer.volume
+        if split == "series":
+            if vol is None:
+                raise ConfigError("Inference: no series open; open one or choose a data set")
+            slices = [np.ascontiguousarray(vol.hu[z], dtype=np.float32)
+                      for z in range(vol.shape[0])]
+            self._series_id = id(vol)
+        task = Task(inference_job, run, self.current.lock, slices, tta, src,
+                    None if split == "series" else split, name="inference")
+        task.finished.connect(self._on_result)
+        task.errored.connect(lambda exc: show_error(self, exc))
+        task.cancelled.connect(lambda: self.summary.setText("Inference cancelled."))
+        task.done.connect(self._on_done)
+        self.task = task
+        self.run_button.setText("Cancel")
+        views = "plain" if tta is None else f"TTA, {len(tta.views())} views"
+        self.summary.setText(f"Predicting {self.source.describe()} ({views})…")
+        self.session.task_started.emit(task, f"Inference ({views})")
+        return task.start()
+
+    def _on_done(self) -> None:
+        self.run_button.setText("Run inference")
+
+    def clear(self) -> None:
+        self.result = None
+        self.table.setRowCount(0)
+        self.curve.setData([], [])
+        self.band_hi.setData([], [])
+        self.band_lo.setData([], [])
+        self.cursor_line.hide()
+        self.export_button.setEnabled(False)
+        self.summary.setText("")
+
+    def _on_result(self, res: Inference) -> None:
+        self.result = res
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        self.class_combo.addItems(list(res.classes))
+        # the finding (not the "normal" class) is the interesting probability
+        from vitdesk.analysis.evaluation import analysis_order
+
+        self.class_combo.setCurrentIndex(analysis_order(list(res.classes))[-1])
+        self.class_combo.blockSignals(False)
+        headers = ["#" if res.source == "series" else "Slice", "Predicted"]
+        headers += [f"P({c})" for c in res.classes] + ["± (TTA)"]
+        if res.labels is not None:
+            headers.append("Label")
+        self.table.setColumnCount(len(headers))
+        self.table.setHorizontalHeaderLabels(headers)
+        rows, wrong = [], []
+        for i in range(len(res.probs)):
+            k = int(res.probs[i].argmax())
+            row: list[Any] = [str(i + 1) if res.source == "series" else res.names[i],
+                              res.classes[k], *[float(p) for p in res.probs[i]],
+                              float(res.uncertainty[i])]
+            if res.labels is not None:
+                row.append(res.classes[int(res.labels[i])])
+                if int(res.labels[i]) != k:
+                    wrong.append(i)
+            rows.append(row)
+        fill_table(self.table, rows, warn_rows=wrong)
+        self.plot.getPlotItem().setLabel("bottom", "slice" if res.source == "series" else "case")
+        self._draw_strip()
+        self._sync_cursor()
+        self.export_button.setEnabled(True)
+        parts = [f"{len(res.probs)} slices", f"views: {', '.join(res.views)}",
+                 f"mean ± {float(res.uncertainty.mean()):.3f}"]
+        if res.accuracy is not None:
+            parts.insert(1, f"accuracy {res.accuracy:.1%} ({len(wrong)} wrong, amber)")
+        self.summary.setText("; ".join(parts))
+
+    # ----------------------------------------------------------------- strip
+    def strip_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, p, std) of the strip: 1-based slice numbers, P(class), its spread."""
+        res = self.result
+        if res is None:
+            return np.empty(0), np.empty(0), np.empty(0)
+        c = max(self.class_combo.currentIndex(), 0)
+        x = np.arange(1, len(res.probs) + 1, dtype=float)
+        return x, res.probs[:, c].astype(float), res.std[:, c].astype(float)
+
+    def _draw_strip(self) -> None:
+        x, p, s = self.strip_data()
+        self.curve.setData(x, p)
+        self.band_hi.setData(x, np.clip(p + s, 0, 1))
+        self.band_lo.setData(x, np.clip(p - s, 0, 1))
+        if len(x):
+            self.plot.getPlotItem().setXRange(0.5, len(x) + 0.5, padding=0)
+        self.plot.getPlotItem().setLabel("left", f"P({self.class_combo.currentText()})")
+
+    def _series_mode(self) -> bool:
+        res, vol = self.result, self.session.viewer.volume
+        return (res is not None and res.source == "series" and vol is not None
+                and id(vol) == self._series_id and len(res.probs) == vol.shape[0])
+
+    def _sync_cursor(self) -> None:
+        if self._series_mode() and self.session.viewer.axis == "axial":
+            i = self.session.viewer.index
+            self.cursor_line.setValue(i + 1)
+            self.cursor_line.show()
+            self.table.selectRow(i)
+            self.table.scrollTo(self.table.model().index(i, 0))
+        else:
+            self.cursor_line.hide()
+
+    def _on_plot_clicked(self, ev: Any) -> None:
+        vb = self.plot.getPlotItem().getViewBox()
+        if not vb.sceneBoundingRect().contains(ev.scenePos()):
+            return
+        x = vb.mapSceneToView(ev.scenePos()).x()
+        if self.result is not None:
+            self.select_case(int(round(x)) - 1)
+
+    def select_case(self, i: int) -> None:
+        """Show case ``i`` (0-based): the viewer jumps to that axial slice in series mode."""
+        if self.result is None:
+            return
+        i = int(min(max(i, 0), len(self.result.probs) - 1))
+        if self._series_mode():
+            self.session.viewer.set_axis("axial")
+            self.session.viewer.set_index(i)
+        else:
+            self.cursor_line.setValue(i + 1)
+            self.cursor_line.show()
+        self.table.selectRow(i)
+
+    # ----------------------------------------------------------------- export
+    def export_csv(self, path: str | Path) -> Path:
+        """Write one row per slice: index/name, prediction, probabilities, spread, label."""
+        res = self.result
+        if res is None:
+            raise RuntimeError("no inference result to export")
+        path = Path(path)
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            head = ["index", "name", "predicted", *[f"p_{c}" for c in res.classes],
+                    *[f"std_{c}" for c in res.classes], "uncertainty"]
+            if res.labels is not None:
+                head.append("label")
+            w.writerow(head)
+            for i in range(len(res.probs)):
+                row = [i, res.names[i], res.classes[int(res.probs[i].argmax())],
+                       *[f"{p:.6f}" for p in res.probs[i]], *[f"{s:.6f}" for s in res.std[i]],
+                       f"{res.uncertainty[i]:.6f}"]
+                if res.labels is not None:
+                    row.append(res.classes[int(res.labels[i])])
+                w.writerow(row)
+        return path
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export predictions", "predictions.csv",
+                                              "CSV files (*.csv)")
+        if path:
+            try:
+                self.export_csv(path)
+                self.session.message.emit(f"Predictions written to {path}")
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                show_error(self, exc)

@@ -1,0 +1,236 @@
+"""Report tab: evaluate the run and export the HTML/PDF report, with a preview.
+
+The work is :func:`vitdesk.analysis.evaluation.evaluate_run` followed by
+:func:`vitdesk.report.from_run.write_run_report` in a worker. The report is refused
+(a DataError, nothing written) if any text in it contains an identifier of the
+series open in the workbench: their names, IDs and dates are passed as forbidden
+markers. The preview shows the written ``report.html``; the research-use-only
+notice is on the tab itself and on every page of the report.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QUrl
+from PySide6.QtGui import QDesktopServices, QImage, QTextDocument
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTextBrowser,
+    QWidget,
+)
+
+from vitdesk.gui.analysis_jobs import report_job
+from vitdesk.gui.dialogs import show_error
+from vitdesk.gui.run_state import CurrentRun, RunPicker
+from vitdesk.gui.session import Session
+from vitdesk.gui.tabs.analysis_common import SourceChooser, hint, scroll_layout
+from vitdesk.gui.worker import Task
+from vitdesk.report.data import NOTICE
+
+_PHI_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+             "InstitutionName", "OtherPatientIDs", "ReferringPhysicianName")
+
+
+class ReportPreview(QTextBrowser):
+    """A QTextBrowser that shows the report's embedded (data: URI) PNG figures,
+    scaled to the preview's width."""
+
+    def loadResource(self, kind: int, url: QUrl) -> Any:  # noqa: N802 - Qt naming
+        if url.scheme() == "data" and kind == QTextDocument.ResourceType.ImageResource.value:
+            raw = url.toString()
+            _, _, payload = raw.partition("base64,")
+            img = QImage.fromData(base64.b64decode(payload))
+            width = max(200, self.viewport().width() - 40)
+            return img.scaledToWidth(width) if img.width() > width else img
+        return super().loadResource(kind, url)
+
+
+class ReportTab(QWidget):
+    """Build, preview and export the evaluation report of the current run."""
+
+    def __init__(self, session: Session, current: CurrentRun,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session, self.current = session, current
+        self.files: Any = None
+        self.task: Task | None = None
+
+        self.notice = QLabel(f"⚠ {NOTICE}. Reports describe a research model; they are not "
+                             "medical findings.", self)
+        self.notice.setObjectName("ruoNotice")
+        self.notice.setWordWrap(True)
+        self.notice.setStyleSheet("color: #e0a040; font-weight: bold;")
+
+        self.picker = RunPicker(current, self)
+        self.source = SourceChooser(self)
+        self.tta_check = QCheckBox("Test-time augmentation", self)
+        self.robust_check = QCheckBox("Robustness curves", self)
+        self.robust_check.setChecked(True)
+        self.shift_check = QCheckBox("Distribution shift", self)
+        self.shift_check.setChecked(True)
+        self.att_spin = QSpinBox(self)
+        self.att_spin.setRange(0, 16)
+        self.att_spin.setValue(4)
+        self.att_spin.setToolTip("Slices shown with attention rollout and Grad-CAM overlays")
+        self.boot_spin = QSpinBox(self)
+        self.boot_spin.setRange(50, 5000)
+        self.boot_spin.setSingleStep(100)
+        self.boot_spin.setValue(500)
+        self.out_edit = QLineEdit(self)
+        self.out_edit.setPlaceholderText("the run's report/ folder")
+        self.out_button = QPushButton("Browse…", self)
+        self.out_button.clicked.connect(self._choose_out)
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.out_edit, 1)
+        out_row.addWidget(self.out_button)
+        checks = QGridLayout()
+        checks.addWidget(self.tta_check, 0, 0)
+        checks.addWidget(self.robust_check, 0, 1)
+        checks.addWidget(self.shift_check, 1, 0)
+        box = QGroupBox("Contents", self)
+        form = QFormLayout(box)
+        form.addRow(checks)
+        form.addRow("Attention samples", self.att_spin)
+        form.addRow("Bootstrap resamples", self.boot_spin)
+        form.addRow("Folder", out_row)
+
+        self.build_button = QPushButton("Build report", self)
+        self.build_button.setToolTip("Evaluate the run and write report.html and report.pdf")
+        self.build_button.clicked.connect(self._build_or_cancel)
+        self.open_html_button = QPushButton("Open HTML", self)
+        self.open_pdf_button = QPushButton("Open PDF", self)
+        for b in (self.open_html_button, self.open_pdf_button):
+            b.setEnabled(False)
+        self.open_html_button.clicked.connect(lambda: self._open(self.files.html))
+        self.open_pdf_button.clicked.connect(lambda: self._open(self.files.pdf))
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.build_button, 1)
+        buttons.addWidget(self.open_html_button)
+        buttons.addWidget(self.open_pdf_button)
+        self.status = hint("The report covers accuracy with confidence intervals, "
+                           "calibration, fairness by sex and age, robustness, shift and "
+                           "attention examples.", self)
+
+        self.preview = ReportPreview(self)
+        self.preview.setOpenExternalLinks(False)
+        self.preview.setPlaceholderText("The report preview appears here once it is built.")
+        # The report is a light, printable page: preview it as paper, not in the dark theme.
+        self.preview.setStyleSheet("QTextBrowser { background: #ffffff; color: #1a1a1a; }")
+        self.preview.setMinimumHeight(320)
+
+        lay = scroll_layout(self)
+        lay.addWidget(self.notice)
+        lay.addWidget(self.picker)
+        lay.addWidget(self.source)
+        lay.addWidget(box)
+        lay.addLayout(buttons)
+        lay.addWidget(self.status)
+        lay.addWidget(self.preview, 1)
+        current.changed.connect(self._on_run)
+
+    # ----------------------------------------------------------------- options
+    def _on_run(self, run: Any) -> None:
+        self.files = None
+        for b in (self.open_html_button, self.open_pdf_button):
+            b.setEnabled(False)
+        if run is not None and not self.out_edit.text().strip():
+            self.out_edit.setPlaceholderText(str(Path(run.run_dir) / "report"))
+
+    def out_dir(self) -> Path:
+        text = self.out_edit.text().strip()
+        if text:
+            return Path(text).expanduser()
+        if self.current.run is None:
+            from vitdesk.errors import ConfigError
+
+            raise ConfigError("Report: no run loaded; pick a trained run first")
+        return Path(self.current.run.run_dir) / "report"
+
+    def _choose_out(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for report.html and report.pdf")
+        if folder:
+            self.out_edit.setText(folder)
+
+    def forbidden_markers(self) -> list[str]:
+        """Identifiers of every series open in the workbench (never allowed in a report)."""
+        marks: set[str] = set()
+        phis = [e.phi for e in self.session.library.entries.values()]
+        vol = self.session.viewer.volume
+        if vol is not None:
+            phis.append(vol.phi)
+        for phi in phis:
+            for k in _PHI_KEYS:
+                v = (phi or {}).get(k)
+                if v:
+                    marks.add(str(v))
+        return sorted(marks)
+
+    # ----------------------------------------------------------------- build
+    def _build_or_cancel(self) -> None:
+        if self.task is not None and self.task.is_running():
+            self.task.cancel()
+            return
+        try:
+            self.build()
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            show_error(self, exc)
+
+    def build(self) -> Task:
+        """Evaluate and write the report in a worker."""
+        from vitdesk.analysis.tta import TTAConfig
+        from vitdesk.errors import ConfigError
+
+        if self.current.run is None:
+            raise ConfigError("Report: no run loaded; pick a trained run first")
+        out = self.out_dir()
+        src, split = self.source.value()
+        task = Task(report_job, self.current.run, self.current.lock, str(out), src, split,
+                    self.forbidden_markers(), name="report",
+                    tta=TTAConfig() if self.tta_check.isChecked() else None,
+                    robustness=self.robust_check.isChecked(),
+                    shift=self.shift_check.isChecked(),
+                    attention_samples=self.att_spin.value(), n_boot=self.boot_spin.value())
+        task.finished.connect(self._on_written)
+        task.errored.connect(self._on_error)
+        task.cancelled.connect(lambda: self.status.setText("Cancelled: nothing was written."))
+        task.done.connect(lambda: self.build_button.setText("Build report"))
+        self.task = task
+        self.build_button.setText("Cancel")
+        self.status.setText(f"Evaluating on {self.source.describe()} and writing to {out}…")
+        self.session.task_started.emit(task, "Report")
+        return task.start()
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(f"Report not written: {exc}")
+        show_error(self, exc)
+
+    def _on_written(self, files: Any) -> None:
+        self.files = files
+        self.preview.setHtml(Path(files.html).read_text(encoding="utf-8"))
+        for b in (self.open_html_button, self.open_pdf_button):
+            b.setEnabled(True)
+        self.status.setText(f"Written: {files.html.name} and {files.pdf.name} "
+                            f"({files.pages} pages) in {files.html.parent}")
+        self.session.message.emit(f"Report written to {files.html.parent}")
+
+    def export_dialog(self) -> None:
+        """Ask for a folder, then build the report there (File > Export report)."""
+        folder = QFileDialog.getExistingDirectory(self, "Export the report to a folder")
+        if folder:
+            self.out_edit.setText(folder)
+            self._build_or_cancel()
+
+    def _open(self, path: Path) -> None:
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))

@@ -1,0 +1,673 @@
+"""The training setup form, bound to a :class:`~vitdesk.config.RunConfig`.
+
+The config object is the truth: every widget writes its field into ``form.cfg`` as
+it changes, :meth:`TrainingForm.set_config` writes a config back into the widgets,
+and :meth:`TrainingForm.run_config` gives the resolved, validated config of a run
+(data source, window and split from the Dataset tab, run folder, the
+random-backbone rule applied).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QValidator
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QRadioButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from vitdesk.config import (
+    AMP_MODES,
+    BALANCE,
+    RECIPES,
+    TEST_MODEL_PATCH,
+    RunConfig,
+    StageConfig,
+    default_stages,
+    patch_size_of,
+)
+from vitdesk.errors import ConfigError
+from vitdesk.gui.tabs.training_plan import (
+    MODELS,
+    default_run_folder,
+    find_backbones,
+    native_img_size,
+    plan_text,
+    random_backbone_rule,
+)
+
+UNFREEZE_CHOICES = ("head", "top:2", "top:4", "top:6", "all")
+ATTENTION_CHOICES = ("auto", "sdpa", "eager")
+
+
+class SciSpinBox(QDoubleSpinBox):
+    """A learning-rate box: shows ``3e-04``, accepts any float, steps by x2 / /2."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setDecimals(12)
+        self.setRange(1e-9, 10.0)
+        self.setKeyboardTracking(False)
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802 - Qt naming
+        short = f"{value:.0e}"
+        return short if math.isclose(float(short), value, rel_tol=1e-9) else f"{value:.2e}"
+
+    def valueFromText(self, text: str) -> float:  # noqa: N802
+        try:
+            return float(text)
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, pos: int):  # noqa: D102
+        try:
+            v = float(text)
+            ok = math.isfinite(v) and v > 0
+            return (QValidator.State.Acceptable if ok else QValidator.State.Intermediate,
+                    text, pos)
+        except ValueError:
+            return QValidator.State.Intermediate, text, pos
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802
+        self.setValue(self.value() * (2.0 ** steps))
+
+
+def _spin(parent: QWidget, lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
+    s = QSpinBox(parent)
+    s.setRange(lo, hi)
+    s.setSingleStep(step)
+    s.setValue(value)
+    return s
+
+
+def _dspin(parent: QWidget, lo: float, hi: float, value: float, step: float,
+           decimals: int = 2) -> QDoubleSpinBox:
+    s = QDoubleSpinBox(parent)
+    s.setRange(lo, hi)
+    s.setSingleStep(step)
+    s.setDecimals(decimals)
+    s.setValue(value)
+    return s
+
+
+def _combo(parent: QWidget, items: list[tuple[str, Any]]) -> QComboBox:
+    c = QComboBox(parent)
+    for text, data in items:
+        c.addItem(text, data)
+    return c
+
+
+def _select(combo: QComboBox, data: Any) -> None:
+    i = combo.findData(data)
+    if i >= 0:
+        combo.setCurrentIndex(i)
+
+
+class StageTable(QTableWidget):
+    """The recipe's stages, one row each: name, epochs, LR, unfreeze, layer decay."""
+
+    changed = Signal()
+    HEADERS = ("Stage", "Epochs", "LR", "Unfreeze", "Decay")
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(0, len(self.HEADERS), parent)
+        self.setHorizontalHeaderLabels(self.HEADERS)
+        self.verticalHeader().setVisible(False)
+        h = self.horizontalHeader()
+        h.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        h.setMinimumSectionSize(40)
+        self.horizontalHeaderItem(4).setToolTip("Layer-wise LR decay (1 = none)")
+        self.horizontalHeaderItem(3).setToolTip("head, top:N (the top N blocks) or all")
+        self.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
+        self.itemChanged.connect(lambda _i: self._emit())
+        self._loading = False
+
+    def _emit(self) -> None:
+        if not self._loading:
+            self.changed.emit()
+
+    def set_stages(self, stages: list[StageConfig]) -> None:
+        self._loading = True
+        try:
+            self.setRowCount(0)
+            for s in stages:
+                self._add_row(s)
+        finally:
+            self._loading = False
+        self._fit()
+
+    def add_stage(self, stage: StageConfig) -> None:
+        self._add_row(stage)
+        self._fit()
+        self._emit()
+
+    def remove_last(self) -> None:
+        if self.rowCount() > 1:
+            self.setRowCount(self.rowCount() - 1)
+            self._fit()
+            self._emit()
+
+    def _add_row(self, s: StageConfig) -> None:
+        r = self.rowCount()
+        self.insertRow(r)
+        self.setItem(r, 0, QTableWidgetItem(s.name))
+        epochs = _spin(self, 0, 10000, s.epochs)
+        lr = SciSpinBox(self)
+        lr.setValue(s.lr)
+        unfreeze = QComboBox(self)
+        unfreeze.setEditable(True)
+        unfreeze.addItems(UNFREEZE_CHOICES)
+        unfreeze.setCurrentText(s.unfreeze)
+        decay = _dspin(self, 0.05, 1.0, s.layer_decay, 0.05)
+        for c, w in ((1, epochs), (2, lr), (3, unfreeze), (4, decay)):
+            w.setFrame(False)
+            w.setMinimumWidth(36)
+            self.setCellWidget(r, c, w)
+        epochs.valueChanged.connect(self._emit)
+        lr.valueChanged.connect(self._emit)
+        unfreeze.currentTextChanged.connect(self._emit)
+        decay.valueChanged.connect(self._emit)
+
+    def _fit(self) -> None:
+        self.resizeRowsToContents()
+        rows = sum(self.rowHeight(r) for r in range(self.rowCount()))
+        self.setFixedHeight(self.horizontalHeader().sizeHint().height() + rows
+                            + 2 * self.frameWidth() + 2)
+
+    def stages(self) -> list[StageConfig]:
+        out = []
+        for r in range(self.rowCount()):
+            item = self.item(r, 0)
+            out.append(StageConfig(
+                name=(item.text().strip() if item else "") or f"stage{r + 1}",
+                epochs=self.cellWidget(r, 1).value(),
+                lr=self.cellWidget(r, 2).value(),
+                unfreeze=self.cellWidget(r, 3).currentText().strip(),
+                layer_decay=round(self.cellWidget(r, 4).value(), 4),
+            ))
+        return out
+
+    def epochs_spin(self, row: int) -> QSpinBox:
+        return self.cellWidget(row, 1)
+
+
+class TrainingForm(QWidget):
+    """Model, weights, recipe, options, device, data source and run folder of a run.
+
+    Args:
+        workspace: returns the open workspace folder (or None).
+        data_prefs: returns the Dataset tab's training-input choices
+            ``{"window": WindowSpec dict, "fractions": [..], "seed": n}`` (or None).
+    """
+
+    changed = Signal()
+
+    def __init__(self, workspace: Callable[[], str | None],
+                 data_prefs: Callable[[], dict | None] | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.workspace = workspace
+        self.data_prefs = data_prefs or (lambda: None)
+        self.cfg = RunConfig()
+        self.cfg.recipe.stages = self.cfg.stage_plan()
+        self.cfg.device = "cpu"
+        self.known_models: set[str] | None = None  # filled by the tab's background probe
+        self._loading = False
+        self.problem = ""
+        self.warning = ""
+
+        # ---- model
+        self.model_combo = QComboBox(self)
+        self.model_combo.setEditable(True)
+        self.model_combo.addItems(MODELS)
+        self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.img_spin = _spin(self, 8, 1024, self.cfg.model.img_size, 16)
+        self.weights_combo = QComboBox(self)
+        self.weights_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.weights_combo.setMinimumContentsLength(8)
+        self.weights_file_button = QToolButton(self)
+        self.weights_file_button.setText("File…")
+        self.weights_file_button.setToolTip("A .safetensors / .pth / timm checkpoint file")
+        self.weights_dir_button = QToolButton(self)
+        self.weights_dir_button.setText("Dir…")
+        self.weights_dir_button.setToolTip("An MAE pretraining folder or a vitdesk run folder")
+        self.device_combo = _combo(self, [("CPU", "cpu")])
+
+        model_box = QGroupBox("Model", self)
+        mf = QFormLayout(model_box)
+        mf.addRow("Network", self.model_combo)
+        mf.addRow("Image size", self.img_spin)
+        wrow = QHBoxLayout()
+        wrow.addWidget(self.weights_combo, 1)
+        wrow.addWidget(self.weights_file_button)
+        wrow.addWidget(self.weights_dir_button)
+        mf.addRow("Weights", wrow)
+        mf.addRow("Device", self.device_combo)
+
+        # ---- recipe
+        self.recipe_combo = _combo(self, [(k, k) for k in RECIPES])
+        self.stage_table = StageTable(self)
+        self.add_stage_button = QToolButton(self)
+        self.add_stage_button.setText("+ stage")
+        self.remove_stage_button = QToolButton(self)
+        self.remove_stage_button.setText("− stage")
+        self.force_staged_box = QCheckBox("Keep staged without weights", self)
+        self.force_staged_box.setToolTip("Train the staged plan even from random weights")
+        self.warning_label = QLabel(self)
+        self.warning_label.setObjectName("banner")
+        self.warning_label.setWordWrap(True)
+        self.warning_label.hide()
+        self.plan_label = QLabel(self)
+        self.plan_label.setObjectName("overlay")
+        self.plan_label.setWordWrap(True)
+        recipe_box = QGroupBox("Recipe", self)
+        rl = QVBoxLayout(recipe_box)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Preset", self))
+        top.addWidget(self.recipe_combo)
+        top.addStretch(1)
+        top.addWidget(self.add_stage_button)
+        top.addWidget(self.remove_stage_button)
+        rl.addLayout(top)
+        rl.addWidget(self.stage_table)
+        rl.addWidget(self.force_staged_box)
+        rl.addWidget(self.warning_label)
+        rl.addWidget(self.plan_label)
+
+        # ---- advanced
+        self.batch_spin = _spin(self, 1, 4096, self.cfg.data.batch_size)
+        self.accum_spin = _spin(self, 1, 512, self.cfg.optim.accumulation)
+        self.amp_combo = _combo(self, [(k, k) for k in AMP_MODES])
+        self.grad_ckpt_box = QCheckBox("Gradient checkpointing", self)
+        self.drop_path_spin = _dspin(self, 0.0, 0.9, self.cfg.model.drop_path, 0.05)
+        self.mixup_spin = _dspin(self, 0.0, 10.0, self.cfg.data.mixup, 0.1)
+        self.cutmix_spin = _dspin(self, 0.0, 10.0, self.cfg.data.cutmix, 0.1)
+        self.smoothing_spin = _dspin(self, 0.0, 0.5, self.cfg.data.label_smoothing, 0.05)
+        self.patience_spin = _spin(self, 0, 1000, self.cfg.patience)
+        self.patience_spin.setSpecialValueText("off")
+        self.attention_combo = _combo(self, [(k, k) for k in ATTENTION_CHOICES])
+        self.balance_combo = _combo(self, [(k, k) for k in BALANCE])
+        self.advanced_button = QToolButton(self)
+        self.advanced_button.setText("Advanced options")
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced = QWidget(self)
+        g = QFormLayout(self.advanced)
+        g.setContentsMargins(8, 0, 4, 0)
+        for label, w in (("Batch size", self.batch_spin), ("Accumulation", self.accum_spin),
+                         ("Mixed precision", self.amp_combo),
+                         ("Attention", self.attention_combo),
+                         ("DropPath", self.drop_path_spin),
+                         ("Label smoothing", self.smoothing_spin),
+                         ("Mixup α", self.mixup_spin), ("CutMix α", self.cutmix_spin),
+                         ("Early stopping", self.patience_spin),
+                         ("Class balance", self.balance_combo)):
+            g.addRow(label, w)
+        g.addRow(self.grad_ckpt_box)
+        self.patience_spin.setSuffix(" epochs")
+        self.advanced.setVisible(False)
+        self.advanced_button.toggled.connect(self._toggle_advanced)
+
+        # ---- data and output
+        self.ws_radio = QRadioButton("Open workspace (labels from the Dataset tab)", self)
+        self.src_radio = QRadioButton("Folder or CSV", self)
+        self.src_edit = QLineEdit(self)
+        self.src_edit.setPlaceholderText("DICOM folder with labels.csv, class folders or a CSV")
+        self.src_dir_button = QToolButton(self)
+        self.src_dir_button.setText("Folder…")
+        self.src_csv_button = QToolButton(self)
+        self.src_csv_button.setText("CSV…")
+        self.window_label = QLabel(self)
+        self.window_label.setObjectName("overlay")
+        self.window_label.setWordWrap(True)
+        self.out_edit = QLineEdit(self)
+        self.out_edit.setToolTip("The run folder (config, history, checkpoints); empty = "
+                                 "a new dated folder under the workspace's runs/")
+        self.out_button = QToolButton(self)
+        self.out_button.setText("…")
+        data_box = QGroupBox("Data and output", self)
+        dl = QVBoxLayout(data_box)
+        dl.addWidget(self.ws_radio)
+        dl.addWidget(self.src_radio)
+        srow = QHBoxLayout()
+        srow.setContentsMargins(20, 0, 0, 0)
+        srow.addWidget(self.src_edit, 1)
+        srow.addWidget(self.src_dir_button)
+        srow.addWidget(self.src_csv_button)
+        dl.addLayout(srow)
+        dl.addWidget(self.window_label)
+        orow = QHBoxLayout()
+        orow.addWidget(QLabel("Run", self))
+        orow.addWidget(self.out_edit, 1)
+        orow.addWidget(self.out_button)
+        dl.addLayout(orow)
+
+        self.problem_label = QLabel(self)
+        self.problem_label.setWordWrap(True)
+        self.problem_label.setStyleSheet("color: #e39a9a;")
+        self.problem_label.hide()
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(model_box)
+        lay.addWidget(recipe_box)
+        lay.addWidget(self.advanced_button)
+        lay.addWidget(self.advanced)
+        lay.addWidget(data_box)
+        lay.addWidget(self.problem_label)
+        lay.addStretch(1)
+
+        # ---- bindings: widget -> cfg field (dotted paths: set_config replaces self.cfg)
+        self.model_combo.currentTextChanged.connect(self._on_model)
+        self.img_spin.valueChanged.connect(lambda v: self._set("model.img_size", v))
+        self.weights_combo.currentIndexChanged.connect(self._on_weights)
+        self.weights_file_button.clicked.connect(self._browse_weights_file)
+        self.weights_dir_button.clicked.connect(self._browse_weights_dir)
+        self.device_combo.currentIndexChanged.connect(
+            lambda _i: self._set("device", self.device_combo.currentData()))
+        self.recipe_combo.currentIndexChanged.connect(self._on_recipe)
+        self.stage_table.changed.connect(self._on_stages)
+        self.add_stage_button.clicked.connect(
+            lambda: self.stage_table.add_stage(StageConfig("extra", 1, 1e-4, "all", 1.0)))
+        self.remove_stage_button.clicked.connect(self.stage_table.remove_last)
+        self.force_staged_box.toggled.connect(lambda v: self._set("recipe.force_staged", v))
+        for spin, path in ((self.batch_spin, "data.batch_size"),
+                           (self.accum_spin, "optim.accumulation"),
+                           (self.drop_path_spin, "model.drop_path"),
+                           (self.mixup_spin, "data.mixup"),
+                           (self.cutmix_spin, "data.cutmix"),
+                           (self.smoothing_spin, "data.label_smoothing"),
+                           (self.patience_spin, "patience")):
+            spin.valueChanged.connect(lambda v, path=path: self._set(path, v))
+        for combo, path in ((self.amp_combo, "amp"), (self.attention_combo, "model.attention"),
+                            (self.balance_combo, "data.balance")):
+            combo.currentIndexChanged.connect(
+                lambda _i, c=combo, path=path: self._set(path, c.currentData()))
+        self.grad_ckpt_box.toggled.connect(lambda v: self._set("model.grad_checkpointing", v))
+        self.ws_radio.toggled.connect(lambda _v: self.refresh())
+        self.src_edit.textChanged.connect(lambda _t: self.refresh())
+        self.src_dir_button.clicked.connect(self._browse_src_dir)
+        self.src_csv_button.clicked.connect(self._browse_src_csv)
+        self.out_edit.textChanged.connect(lambda _t: self.refresh())
+        self.out_button.clicked.connect(self._browse_out)
+
+        self.refresh_weights()
+        self.set_config(self.cfg)
+        self.refresh_workspace()
+
+    # ---- cfg <- widgets ----------------------------------------------------------------
+    def _set(self, path: str, value: Any) -> None:
+        """Write one field of ``self.cfg`` (``"model.img_size"``) and re-derive the rest."""
+        if self._loading or value is None:
+            return
+        if isinstance(value, float):
+            value = round(value, 6)  # spin boxes hand back binary noise (0.1500000001)
+        self.cfg.set(path, value)
+        self.refresh()
+
+    def _on_model(self, name: str) -> None:
+        if self._loading:
+            return
+        name = name.strip()
+        self.cfg.model.name = name
+        patch = patch_size_of(name)
+        if patch:
+            self.img_spin.setSingleStep(patch)
+            if self.img_spin.value() % patch:
+                native = native_img_size(name)
+                if native:
+                    self.img_spin.setValue(native)  # writes cfg through its own binding
+        self.refresh()
+
+    def _on_weights(self, _i: int) -> None:
+        data = self.weights_combo.currentData()
+        if data is not None:
+            self._set("weights.pretrained", data)
+
+    def _on_recipe(self, _i: int) -> None:
+        if self._loading:
+            return
+        kind = self.recipe_combo.currentData()
+        self.cfg.recipe.kind = kind
+        self.cfg.recipe.stages = default_stages(kind, self.cfg.recipe.top_blocks)
+        self.stage_table.set_stages(self.cfg.recipe.stages)
+        self.refresh()
+
+    def _on_stages(self) -> None:
+        if self._loading:
+            return
+        self.cfg.recipe.stages = self.stage_table.stages()
+        self.refresh()
+
+    def _toggle_advanced(self, on: bool) -> None:
+        self.advanced.setVisible(on)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if on
+                                          else Qt.ArrowType.RightArrow)
+
+    # ---- widgets <- cfg ----------------------------------------------------------------
+    def set_config(self, cfg: RunConfig) -> None:
+        """Show ``cfg`` in the widgets (a copy becomes ``self.cfg``)."""
+        cfg = RunConfig.from_dict(cfg.to_dict())
+        cfg.recipe.stages = cfg.stage_plan()
+        self._loading = True
+        try:
+            self.cfg = cfg
+            m, d = cfg.model, cfg.data
+            self.model_combo.setCurrentText(m.name)
+            self.img_spin.setSingleStep(patch_size_of(m.name) or 16)
+            self.img_spin.setValue(m.img_size)
+            self._select_weights(cfg.weights.pretrained)
+            if self.device_combo.findData(cfg.device) < 0:
+                cfg.device = self.device_combo.currentData()
+            _select(self.device_combo, cfg.device)
+            _select(self.recipe_combo, cfg.recipe.kind)
+            self.stage_table.set_stages(cfg.recipe.stages)
+            self.force_staged_box.setChecked(cfg.recipe.force_staged)
+            self.batch_spin.setValue(d.batch_size)
+            self.accum_spin.setValue(cfg.optim.accumulation)
+            _select(self.amp_combo, cfg.amp)
+            self.grad_ckpt_box.setChecked(m.grad_checkpointing)
+            self.drop_path_spin.setValue(m.drop_path)
+            self.mixup_spin.setValue(d.mixup)
+            self.cutmix_spin.setValue(d.cutmix)
+            self.smoothing_spin.setValue(d.label_smoothing)
+            self.patience_spin.setValue(cfg.patience)
+            _select(self.attention_combo, m.attention if m.attention in ATTENTION_CHOICES
+                    else "auto")
+            _select(self.balance_combo, d.balance)
+            ws = self.workspace()
+            if d.source and ws and Path(d.source) == Path(ws):
+                self.ws_radio.setChecked(True)
+            elif d.source:
+                self.src_radio.setChecked(True)
+                self.src_edit.setText(d.source)
+        finally:
+            self._loading = False
+        self.refresh()
+
+    def _select_weights(self, value: str) -> None:
+        i = self.weights_combo.findData(value)
+        if i < 0:
+            self.weights_combo.addItem(value, value)
+            i = self.weights_combo.count() - 1
+        self.weights_combo.setCurrentIndex(i)
+
+    def refresh_weights(self) -> None:
+        """Rebuild the weights list: hub cache, none, workspace MAE encoders, chosen paths."""
+        current = self.cfg.weights.pretrained
+        self._loading = True
+        try:
+            self.weights_combo.clear()
+            self.weights_combo.addItem("hub cache (timm, offline)", "hub")
+            self.weights_combo.addItem("none (random init)", "none")
+            for b in find_backbones(self.workspace()):
+                self.weights_combo.addItem(b.label(), b.folder)
+                self.weights_combo.setItemData(self.weights_combo.count() - 1,
+                                               f"{b.folder}\nwindow {b.window}",
+                                               Qt.ItemDataRole.ToolTipRole)
+            self._select_weights(current)
+        finally:
+            self._loading = False
+
+    def refresh_workspace(self) -> None:
+        """The workspace opened or closed: data source default, run folder hint, weights."""
+        ws = self.workspace()
+        self.ws_radio.setEnabled(bool(ws))
+        if ws:
+            self.ws_radio.setChecked(True)
+        elif self.ws_radio.isChecked() or not self.src_radio.isChecked():
+            self.src_radio.setChecked(True)
+        self.out_edit.setPlaceholderText(
+            f"automatic: {default_run_folder(ws).parent}/<date-time>")
+        self.refresh_weights()
+        self.refresh()
+
+    def set_devices(self, devices: list[tuple[str, str]]) -> None:
+        """Offer these (label, value) devices; picks CUDA when it appears."""
+        had_cuda = self.device_combo.findData("cuda") >= 0
+        self._loading = True
+        try:
+            self.device_combo.clear()
+            for text, value in devices:
+                self.device_combo.addItem(text, value)
+        finally:
+            self._loading = False
+        if not had_cuda and self.device_combo.findData("cuda") >= 0:
+            self.cfg.device = "cuda"
+        if self.device_combo.findData(self.cfg.device) < 0:
+            self.cfg.device = "cpu"
+        _select(self.device_combo, self.cfg.device)
+        self.refresh()
+
+    # ---- browsing ----------------------------------------------------------------------
+    def _browse_weights_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Starting weights", "",
+            "Weights (*.safetensors *.pth *.pt *.bin *.ckpt);;All files (*)")
+        if path:
+            self.set_weights(path)
+
+    def _browse_weights_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "MAE pretraining or run folder")
+        if folder:
+            self.set_weights(folder)
+
+    def set_weights(self, value: str) -> None:
+        """Choose the weights source: a path, ``hub`` or ``none``."""
+        self._select_weights(str(value))
+
+    def _browse_src_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Training data folder")
+        if folder:
+            self.src_radio.setChecked(True)
+            self.src_edit.setText(folder)
+
+    def _browse_src_csv(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Manifest CSV", "", "CSV (*.csv)")
+        if path:
+            self.src_radio.setChecked(True)
+            self.src_edit.setText(path)
+
+    def _browse_out(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Parent folder of the run")
+        if folder:
+            self.out_edit.setText(str(default_run_folder(folder)))
+
+    # ---- the run's config --------------------------------------------------------------
+    def data_source(self) -> str:
+        ws = self.workspace()
+        if self.ws_radio.isChecked() and ws:
+            return str(ws)
+        return self.src_edit.text().strip()
+
+    def run_config(self, out: str | None = None, validate: bool = True) -> RunConfig:
+        """The config a run starts with: resolved, rule applied, validated.
+
+        Raises:
+            ConfigError: a field is wrong (the message names it).
+        """
+        cfg = RunConfig.from_dict(self.cfg.to_dict())
+        cfg.data.source = self.data_source()
+        prefs = self.data_prefs()
+        if prefs:
+            from vitdesk.imaging.windowing import WindowSpec
+
+            spec = WindowSpec.from_dict(prefs["window"])
+            cfg.data.window, cfg.data.clahe = spec.label(), bool(spec.clahe)
+            if prefs.get("fractions"):
+                cfg.data.fractions = [float(f) for f in prefs["fractions"]]
+            cfg.seed = int(prefs.get("seed", cfg.seed))
+        cfg.out = out or self.out_edit.text().strip() or str(default_run_folder(
+            self.workspace()))
+        self.warning = random_backbone_rule(cfg) or ""
+        cfg = cfg.resolved()
+        if validate:
+            cfg.validate()
+            if not cfg.data.source:
+                raise ConfigError("no training data: open a workspace or choose a folder/CSV")
+            self._check_model(cfg.model.name)
+            self._check_weights(cfg)
+        return cfg
+
+    @staticmethod
+    def _check_weights(cfg: RunConfig) -> None:
+        src = cfg.weights.pretrained.strip()
+        if src.lower() == "hub" and cfg.model.name in TEST_MODEL_PATCH:
+            raise ConfigError(f"{cfg.model.name} is a test model without hub weights: "
+                              "choose 'none' or a file")
+        if src.lower() not in ("hub", "none") and not Path(src).expanduser().exists():
+            raise ConfigError(f"weights '{src}' not found: choose a file or folder that exists")
+
+    def _check_model(self, name: str) -> None:
+        if self.known_models is not None and name not in self.known_models:
+            close = difflib.get_close_matches(name, sorted(self.known_models), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"model.name='{name}' is not a known ViT/DeiT model{hint}")
+
+    def refresh(self) -> None:
+        """Re-derive the plan text, the window line, warnings and problems."""
+        if self._loading:
+            return
+        self.problem = ""
+        try:
+            cfg = self.run_config(out="-")
+        except ConfigError as exc:
+            self.problem = str(exc)
+            cfg = self.run_config(out="-", validate=False)
+        except Exception as exc:  # noqa: BLE001 - a form must never crash on input
+            self.problem = f"{type(exc).__name__}: {exc}"
+            cfg = self.cfg
+        self.plan_label.setText(plan_text(cfg))
+        self.window_label.setText(f"window {cfg.data.window}"
+                                  + (" + CLAHE" if cfg.data.clahe else "")
+                                  + f" · split {'/'.join(f'{f:g}' for f in cfg.data.fractions)}"
+                                  + f" · seed {cfg.seed} (set in the Dataset tab)")
+        self.warning_label.setText(self.warning)
+        self.warning_label.setVisible(bool(self.warning))
+        self.problem_label.setText(self.problem)
+        self.problem_label.setVisible(bool(self.problem))
+        self.force_staged_box.setVisible(self.cfg.recipe.kind == "staged")
+        self.changed.emit()

@@ -1,0 +1,180 @@
+"""MAE pretraining on the open workspace's images, with its own progress and loss curve.
+
+The encoder is written to ``WORKSPACE/pretrain/<model>-<date-time>`` and, once
+finished, appears in the Training tab's weights list (its ``card.json``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from vitdesk.engine.events import StepDone, TrainingFailed
+from vitdesk.gui.dialogs import show_error
+from vitdesk.gui.plots import LossPlot
+from vitdesk.gui.tabs.training_form import _dspin, _spin
+from vitdesk.gui.worker import Task
+from vitdesk.jobs import NEVER, CancelToken, Listener, Progress
+
+
+def run_pretrain(settings: dict[str, Any], cancel: CancelToken = NEVER,
+                 listener: Listener | None = None) -> Path:
+    """Plain function for the worker: MAE pretraining with these PretrainConfig fields."""
+    from vitdesk.engine.pretrain import PretrainConfig, pretrain
+
+    return pretrain(PretrainConfig.from_dict(settings), cancel,
+                    [listener] if listener is not None else [])
+
+
+class PretrainPanel(QWidget):
+    """Settings, Start/Cancel, progress and the reconstruction-loss curve.
+
+    Args:
+        settings: returns the shared settings (model, img_size, window, clahe, device,
+            seed) from the training form, or raises ConfigError.
+        workspace: returns the open workspace folder (or None).
+    """
+
+    finished = Signal(object)  # Path of the encoder folder
+
+    def __init__(self, settings: Callable[[], dict[str, Any]],
+                 workspace: Callable[[], str | None], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings, self.workspace = settings, workspace
+        self.task: Task | None = None
+        self.epochs_spin = _spin(self, 1, 10000, 20)
+        self.batch_spin = _spin(self, 1, 4096, 32)
+        self.mask_spin = _dspin(self, 0.1, 0.95, 0.75, 0.05)
+        self.start_button = QPushButton("Pretrain", self)
+        self.start_button.setToolTip("Masked-autoencoder pretraining on every slice of the "
+                                     "workspace, labels ignored")
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.setEnabled(False)
+        self.bar = QProgressBar(self)
+        self.bar.setTextVisible(False)
+        self.status = QLabel("Pretrain the backbone on this workspace's images (no labels "
+                             "needed); the encoder then appears under Weights.", self)
+        self.status.setWordWrap(True)
+        self.plot = LossPlot(self)
+        self.plot.setMinimumHeight(100)
+
+        grid = QGridLayout()
+        grid.addWidget(QLabel("Epochs"), 0, 0)
+        grid.addWidget(self.epochs_spin, 0, 1)
+        grid.addWidget(QLabel("Batch"), 0, 2)
+        grid.addWidget(self.batch_spin, 0, 3)
+        grid.addWidget(QLabel("Mask ratio"), 1, 0)
+        grid.addWidget(self.mask_spin, 1, 1)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        row = QHBoxLayout()
+        row.addWidget(self.start_button)
+        row.addWidget(self.cancel_button)
+        row.addStretch(1)
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("Uses the model, image size, window and device of the Setup "
+                             "page.", objectName="overlay", wordWrap=True))
+        lay.addLayout(grid)
+        lay.addLayout(row)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+        lay.addWidget(self.plot, 1)
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.refresh()
+
+    def refresh(self) -> None:
+        running = self.is_running()
+        self.start_button.setEnabled(bool(self.workspace()) and not running)
+        self.cancel_button.setEnabled(running)
+        if not self.workspace() and not running:
+            self.status.setText("Open a workspace to pretrain on its images.")
+
+    def is_running(self) -> bool:
+        return self.task is not None and self.task.is_running()
+
+    def pretrain_settings(self, out: str | None = None) -> dict[str, Any]:
+        """The PretrainConfig fields of a run on the open workspace."""
+        base = self.settings()
+        ws = self.workspace()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return {**base, "data": str(ws), "epochs": self.epochs_spin.value(),
+                "batch_size": self.batch_spin.value(),
+                "mask_ratio": round(self.mask_spin.value(), 4),
+                "out": out or str(Path(ws) / "pretrain" / f"{base['model']}-{stamp}")}
+
+    def start(self, out: str | None = None) -> Task | None:
+        if self.is_running() or not self.workspace():
+            return None
+        try:
+            settings = self.pretrain_settings(out)
+        except Exception as exc:  # noqa: BLE001 - shown, never a crash
+            show_error(self, exc)
+            return None
+        self.plot.reset()
+        self.plot.start()
+        self.bar.setRange(0, 0)
+        self.status.setText("Loading images…")
+        self._epochs = settings["epochs"]
+        task = Task(run_pretrain, settings, name="pretrain")
+        task.event.connect(self._on_event)
+        task.finished.connect(self._on_finished)
+        task.errored.connect(self._on_error)
+        task.cancelled.connect(lambda: self.status.setText(
+            "Pretraining cancelled; the last checkpoint is kept."))
+        task.done.connect(self._on_done)
+        self.task = task
+        task.start()
+        self.refresh()
+        return task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.status.setText("Cancelling at the next step…")
+
+    def _on_event(self, ev: Any) -> None:
+        name = type(ev).__name__
+        if isinstance(ev, StepDone):
+            self.plot.step.append(ev.global_step, ev.loss)
+        elif name == "PretrainEpochEnded":
+            self.plot.epoch.append(ev.global_step, ev.loss)
+            self.bar.setRange(0, ev.epochs)
+            self.bar.setValue(ev.epoch + 1)
+            self.status.setText(ev.describe())
+        elif name == "PretrainStarted":
+            self.bar.setRange(0, ev.epochs)
+            self.bar.setValue(ev.start_epoch)
+            self.status.setText(ev.describe())
+        elif isinstance(ev, Progress) and ev.task != "pretrain":
+            self.status.setText(f"{ev.task}: {ev.done}/{ev.total or '?'}")
+        elif isinstance(ev, TrainingFailed):
+            self.status.setText(ev.message)
+
+    def _on_finished(self, out: Path) -> None:
+        loss = self.plot.epoch.data.y[-1] if len(self.plot.epoch.data) else math.nan
+        self.status.setText(f"Encoder ready: {out} (final loss {loss:.4f}); pick it under "
+                            "Weights.")
+        self.finished.emit(Path(out))
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(f"Pretraining failed: {exc}")
+        show_error(self, exc)
+
+    def _on_done(self) -> None:
+        self.plot.stop()
+        self.refresh()

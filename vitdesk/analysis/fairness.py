@@ -17,24 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vitdesk.analysis.metrics import Estimate, binary_auc, bootstrap
+from vitdesk.data.records import parse_age
 from vitdesk.errors import DataError
 
+__all__ = ["parse_age", "age_band", "age_groups", "sex_groups", "group_fairness"]
+
 UNKNOWN = "unknown"
-_AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([YMWD]?)\s*$", re.IGNORECASE)
-_AGE_UNIT = {"Y": 1.0, "": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
-
-
-def parse_age(value: object) -> float | None:
-    """Age in years from a number or a DICOM AS string ("045Y", "006M", "010W", "003D")."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        v = float(value)
-        return v if np.isfinite(v) and v >= 0 else None
-    m = _AGE_RE.match(str(value))
-    if not m:
-        return None
-    return float(m.group(1)) * _AGE_UNIT[m.group(2).upper()]
 
 
 def age_band(age: object, bins: Sequence[float] = (40, 65)) -> str:

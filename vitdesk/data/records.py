@@ -8,6 +8,8 @@ A record never holds a raw patient identifier: ``patient`` and ``series`` are
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -85,12 +87,13 @@ def parse_age(value: object) -> float | None:
     """
     if value is None:
         return None
-    if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
+    if isinstance(value, numbers.Real):  # also numpy scalars
+        v = float(value)
+        return v if math.isfinite(v) and v >= 0 else None
     m = _AGE_RE.match(str(value))
     if not m:
         return None
-    return round(float(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()], 4)
+    return float(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()]
 
 
 def parse_sex(value: object) -> str | None:

@@ -35,6 +35,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
     p.add_argument("--seed", type=int)
     p.add_argument("--teacher", metavar="RUN", help="distil from a trained teacher run")
+    p.add_argument("--distill", choices=["soft", "hard", "token"],
+                   help="with --teacher: soft KL, hard teacher labels, or a DeiT "
+                   "distillation token (a *_distilled model)")
+    p.add_argument("--temperature", type=float, metavar="T", help="soft distillation T")
+    p.add_argument("--alpha", type=float, metavar="A", help="weight of the teacher term")
     p.add_argument("--force-staged", action="store_true",
                    help="keep the staged recipe even with a random backbone")
 
@@ -61,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print one line per series found under PATH")
     p.add_argument("path", metavar="PATH")
 
-    p = sub.add_parser("train", help="fine-tune a ViT")
+    p = sub.add_parser("train", help="fine-tune a ViT or train a CNN")
     _add_train_args(p)
 
     p = sub.add_parser("pretrain", help="masked-autoencoder pretraining on unlabelled images")

@@ -112,11 +112,17 @@ class OptimConfig:
 
 @dataclass
 class TeacherConfig:
-    """Knowledge distillation from a trained run (KL on softened logits)."""
+    """Knowledge distillation from a trained run.
+
+    ``mode``: soft (KL on logits softened by ``temperature``), hard (cross-entropy
+    against the teacher's argmax) or token (DeiT distillation token trained on the
+    teacher's argmax); empty picks token for a distilled student, else soft.
+    """
 
     run: str = ""
     temperature: float = 4.0
-    alpha: float = 0.5  # weight of the KL term; (1 - alpha) on the label loss
+    alpha: float = 0.5  # weight of the distillation term; (1 - alpha) on the label loss
+    mode: str = ""
 
 
 @dataclass
@@ -277,6 +283,8 @@ class RunConfig:
             if t.temperature <= 0:
                 raise ConfigError(f"teacher.temperature={t.temperature}: must be above 0")
             _range("teacher.alpha", t.alpha, 0.0, 1.0)
+            if t.mode:
+                _choice("teacher.mode", t.mode, ("soft", "hard", "token"))
         if not str(self.out).strip():
             raise ConfigError("out is empty: give a run folder with --out RUN")
         return self

@@ -108,6 +108,6 @@ def test_unknown_model_lists_close_matches():
     with pytest.raises(ModelError, match="vit_tiny_patch16_224"):
         create_model("vit_tiny_patch16_22", num_classes=2, img_size=224)
     with pytest.raises(ModelError, match="unknown model"):
-        create_model("resnet50", num_classes=2, img_size=224)
+        create_model("swin_tiny_patch4_window7_224", num_classes=2, img_size=224)
     with pytest.raises(ConfigError, match="divisible"):
         create_model("vit_test_tiny", num_classes=2, img_size=36)

@@ -19,6 +19,8 @@ STAGED_RANDOM_WARNING = (
 
 def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
     """The run configuration: ``--config`` (or the run's own config on ``--resume``) + flags."""
+    from vitdesk.engine.models import is_cnn_name
+
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     out = getattr(args, "out", None)
     if args.config:
@@ -32,14 +34,24 @@ def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
         "val": "data.val_source", "model": "model.name", "pretrained": "weights.pretrained",
         "img_size": "model.img_size", "window": "data.window", "batch_size": "data.batch_size",
         "device": "device", "seed": "seed", "teacher": "teacher.run",
+        "temperature": "teacher.temperature", "alpha": "teacher.alpha",
     }
     for attr, dotted in simple.items():
         value = getattr(args, attr, None)
         if value is not None:
             cfg.set(dotted, value)
+    distill = getattr(args, "distill", None)
+    if distill and not cfg.teacher.run:
+        warn(f"warning: --distill {distill} has no effect without --teacher RUN")
+    if distill and hasattr(cfg.teacher, "mode"):
+        cfg.teacher.mode = distill  # recorded in config.toml where the config has the field
     if getattr(args, "recipe", None) and args.recipe != cfg.recipe.kind:
         cfg.recipe.kind = args.recipe
         cfg.recipe.stages = []  # the new recipe's default plan
+    elif (not args.config and not args.resume and not getattr(args, "recipe", None)
+          and is_cnn_name(cfg.model.name) and cfg.recipe.kind == "staged"):
+        # CNNs default to the full recipe (there are no ViT blocks to unfreeze in stages)
+        cfg.recipe.kind, cfg.recipe.stages = "full", []
     if getattr(args, "force_staged", False):
         cfg.recipe.force_staged = True
     epochs = getattr(args, "epochs", None)
@@ -81,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        out = train(cfg, token, [ConsoleProgress()], resume=bool(args.resume))
+        out = train(cfg, token, [ConsoleProgress()], resume=bool(args.resume),
+                    distill_mode=getattr(args, "distill", None))
     finally:
         signal.signal(signal.SIGINT, previous)
     print(out)

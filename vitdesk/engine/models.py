@@ -1,4 +1,10 @@
-"""Model factory (timm ViT/DeiT plus tiny test configurations) and attention backends."""
+"""Model factory (timm ViT/DeiT and CNNs plus tiny test configurations), attention backends.
+
+CNNs (ResNet, ConvNeXt, EfficientNet, RegNet, MobileNet...) are built by timm too: they
+serve as distillation teachers for small labelled sets, where a CNN trained from
+scratch beats a ViT. A ``*_distilled`` ViT (timm ``VisionTransformerDistilled``) carries
+the DeiT distillation token and a second head.
+"""
 
 from __future__ import annotations
 
@@ -19,19 +25,48 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # every timm contract (group_matcher, no_weight_decay, set_grad_checkpointing) holds.
 TEST_MODELS: dict[str, dict[str, Any]] = {
     "vit_test_tiny": dict(patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0),
+    # the same encoder plus DeiT's distillation token and head (an MAE encoder of
+    # vit_test_tiny loads into it)
+    "vit_test_tiny_distilled": dict(patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                                    mlp_ratio=2.0, distilled=True),
 }
+# A ResNet with one BasicBlock per stage and narrow widths: trains in seconds at 32 px.
+CNN_TEST_MODELS: dict[str, dict[str, Any]] = {
+    "cnn_test_tiny": dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16),
+}
+VIT_PREFIXES = ("vit_", "deit_", "deit3_", "eva", "beit")
+CNN_PREFIXES = (
+    "resnet", "resnext", "seresnet", "seresnext", "ecaresnet", "wide_resnet", "resnetv2",
+    "convnext", "efficientnet", "tf_efficientnet", "regnet", "mobilenetv2", "mobilenetv3",
+    "tf_mobilenetv3", "densenet", "ghostnet", "mnasnet",
+)
+
+
+def is_cnn_name(name: str) -> bool:
+    """True for the convolutional families (and ``cnn_test_tiny``) by model name."""
+    return name in CNN_TEST_MODELS or name.startswith(CNN_PREFIXES)
+
+
+def is_cnn(model: nn.Module) -> bool:
+    """True for a model without ViT blocks/patch embedding (analysis checks ``blocks``)."""
+    return not hasattr(model, "patch_embed")
+
+
+def is_distilled(model: nn.Module) -> bool:
+    """True for a DeiT-style model with a distillation token and head."""
+    return hasattr(model, "dist_token") and hasattr(model, "set_distilled_training")
 
 
 def _is_supported_family(name: str) -> bool:
-    return name.startswith(("vit_", "deit_", "deit3_", "eva", "beit")) or name in TEST_MODELS
+    return (name.startswith(VIT_PREFIXES) or is_cnn_name(name) or name in TEST_MODELS)
 
 
 def available_models() -> list[str]:
-    """Names accepted by :func:`create_model` (timm ViT/DeiT families + test configs)."""
+    """Names accepted by :func:`create_model` (timm ViT/DeiT/CNN families + test configs)."""
     import timm
 
-    names = timm.list_models(["vit_*", "deit*"])
-    return sorted(TEST_MODELS) + names
+    names = timm.list_models(["vit_*", "deit*", *(f"{p}*" for p in CNN_PREFIXES)])
+    return sorted(TEST_MODELS) + sorted(CNN_TEST_MODELS) + sorted(set(names))
 
 
 def create_model(
@@ -43,12 +78,15 @@ def create_model(
     pretrained: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a ViT by timm name (or a registered test name) with a fresh head.
+    """Build a ViT or CNN by timm name (or a registered test name) with a fresh head.
 
     Args:
-        name: timm model name, e.g. ``vit_tiny_patch16_224``, or ``vit_test_tiny``.
+        name: timm model name, e.g. ``vit_tiny_patch16_224``, ``resnet18``,
+            ``deit_tiny_distilled_patch16_224``, or a test name (``vit_test_tiny``,
+            ``vit_test_tiny_distilled``, ``cnn_test_tiny``).
         num_classes: size of the classifier head.
-        img_size: input side in pixels (must be divisible by the patch size).
+        img_size: input side in pixels (ViTs: divisible by the patch size; CNNs take
+            any size, so it is not passed to them).
         drop_path_rate: stochastic depth rate.
         pretrained: load timm's hub weights (offline cache only; see weights.py).
 
@@ -56,23 +94,34 @@ def create_model(
         ModelError: unknown name (with close matches) or a bad option.
     """
     import timm
+    from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
     if num_classes < 1:
         raise ModelError(f"num_classes={num_classes}: a classifier needs at least 1 class")
     if name in TEST_MODELS:
-        spec = TEST_MODELS[name]
+        spec = dict(TEST_MODELS[name])
+        cls = VisionTransformerDistilled if spec.pop("distilled", False) else VisionTransformer
         _check_divisible(name, img_size, spec["patch_size"])
-        model = VisionTransformer(
+        model = cls(
             img_size=img_size, num_classes=num_classes, in_chans=in_chans,
             drop_path_rate=drop_path_rate, **spec, **kwargs,
         )
         model.pretrained_cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "architecture": name}
         return model
+    if name in CNN_TEST_MODELS:
+        from timm.models.resnet import BasicBlock, ResNet
+
+        model = ResNet(BasicBlock, num_classes=num_classes, in_chans=in_chans,
+                       drop_path_rate=drop_path_rate, **CNN_TEST_MODELS[name], **kwargs)
+        model.pretrained_cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "architecture": name}
+        return model
     if not timm.is_model(name) or not _is_supported_family(name):
         close = difflib.get_close_matches(name, available_models(), n=5, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see `timm.list_models('vit_*')`"
-        raise ModelError(f"unknown model '{name}' (ViT/DeiT families only): {hint}")
+        raise ModelError(f"unknown model '{name}' (ViT/DeiT and CNN families only): {hint}")
+    if is_cnn_name(name):
+        return _create_cnn(name, num_classes, drop_path_rate, in_chans, pretrained, **kwargs)
     try:
         model = timm.create_model(
             name, pretrained=pretrained, num_classes=num_classes, img_size=img_size,
@@ -84,6 +133,50 @@ def create_model(
     if patch:
         _check_divisible(name, img_size, patch)
     return model
+
+
+def _create_cnn(name: str, num_classes: int, drop_path_rate: float, in_chans: int,
+                pretrained: bool, **kwargs: Any) -> nn.Module:
+    """A timm CNN; ``drop_path_rate`` only where the family supports stochastic depth."""
+    import timm
+
+    try:
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                     in_chans=in_chans, drop_path_rate=drop_path_rate,
+                                     **kwargs)
+        except TypeError:
+            if not drop_path_rate:
+                raise
+            # e.g. some MobileNets/DenseNets have no stochastic depth: build without it
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                     in_chans=in_chans, **kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ModelError(f"cannot build {name}: {exc}") from None
+
+
+def adapt_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Make ViT weights fit a distilled model: add the distillation token's position.
+
+    An MAE encoder or a plain ViT has one prefix token (cls) in ``pos_embed``; the
+    distilled model has two (cls, dist). The dist position starts as a copy of the cls
+    position (both tokens read the whole image); ``dist_token`` and ``head_dist``
+    stay freshly initialised and are reported missing. Heads of another size are
+    dropped so they are reset. Other models get ``sd`` unchanged.
+    """
+    if not is_distilled(model):
+        return sd
+    sd = dict(sd)
+    own = model.state_dict()
+    pe = sd.get("pos_embed")
+    if (pe is not None and "dist_token" not in sd and pe.ndim == 3 and pe.shape[1] > 1
+            and not getattr(model, "no_embed_class", False)):
+        # a non-distilled source has one prefix position; weights.py resamples the grid
+        sd["pos_embed"] = torch.cat([pe[:, :1], pe[:, :1], pe[:, 1:]], dim=1)
+    for k in ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias"):
+        if k in sd and k in own and sd[k].shape != own[k].shape:
+            del sd[k]
+    return sd
 
 
 def _check_divisible(name: str, img_size: int, patch: int) -> None:
@@ -178,6 +271,8 @@ def choose_attention_backend(
     Timing is a forward+backward on ``sample`` (the first batch shape), once per
     device/shape/model in this process. Returns ``{"backend", "sdpa_ms", "eager_ms"}``.
     """
+    if not _attention_modules(model):  # a CNN: nothing to choose
+        return {"requested": requested, "backend": "n/a", "sdpa_ms": None, "eager_ms": None}
     if requested != "auto":
         set_attention_backend(model, requested)
         return {"requested": requested, "backend": requested, "sdpa_ms": None, "eager_ms": None}
@@ -196,6 +291,8 @@ def choose_attention_backend(
                 with torch.autocast(sample.device.type, dtype=amp_dtype,
                                     enabled=amp_dtype is not None):
                     out = model(sample)
+                if isinstance(out, tuple):  # a distilled model in training: (cls, dist)
+                    out = sum(o.float().sum() for o in out)
                 out.float().sum().backward()
                 _sync(sample.device)
                 if i:  # first run warms up kernels/allocator
@@ -219,7 +316,7 @@ def _sync(device: torch.device) -> None:
 
 def model_norm_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std of a model's pretrained config by name, without building it."""
-    if name in TEST_MODELS:
+    if name in TEST_MODELS or name in CNN_TEST_MODELS:
         return IMAGENET_MEAN, IMAGENET_STD
     try:
         from timm.models import get_pretrained_cfg

@@ -24,20 +24,46 @@ def _module_name(model: nn.Module, target: nn.Module) -> str | None:
     return None
 
 
+def _head_names(model: nn.Module) -> list[str]:
+    """Module names of the classifier head(s): a distilled ViT has two (head, head_dist)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    heads = head if isinstance(head, tuple | list) else (head,)
+    names = [_module_name(model, h) for h in heads if isinstance(h, nn.Module)]
+    return [n for n in names if n is not None]
+
+
+def _top_cnn_modules(model: nn.Module, n: int, heads: list[str]) -> list[str]:
+    """Modules of the top ``n`` block groups of a timm CNN, by its ``group_matcher``."""
+    from timm.models._manipulate import group_with_matcher
+
+    if not hasattr(model, "group_matcher"):
+        raise ConfigError("unfreeze=top:N needs a ViT with blocks or a timm model with "
+                          "group_matcher: use unfreeze=all")
+    groups = group_with_matcher(model.named_parameters(), model.group_matcher(coarse=False))
+    in_head = tuple(f"{h}." for h in heads)
+    # parameter name -> owning module name; the head (matched last) is trained anyway
+    body = [[name.rsplit(".", 1)[0] for name in names if not name.startswith(in_head)]
+            for _, names in sorted(groups.items())]
+    body = [g for g in body if g]
+    chosen: list[str] = []
+    for g in body[max(0, len(body) - n):]:
+        chosen += [m for m in dict.fromkeys(g) if m not in chosen]
+    return chosen
+
+
 def trainable_modules(model: nn.Module, stage: StageConfig) -> list[str]:
     """Names of the submodules a stage trains ([] = the whole model)."""
     if stage.unfreeze == "all":
         return []
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    head_name = _module_name(model, head) if isinstance(head, nn.Module) else None
-    if head_name is None:
+    heads = _head_names(model)
+    if not heads:
         raise ConfigError(f"stage '{stage.name}': the model has no classifier head to train")
-    names = [head_name]
+    names = list(heads)
     n = stage.top_blocks()
     if n is not None:
         blocks = getattr(model, "blocks", None)
         if blocks is None:
-            raise ConfigError(f"stage '{stage.name}': unfreeze=top:N needs a ViT with blocks")
+            return names + _top_cnn_modules(model, n, heads)
         depth = len(blocks)
         names += [f"blocks.{i}" for i in range(max(0, depth - n), depth)]
         for extra in ("norm", "fc_norm", "head_drop"):
@@ -52,11 +78,13 @@ def apply_stage(model: nn.Module, stage: StageConfig) -> list[str]:
     from timm.utils.model import freeze, unfreeze
 
     names = trainable_modules(model, stage)
+    # BatchNorm layers stay BatchNorm2d (no FrozenBatchNorm2d swap): the checkpoint keys,
+    # EMA copy and load_run's fresh model must keep the same structure in every stage
     if not names:
-        unfreeze(model)
+        unfreeze(model, include_bn_running_stats=False)
         return names
-    freeze(model)
-    unfreeze(model, names)
+    freeze(model, include_bn_running_stats=False)
+    unfreeze(model, names, include_bn_running_stats=False)
     return names
 
 

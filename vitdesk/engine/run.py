@@ -27,9 +27,22 @@ from torch.utils.data import Dataset
 from vitdesk.config import RunConfig, load_config, save_config
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.events import EpochEnded, TrainingDone
-from vitdesk.engine.models import choose_attention_backend, create_model, model_norm_stats
-from vitdesk.engine.trainer import DistInfo, Trainer, dataset_targets
-from vitdesk.engine.weights import build_model
+from vitdesk.engine.models import (
+    adapt_state_dict,
+    choose_attention_backend,
+    create_model,
+    is_cnn_name,
+    is_distilled,
+    model_norm_stats,
+)
+from vitdesk.engine.trainer import DISTILL_MODES, DistInfo, Trainer, dataset_targets
+from vitdesk.engine.weights import (
+    LoadReport,
+    build_model,
+    load_weights_into,
+    read_state_dict,
+    resolve_weights_path,
+)
 from vitdesk.errors import CheckpointError, ConfigError, DataError
 from vitdesk.imaging.windowing import WindowSpec
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, emit
@@ -82,8 +95,10 @@ class HistoryWriter:
 class MetricsWriter:
     """Writes ``metrics.json`` (best and final values) after every epoch and at the end."""
 
-    def __init__(self, path: Path, classes: Sequence[str]) -> None:
+    def __init__(self, path: Path, classes: Sequence[str],
+                 extra: dict[str, Any] | None = None) -> None:
         self.path, self.classes = path, list(classes)
+        self.extra = dict(extra or {})  # e.g. the teacher run and distillation mode
         self.epochs: list[EpochEnded] = []
         if path.is_file():  # resumed run: keep what was recorded
             try:
@@ -103,6 +118,7 @@ class MetricsWriter:
     def _write(self, done: bool, best: TrainingDone | None = None) -> None:
         last = self.epochs[-1] if self.epochs else None
         data = dict(self.previous)
+        data.update(self.extra)
         data.update({
             "classes": self.classes,
             "finished": done,
@@ -278,6 +294,7 @@ def train(
     *,
     data: TrainData | None = None,
     resume: bool = False,
+    distill_mode: str | None = None,
 ) -> Path:
     """Train ``cfg`` and return the run folder.
 
@@ -288,6 +305,9 @@ def train(
         data: prebuilt datasets; by default built from ``cfg.data`` with
             :func:`vitdesk.data.build.build_datasets`.
         resume: continue ``cfg.out`` from ``checkpoints/last``.
+        distill_mode: ``soft``, ``hard`` or ``token`` with a teacher; overrides
+            ``cfg.teacher.mode`` where the config has it (default: ``token`` for a
+            distilled student, else ``soft``; on resume the run's recorded mode).
 
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: before anything is written.
@@ -306,15 +326,15 @@ def train(
     if data is None:
         data = _build_data(cfg, mean, std, cancel, listeners)
     _check_data(data)
+    _check_cnn_recipe(cfg, resume)
     # on resume the checkpoint holds the weights: the original source may be gone
-    model, report = build_model(cfg.model.name, len(data.classes), cfg.model.img_size,
-                                "none" if resume else cfg.weights.pretrained,
-                                cfg.model.drop_path)
+    model, report = _build_student(cfg, len(data.classes), resume)
     if not resume:
         _check_backbone_card(cfg, listeners)
-    teacher = None
-    if cfg.teacher.run:
-        teacher = _load_teacher(cfg, data.classes, device)
+        if is_distilled(model) and report.source not in ("none",) and report.missing:
+            emit(list(listeners), Notice("train", (
+                f"distilled student: {len(report.missing)} tensors start fresh "
+                f"({', '.join(report.missing[:6])})")))
     resume_cp = None
     if resume:
         resume_cp = ckpt.load_checkpoint(out / "checkpoints", "last")
@@ -323,11 +343,23 @@ def train(
                 f"cannot resume {out}: it was trained on classes {resume_cp.meta.get('classes')}"
                 f" but the data has {data.classes}"
             )
+    teacher = None
+    mode = None
+    if cfg.teacher.run:
+        recorded = (resume_cp.meta.get("teacher") or {}).get("mode") if resume_cp else None
+        mode = _distill_mode(cfg, model, distill_mode or recorded)
+        teacher = _load_teacher(cfg, data.classes, device)
     # ---- everything is valid: now write -------------------------------------------------
     created_pg = _init_dist(dist, device)
     try:
         meta = {"model": cfg.model.name, "img_size": cfg.model.img_size,
                 "mean": list(mean), "std": list(std), "window": cfg.data.window}
+        extra: dict[str, Any] = {}
+        if teacher is not None:
+            extra["teacher"] = {"run": str(cfg.teacher.run), "mode": mode,
+                                "temperature": cfg.teacher.temperature,
+                                "alpha": cfg.teacher.alpha, "model": _teacher_name(cfg)}
+            meta["teacher"] = extra["teacher"]
         run_listeners: list[Listener] = []
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -337,10 +369,10 @@ def train(
                 save_config(cfg, out / "config.toml")
                 _write_split(out / "split.json", data)
             run_listeners = [HistoryWriter(out / "history.jsonl"),
-                             MetricsWriter(out / "metrics.json", data.classes)]
+                             MetricsWriter(out / "metrics.json", data.classes, extra)]
         trainer = Trainer(cfg, model, data.train, data.val, data.classes, device, out,
                           listeners=[*run_listeners, *listeners], cancel=cancel, dist=dist,
-                          teacher=teacher, meta=meta)
+                          teacher=teacher, meta=meta, distill_mode=mode)
         if resume_cp is not None:
             trainer.load_resume(resume_cp)
         sample = _first_batch(data.train, cfg, device)
@@ -349,6 +381,7 @@ def train(
         if dist.main:
             env = _env_info(cfg, device, attention, dist, report.to_dict(), _amp_name(trainer))
             env["resumed"] = resume
+            env.update(extra)
             ckpt.atomic_write_text(out / "env.json", json.dumps(env, indent=2))
         seed_everything(cfg.seed)  # the attention timing must not shift the run's RNG
         t0 = time.perf_counter()
@@ -407,6 +440,54 @@ def _write_split(path: Path, data: TrainData) -> None:
              "test": len(data.test) if data.test is not None else 0}
     ckpt.atomic_write_text(path, json.dumps({"sizes": sizes, "classes": data.classes,
                                              "fingerprint": data.fingerprint}, indent=2))
+
+
+def _build_student(cfg: RunConfig, n_classes: int, resume: bool) -> tuple[nn.Module, LoadReport]:
+    """The model and its starting weights; ViT weights are adapted to a distilled model."""
+    src = "none" if resume else (cfg.weights.pretrained or "none").strip()
+    m = cfg.model
+    if src.lower() in ("none", "hub") or "distilled" not in m.name:
+        return build_model(m.name, n_classes, m.img_size, src, m.drop_path)
+    path = resolve_weights_path(src)
+    sd = read_state_dict(path)
+    model = create_model(m.name, n_classes, m.img_size, m.drop_path)
+    # an MAE encoder has one prefix position and no dist token/head: those start fresh
+    return model, load_weights_into(model, adapt_state_dict(model, sd), str(path))
+
+
+def _check_cnn_recipe(cfg: RunConfig, resume: bool) -> None:
+    """Staged fine-tuning of a random CNN freezes random features: refuse it."""
+    if resume or not is_cnn_name(cfg.model.name) or cfg.recipe.force_staged:
+        return
+    staged = any(s.unfreeze != "all" for s in cfg.stage_plan())
+    if staged and cfg.weights.pretrained.strip().lower() == "none":
+        raise ConfigError(
+            f"recipe '{cfg.recipe.kind}' freezes layers of {cfg.model.name} but its weights "
+            "are random (weights.pretrained='none'): use --recipe full for a CNN from scratch"
+        )
+
+
+def _distill_mode(cfg: RunConfig, model: nn.Module, explicit: str | None) -> str:
+    """The distillation mode: explicit, else ``cfg.teacher.mode``, else by the student."""
+    mode = explicit or getattr(cfg.teacher, "mode", "") or (
+        "token" if is_distilled(model) else "soft")
+    if mode not in DISTILL_MODES:
+        raise ConfigError(f"teacher.mode='{mode}' is not valid: choose one of "
+                          f"{', '.join(DISTILL_MODES)}")
+    if mode == "token" and not is_distilled(model):
+        raise ConfigError(
+            f"distillation mode 'token' needs a student with a distillation token, and "
+            f"{cfg.model.name} has none: use a *_distilled model (e.g. "
+            "deit_tiny_distilled_patch16_224, vit_test_tiny_distilled) or --distill soft|hard"
+        )
+    return mode
+
+
+def _teacher_name(cfg: RunConfig) -> str | None:
+    try:
+        return load_config(Path(cfg.teacher.run).expanduser() / "config.toml").model.name
+    except (ConfigError, OSError):
+        return None
 
 
 def _load_teacher(cfg: RunConfig, classes: list[str], device: torch.device) -> nn.Module:

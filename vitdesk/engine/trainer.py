@@ -135,28 +135,50 @@ def dataset_targets(ds: Dataset) -> list[int]:
 
 
 # ---- losses ---------------------------------------------------------------------------
-class Distiller:
-    """KL distillation from a frozen teacher (Hinton et al.): ``alpha * T^2 * KL``.
+DISTILL_MODES = ("soft", "hard", "token")
 
-    ``student_logits`` may later be a ``(cls, dist)`` pair (DeiT distillation token):
-    the label loss takes the first, the KL term the last.
+
+class Distiller:
+    """Distillation from a frozen teacher (Hinton et al.; DeiT, Touvron et al. 2021).
+
+    ``soft``: ``(1 - alpha) * label_loss + alpha * T^2 * KL(p_teacher,T || p_student,T)``.
+    ``hard`` and ``token``: ``(1 - alpha) * label_loss + alpha * CE(student, argmax
+    teacher)``. With a distilled student the logits are a ``(cls, dist)`` pair: the
+    label loss takes the class head (the caller computes it) and the teacher term the
+    distillation head; ``token`` is hard distillation through that token, DeiT's best.
+    The teacher runs in eval mode under ``no_grad``.
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float,
+                 mode: str = "soft") -> None:
+        if mode not in DISTILL_MODES:
+            raise ValueError(f"distillation mode '{mode}': use {', '.join(DISTILL_MODES)}")
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.t, self.alpha = float(temperature), float(alpha)
+        self.t, self.alpha, self.mode = float(temperature), float(alpha), mode
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's logits for ``x`` (float32, no graph)."""
+        if self.teacher.training:  # someone called .train() on the whole tree
+            self.teacher.eval()
+        out = self.teacher(x)
+        if isinstance(out, tuple):  # a distilled teacher: its own inference average
+            out = (out[0] + out[1]) / 2
+        return out.float()
 
     def __call__(self, x: torch.Tensor, student: torch.Tensor | tuple, base_loss: torch.Tensor
                  ) -> torch.Tensor:
-        s = student[-1] if isinstance(student, tuple) else student
-        with torch.no_grad():
-            t_logits = self.teacher(x).float()
-        kl = F.kl_div(F.log_softmax(s.float() / self.t, dim=-1),
-                      F.log_softmax(t_logits / self.t, dim=-1),
-                      reduction="batchmean", log_target=True) * (self.t * self.t)
-        return (1.0 - self.alpha) * base_loss + self.alpha * kl
+        s = (student[-1] if isinstance(student, tuple) else student).float()
+        t_logits = self.teacher_logits(x)
+        if self.mode == "soft":
+            term = F.kl_div(F.log_softmax(s / self.t, dim=-1),
+                            F.log_softmax(t_logits / self.t, dim=-1),
+                            reduction="batchmean", log_target=True) * (self.t * self.t)
+        else:
+            term = F.cross_entropy(s, t_logits.argmax(dim=-1))
+        return (1.0 - self.alpha) * base_loss + self.alpha * term
 
 
 def class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
@@ -214,6 +236,7 @@ class Trainer:
         dist: DistInfo = DistInfo(),
         teacher: nn.Module | None = None,
         meta: dict[str, Any] | None = None,
+        distill_mode: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.stages: list[StageConfig] = cfg.stage_plan()
@@ -247,8 +270,14 @@ class Trainer:
 
             self.mixup = Mixup(mixup_alpha=d.mixup, cutmix_alpha=d.cutmix,
                                label_smoothing=d.label_smoothing, num_classes=n_cls)
-        self.distiller = (Distiller(teacher.to(device), cfg.teacher.temperature,
-                                    cfg.teacher.alpha) if teacher is not None else None)
+        self.distiller = None
+        if teacher is not None:
+            mode = distill_mode or getattr(cfg.teacher, "mode", "") or "soft"
+            self.distiller = Distiller(teacher.to(device), cfg.teacher.temperature,
+                                       cfg.teacher.alpha, mode)
+            if hasattr(self.model, "set_distilled_training"):
+                # training forward returns (cls, dist): dist learns from the teacher
+                self.model.set_distilled_training(True)
         self.ema = None
         if cfg.model.ema:
             from timm.utils import ModelEmaV3
@@ -474,7 +503,9 @@ class Trainer:
             with sync_ctx:
                 with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=amp_on):
                     logits = net(x_in)
-                    loss = self._loss(logits, target)
+                    # a distilled student returns (cls, dist): labels train the cls head
+                    loss = self._loss(logits[0] if isinstance(logits, tuple) else logits,
+                                      target)
                     if self.distiller is not None:
                         loss = self.distiller(x_in, logits, loss)
                 self.scaler.scale(loss / group_len).backward()

@@ -23,8 +23,13 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(BIN)/vitdesk sample --out $(DEMO_OUT)/sample
-	$(BIN)/vitdesk inspect $(DEMO_OUT)/sample
+	$(BIN)/vitdesk demo --quick --out $(DEMO_OUT)
+	@# open the workbench on the result when there is a display, else say where it is
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ]; then \
+	  $(BIN)/vitdesk gui $(DEMO_OUT); \
+	else \
+	  echo "no display: open $(DEMO_OUT)/report/report.html (or report.pdf) to see the report"; \
+	fi
 
 lint: install-test
 	$(BIN)/ruff check vitdesk tests bench

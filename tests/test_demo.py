@@ -1,0 +1,60 @@
+"""The demo pipeline (sample -> MAE -> staged fine-tuning -> evaluation -> report), tiny."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vitdesk.commands.demo import DemoSettings, _prepare_out, run_demo
+from vitdesk.errors import ConfigError
+from vitdesk.jobs import Progress
+
+TINY = DemoSettings(patients=6, slices=6, size=48, img_size=32, mae_epochs=1, mae_batch=16,
+                    epochs=(1, 1, 1), batch_size=8, fractions=(0.5, 0.17, 0.33), n_boot=50,
+                    robustness_cases=6, attention_samples=1, threads=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_demo_writes_sample_backbone_run_and_report(tmp_path):
+    events = []
+    res = run_demo(tmp_path / "demo", TINY, listeners=[events.append])
+    assert (res.sample / "labels.csv").is_file()
+    assert (res.pretrain / "encoder.safetensors").is_file()
+    cfg = (res.run / "config.toml").read_text()
+    assert 'pretrained = "' + str(res.pretrain) in cfg and 'kind = "staged"' in cfg
+    stages = [json.loads(x)["stage"] for x in (res.run / "history.jsonl").read_text().splitlines()]
+    assert sorted(set(stages)) == [0, 1, 2]  # head, top block, all: staged from the backbone
+    m = json.loads(res.metrics.read_text())
+    assert m["split"] == "test" and m["tta"]["n_views"] == 6
+    assert m["n_patients"] == 2 and m["metrics"]["patient"]["n"] == 2
+    html = res.report_html.read_text()
+    assert "MAE self-supervised pretraining" in html and "mask ratio" in html
+    assert "Research use only" in html
+    assert res.report_pdf.read_bytes()[:5] == b"%PDF-"
+    demo_steps = [e.done for e in events if isinstance(e, Progress) and e.task == "demo"]
+    assert demo_steps == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_previous_demo_is_replaced_part_by_part(tmp_path):
+    (tmp_path / "demo.json").write_text("{}")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "old.txt").write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    _prepare_out(tmp_path)
+    assert not (tmp_path / "run").exists() and (tmp_path / "notes.txt").is_file()
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a previous demo"):
+        run_demo(tmp_path, TINY)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"

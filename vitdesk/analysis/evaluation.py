@@ -1,0 +1,746 @@
+"""Evaluate a trained run end to end: predictions, metrics, fairness, robustness, shift.
+
+:func:`evaluate_run` is what ``vitdesk evaluate``, ``vitdesk report``, the demo and the
+GUI's Fairness/Robustness/Report tabs call. Scored slices never include a training
+patient: with the run's own data source (or none) the run's saved test split
+(``split.json``) is used; another source is scored whole, and a patient it shares
+with the run's training split is reported as a notice.
+
+:func:`predict_input` is ``vitdesk predict``: probabilities per slice of any file or
+folder (DICOM, NIfTI/MHA/NRRD, PNG/JPEG), with optional attention overlays.
+
+Nothing here writes or returns PHI: records carry hashed patient/series keys, captions
+name only classes and probabilities, and ``to_dict()`` holds no file paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitdesk.errors import DataError, LoadError, ModelError
+from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, Progress, emit
+
+_TASK = "evaluate"
+DEFAULT_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255)
+DEFAULT_HU = {"noise_hu": (0.0, 25.0, 50.0, 100.0), "shift_hu": (-100.0, -50.0, 0.0, 50.0, 100.0),
+              "contrast": (0.8, 0.9, 1.0, 1.1, 1.2)}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Class names taken as "no finding": analysis puts them first so the finding is the
+# positive class of AUC/fairness and the "any" patient rule means "any abnormal slice".
+NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no_finding", "none", "control")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class AttentionItem:
+    """One overlay: uint8 RGB (H, W, 3) over the windowed slice and a PHI-free caption."""
+
+    image: np.ndarray
+    caption: str
+    method: str  # "rollout" | "gradcam"
+    correct: bool
+    true: str
+    predicted: str
+    probability: float
+
+
+@dataclass
+class RunEvaluation:
+    """Everything one evaluation computed. ``to_dict()`` is ``metrics.json``."""
+
+    run_id: str
+    split: str  # "test" (the run's own held-out patients) or "external"
+    classes: list[str]
+    fingerprint: str
+    n_slices: int
+    n_patients: int
+    labels: np.ndarray  # (N,) indices into ``classes`` (analysis order: "normal" first)
+    probs: np.ndarray  # (N, K) the probabilities scored (TTA-combined when TTA ran)
+    plain_probs: np.ndarray  # (N, K) without TTA
+    patients: np.ndarray  # (N,) safe patient keys
+    metrics: Any  # analysis.metrics.Evaluation of ``probs``
+    metrics_plain: Any = None  # Evaluation without TTA (only when TTA ran)
+    tta: dict | None = None  # tta_summary + the TTAConfig
+    uncertainty: np.ndarray | None = None  # (N,) TTA spread of the predicted class
+    fairness: list = field(default_factory=list)  # FairnessReport
+    robustness: list = field(default_factory=list)  # RobustnessResult (HU, adversarial)
+    shift: Any = None  # ShiftResult
+    attention: list[AttentionItem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-safe summary (NaN and inf become null); no paths, no patient data."""
+        d = {
+            "format": "vitdesk-evaluation-1",
+            "run_id": self.run_id,
+            "split": self.split,
+            "classes": list(self.classes),
+            "dataset_fingerprint": self.fingerprint,
+            "n_slices": self.n_slices,
+            "n_patients": self.n_patients,
+            "metrics": _plain(self.metrics),
+            "metrics_without_tta": _plain(self.metrics_plain),
+            "tta": self.tta,
+            "fairness": [_plain(f) for f in self.fairness],
+            "robustness": {r_name(r): _plain(r) for r in self.robustness},
+            "shift": _plain(self.shift),
+            "attention": [{"method": a.method, "correct": a.correct, "true": a.true,
+                           "predicted": a.predicted, "probability": a.probability}
+                          for a in self.attention],
+            "notes": list(self.notes),
+            "settings": self.settings,
+            "versions": self.versions,
+            "seconds": round(self.seconds, 2),
+        }
+        return json_safe(d)
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(name, "value (lo-hi)") rows of the headline metrics for a console table."""
+        rows = [("slices / patients", f"{self.n_slices} / {self.n_patients}")]
+        for level in ("slice", "patient"):
+            lm = getattr(self.metrics, level, None)
+            if lm is None:
+                continue
+            for key in ("accuracy", "balanced_accuracy", "auc", "ece"):
+                e = lm.estimates.get(key)
+                if e is not None:
+                    rows.append((f"{level} {key}", _fmt_ci(e.value, e.lo, e.hi)))
+        if self.tta:
+            rows.append(("TTA accuracy (plain -> TTA)",
+                         f"{_fmt(self.tta.get('accuracy_plain'))} -> "
+                         f"{_fmt(self.tta.get('accuracy_tta'))}"))
+        if self.shift is not None:
+            rows.append(("shift: share beyond threshold", _fmt(self.shift.fraction_above)))
+        return rows
+
+
+def r_name(result: Any) -> str:
+    """Key of a robustness result in metrics.json: "hu" or "adversarial"."""
+    names = {c.name for c in result.curves}
+    return "adversarial" if names & {"fgsm", "pgd"} else "hu"
+
+
+def _plain(obj: Any) -> Any:
+    if obj is None:
+        return None
+    return obj.to_dict() if hasattr(obj, "to_dict") else obj
+
+
+def json_safe(obj: Any) -> Any:
+    """Recursively turn numpy values into Python ones and non-finite floats into None."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{f:.{digits}f}" if math.isfinite(f) else "-"
+
+
+def _fmt_ci(v: float, lo: float, hi: float) -> str:
+    if not math.isfinite(lo):
+        return _fmt(v)
+    return f"{_fmt(v)} ({_fmt(lo)}-{_fmt(hi)})"
+
+
+def versions() -> dict[str, str]:
+    """Software versions recorded with every evaluation."""
+    import timm
+
+    import vitdesk
+
+    return {"vitdesk": vitdesk.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _load(run: Any, device: str) -> Any:
+    from vitdesk.engine.run import LoadedRun, load_run
+
+    if isinstance(run, LoadedRun):
+        return run
+    return load_run(run, device=device)
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _same_source(a: str | Path, b: str | Path) -> bool:
+    if not str(a).strip() or not str(b).strip():
+        return False
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except OSError:
+        return False
+
+
+def _split_records(run_dir: Path, split: str) -> dict[str, list]:
+    from vitdesk.data.splits import load_split
+
+    path = run_dir / "split.json"
+    if not path.is_file():
+        raise DataError(f"{run_dir} has no split.json: evaluate it with --data SRC on "
+                        "patients it was not trained on")
+    splits = load_split(path)
+    if split not in splits:
+        raise DataError(f"{path} has no '{split}' split (it has {', '.join(splits)})")
+    return splits
+
+
+def select_records(run: Any, data_src: str | Path | None, split: str = "test",
+                   cancel: CancelToken = NEVER, listener: Listener | None = None
+                   ) -> tuple[list, str, list]:
+    """The labelled records to score, the split name used, and the run's train records.
+
+    With ``data_src`` None or the run's own training source: the run's saved ``split``
+    (test by default). Otherwise every labelled slice of ``data_src``.
+    """
+    from vitdesk.data.sources import load_records
+
+    run_dir = Path(run.run_dir)
+    # the training source as configured (maybe relative to another working folder) or
+    # as the split recorded it (absolute common folder of its files)
+    root = ""
+    if (run_dir / "split.json").is_file():
+        try:
+            root = str(json.loads((run_dir / "split.json").read_text()).get("root", ""))
+        except (OSError, ValueError):
+            root = ""
+    own = data_src is None or _same_source(data_src, run.cfg.data.source) or (
+        bool(root) and _same_source(data_src, root))
+    train_records: list = []
+    if (run_dir / "split.json").is_file():
+        try:
+            train_records = _split_records(run_dir, "train")["train"]
+        except DataError:
+            train_records = []
+    if own:
+        records = _split_records(run_dir, split)[split]
+        used = split
+        if not records:
+            raise DataError(
+                f"the run's '{split}' split is empty (too few patients were held out): "
+                "evaluate with --data SRC on other patients"
+            )
+    else:
+        records = load_records(data_src, cancel, listener, min_classes=1)
+        used = "external"
+        overlap = {r.patient for r in records} & {r.patient for r in train_records}
+        if overlap:
+            emit(listener, Notice(_TASK, (
+                f"{len(overlap)} patient(s) of this data set were in the run's training split: "
+                "their scores are optimistic")))
+    records = [r for r in records if r.label is not None]
+    if not records:
+        raise DataError(f"{data_src or run_dir}: no labelled slices to evaluate: label the data")
+    unknown = sorted({r.label for r in records} - set(run.classes))
+    if unknown:
+        raise DataError(
+            f"label(s) {', '.join(unknown)} of the evaluation data are not among the run's "
+            f"classes ({', '.join(run.classes)}): relabel or evaluate another run"
+        )
+    return records, used, train_records
+
+
+def _subsample(n: int, k: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``k`` of ``n`` items (all when k is None or >= n), seeded."""
+    if k is None or k >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def _stratified(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Up to ``k`` indices with the classes as balanced as they allow (seeded)."""
+    if k >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    by = {c: rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)}
+    out: list[int] = []
+    while len(out) < k and any(by.values()):
+        for c in sorted(by):
+            if by[c] and len(out) < k:
+                out.append(by[c].pop())
+    return np.sort(np.asarray(out, dtype=int))
+
+
+def analysis_order(classes: Sequence[str]) -> list[int]:
+    """Model class indices in analysis order: a "normal"-like class first, rest as is."""
+    neg = [i for i, c in enumerate(classes) if str(c).strip().lower() in NEGATIVE_NAMES]
+    first = neg[:1]
+    return first + [i for i in range(len(classes)) if i not in first]
+
+
+def patient_rule(labels: np.ndarray, patients: np.ndarray) -> str:
+    """"any" for slice-level labels (a patient holds several classes), else "majority"."""
+    seen: dict[str, int] = {}
+    for y, p in zip(labels.tolist(), patients.tolist(), strict=True):
+        if seen.setdefault(p, y) != y:
+            return "any"
+    return "majority"
+
+
+def _batches(ds: Any, indices: Sequence[int], batch_size: int, with_labels: bool = True):
+    for i in range(0, len(indices), batch_size):
+        items = [ds[int(j)] for j in indices[i:i + batch_size]]
+        x = torch.stack([it[0] for it in items])
+        if with_labels:
+            yield x, torch.as_tensor([it[1] for it in items])
+        else:
+            yield x
+
+
+def _make_dataset(run: Any, records: list) -> Any:
+    from vitdesk.data.dataset import SliceDataset
+
+    return SliceDataset(records, run.classes, run.window, run.img_size, run.mean, run.std,
+                        channels=3, augment=None, cache=True, cache_mb=256.0)
+
+
+def display_image(raw: np.ndarray, kind: str, window: Any) -> np.ndarray:
+    """The windowed slice as the viewer shows it: grey [0, 1] (H, W) (channel mean)."""
+    from vitdesk.data.dataset import to_unit
+
+    return to_unit(raw, kind, window, 3).mean(axis=0)
+
+
+def attention_overlays(model: torch.nn.Module, x: torch.Tensor, raw: np.ndarray, kind: str,
+                       window: Any, img_size: int, target: int, alpha: float = 0.45
+                       ) -> dict[str, np.ndarray]:
+    """Rollout and Grad-CAM overlays of one preprocessed slice ``x`` (C, S, S) mapped back
+    onto the windowed slice ``raw`` (its own H x W). Returns uint8 RGB per method."""
+    from vitdesk.analysis.attention import attention_maps, grad_cam, normalize01, overlay
+    from vitdesk.data.dataset import Letterbox
+
+    grey = display_image(raw, kind, window)
+    h, w = grey.shape
+    box = Letterbox(h, w, img_size)
+    xb = x[None].to(_device_of(model))
+    maps = attention_maps(model, xb, inverse=box.to_slice)
+    roll = normalize01(maps.rollout[0])
+    cam = grad_cam(model, xb, target=int(target), inverse=box.to_slice)[0]
+    return {"rollout": overlay(grey, roll, alpha), "gradcam": overlay(grey, cam, alpha)}
+
+
+def _pick_attention(labels: np.ndarray, probs: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` slices: confident mistakes and confident correct ones, about half each."""
+    if n <= 0:
+        return []
+    pred = probs.argmax(1)
+    conf = probs.max(1)
+    wrong = [int(i) for i in np.argsort(-conf) if pred[i] != labels[i]]
+    right_pos = [int(i) for i in np.argsort(-conf) if pred[i] == labels[i] and labels[i] != 0]
+    right = [int(i) for i in np.argsort(-conf) if pred[i] == labels[i] and labels[i] == 0]
+    n_wrong = min(len(wrong), n // 2)
+    picks = wrong[:n_wrong]
+    # correct ones: abnormal classes first (where the attention is most telling)
+    for i in right_pos + right + wrong[n_wrong:]:
+        if len(picks) >= n:
+            break
+        if i not in picks:
+            picks.append(i)
+    return picks
+
+
+# --------------------------------------------------------------------------- evaluate_run
+
+
+def evaluate_run(
+    run: str | Path | Any,
+    data_src: str | Path | None = None,
+    *,
+    split: str = "test",
+    tta: Any = None,
+    robustness: bool = True,
+    hu_strengths: dict[str, Sequence[float]] | None = None,
+    adversarial_eps: Sequence[float] | None = None,
+    shift: bool = True,
+    attention_samples: int = 4,
+    max_cases: int | None = None,
+    robustness_cases: int = 64,
+    shift_train_cases: int = 256,
+    fairness: bool = True,
+    n_boot: int = 1000,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str = "auto",
+    cancel: CancelToken = NEVER,
+    listener: Listener | None = None,
+) -> RunEvaluation:
+    """Score a run on held-out data and compute every analysis the report shows.
+
+    Args:
+        run: a run folder or a :class:`~vitdesk.engine.run.LoadedRun`.
+        data_src: evaluation data; None (or the run's training source) means the run's
+            saved ``split`` so no training patient is scored.
+        split: which saved split to use with the run's own source.
+        tta: a :class:`~vitdesk.analysis.tta.TTAConfig` to score with test-time
+            augmentation (plain predictions are kept for comparison), or None.
+        robustness: HU perturbation curves (DICOM slices) and FGSM/PGD curves on a
+            stratified subset of ``robustness_cases`` slices.
+        hu_strengths: ``{"noise_hu": (...), "shift_hu": (...), "contrast": (...)}``.
+        adversarial_eps: attack strengths in [0, 1] image units.
+        shift: Mahalanobis distance of the evaluated features to (up to
+            ``shift_train_cases``) training-split features.
+        attention_samples: slices with rollout + Grad-CAM overlays (two images each).
+        max_cases: score at most this many slices (seeded subsample), None = all.
+        n_boot: bootstrap resamples for confidence intervals.
+        device: "auto", "cpu" or "cuda" (ignored for a LoadedRun).
+        cancel: checked once per batch.
+        listener: receives :class:`~vitdesk.jobs.Progress` and ``Notice`` events.
+
+    Raises:
+        DataError, CheckpointError, ConfigError: bad run or data (user errors).
+        Cancelled: when ``cancel`` was set.
+    """
+    from vitdesk.analysis import metrics as M
+    from vitdesk.analysis.fairness import age_groups, fairness_all, sex_groups
+    from vitdesk.analysis.tta import predict_proba, tta_predict, tta_summary
+    from vitdesk.data.build import fingerprint
+
+    t0 = time.perf_counter()
+    emit(listener, Progress(_TASK, 0, None, "loading the run"))
+    lr = _load(run, device)
+    model = lr.model.eval()
+    dev = _device_of(model)
+    records, used, train_records = select_records(lr, data_src, split, cancel, listener)
+    records = [records[i] for i in _subsample(len(records), max_cases, seed)]
+    ds = _make_dataset(lr, records)
+    n = len(ds)
+    labels = np.asarray(ds.targets, dtype=int)
+    patients = np.asarray([r.patient for r in records])
+    n_batches = math.ceil(n / batch_size)
+    notes: list[str] = []
+
+    # ---- predictions -------------------------------------------------------------------
+    cancel.check()
+    idx = np.arange(n)
+    tta_info = None
+    uncertainty = None
+    if tta is not None:
+        res = tta_predict(model, _batches(ds, idx, batch_size), tta, device=dev,
+                          total=n_batches, cancel=cancel, listener=listener)
+        probs, plain = res.probs, res.plain
+        uncertainty = res.uncertainty
+        tta_info = {**tta_summary(res, labels), "config": dataclasses.asdict(tta)}
+    else:
+        probs, _ = predict_proba(model, _batches(ds, idx, batch_size), device=dev,
+                                 total=n_batches, cancel=cancel, listener=listener)
+        plain = probs
+
+    # ---- metrics (in analysis order: the "normal" class first) ------------------------
+    order = analysis_order(lr.classes)
+    classes = [lr.classes[i] for i in order]
+    remap = np.argsort(order)  # model index -> analysis index
+    labels = remap[labels]
+    probs, plain = probs[:, order], plain[:, order]
+    if tta_info is not None:
+        tta_info["accuracy_plain"] = float((plain.argmax(1) == labels).mean())
+        tta_info["accuracy_tta"] = float((probs.argmax(1) == labels).mean())
+    rule = patient_rule(labels, patients)
+    if rule == "any":
+        notes.append(
+            "Labels are per slice: a patient counts as abnormal when any slice is. The patient "
+            "score is the mean of its slice probabilities, so when findings cover a minority "
+            "of a patient's slices patient accuracy is conservative (most patients are called "
+            "normal); the patient ROC AUC, which needs no threshold, is the measure to read.")
+    emit(listener, Progress(_TASK, 1, None, "metrics with bootstrap intervals"))
+    ev = M.evaluate(labels, probs, classes, patients, rule=rule, n_boot=n_boot, seed=seed)
+    ev_plain = (M.evaluate(labels, plain, classes, patients, rule=rule, n_boot=n_boot,
+                           seed=seed) if tta is not None else None)
+    cancel.check()
+
+    fair = []
+    if fairness:
+        emit(listener, Progress(_TASK, 2, None, "fairness by sex and age band"))
+        attrs = {"sex": sex_groups([r.sex for r in records]),
+                 "age": age_groups([r.age for r in records])}
+        fair = fairness_all(labels, probs, attrs, classes=classes,
+                            n_boot=max(100, n_boot // 2), seed=seed, clusters=patients)
+        if all(set(a.tolist()) == {"unknown"} for a in attrs.values()):
+            notes.append("no sex or age is recorded for these patients: fairness groups "
+                         "are all 'unknown'")
+
+    rob = []
+    if robustness:
+        # the attacks and HU curves score argmax of the model: they need model indices
+        rob = _robustness(lr, ds, records, np.asarray(order)[labels], hu_strengths, adversarial_eps,
+                          robustness_cases, batch_size, seed, dev, cancel, listener, notes)
+
+    shift_res = None
+    if shift:
+        shift_res = _shift(lr, ds, train_records, shift_train_cases, batch_size, seed, dev,
+                           cancel, listener, notes)
+
+    atts: list[AttentionItem] = []
+    picks = _pick_attention(labels, probs, attention_samples)
+    for k, i in enumerate(picks, start=1):
+        cancel.check()
+        emit(listener, Progress("attention", k, len(picks)))
+        rec = records[i]
+        from vitdesk.data.dataset import read_record
+
+        x, _ = ds[i]
+        pred = int(probs[i].argmax())
+        try:
+            images = attention_overlays(model, x, read_record(rec), rec.kind, lr.window,
+                                        lr.img_size, order[pred])
+        except ModelError as exc:  # e.g. a CNN run: no attention, the rest still stands
+            notes.append(f"attention maps were skipped: {exc}")
+            break
+        true_c, pred_c = classes[labels[i]], classes[pred]
+        ok = pred == labels[i]
+        for method, img in images.items():
+            # short: four captions share one row of the report
+            name = "rollout" if method == "rollout" else "CAM"
+            cap = f"{'' if ok else 'WRONG '}{true_c}->{pred_c} {probs[i, pred]:.2f} {name}"
+            atts.append(AttentionItem(img, cap, method, bool(ok), true_c, pred_c,
+                                      float(probs[i, pred])))
+
+    settings = {"split": used, "tta": tta is not None, "n_boot": n_boot, "seed": seed,
+                "max_cases": max_cases, "robustness_cases": robustness_cases,
+                "shift_train_cases": shift_train_cases, "attention_samples": attention_samples,
+                "window": lr.window.label(), "img_size": lr.img_size,
+                "model": lr.cfg.model.name, "device": str(dev), "patient_rule": rule,
+                "model_classes": list(lr.classes),
+                "positive_class": classes[1] if len(classes) == 2 else None}
+    out = RunEvaluation(
+        run_id=Path(lr.run_dir).name, split=used, classes=classes,
+        fingerprint=fingerprint(records), n_slices=n, n_patients=len(set(patients.tolist())),
+        labels=labels, probs=probs, plain_probs=plain, patients=patients, metrics=ev,
+        metrics_plain=ev_plain, tta=tta_info, uncertainty=uncertainty, fairness=fair,
+        robustness=rob, shift=shift_res, attention=atts, notes=notes, settings=settings,
+        versions=versions(), seconds=time.perf_counter() - t0,
+    )
+    emit(listener, Progress(_TASK, 3, 3, "done"))
+    return out
+
+
+def _robustness(lr: Any, ds: Any, records: list, labels: np.ndarray,
+                hu_strengths: dict | None, eps: Sequence[float] | None, k: int,
+                batch_size: int, seed: int, dev: torch.device, cancel: CancelToken,
+                listener: Listener | None, notes: list[str]) -> list:
+    from vitdesk.analysis.robustness import adversarial_curves, hu_perturbation_curves
+    from vitdesk.data.dataset import preprocess_slice, read_record
+
+    out = []
+    sub = _stratified(labels, k, seed)
+    dicom = [int(i) for i in sub if records[i].kind == "dicom"]
+    if dicom:
+        raws = {i: read_record(records[i]) for i in dicom}
+        shape = Counter(r.shape for r in raws.values()).most_common(1)[0][0]
+        keep = [i for i in dicom if raws[i].shape == shape]  # one stack needs one shape
+        hu = np.stack([raws[i] for i in keep]).astype(np.float32)
+
+        def prep(batch: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.stack([
+                preprocess_slice(h, "dicom", lr.window, lr.img_size, lr.mean, lr.std, 3)
+                for h in batch]))
+
+        out.append(hu_perturbation_curves(
+            lr.model, hu, labels[keep], prep, perturbations=hu_strengths or DEFAULT_HU,
+            batch_size=batch_size, seed=seed, device=dev, cancel=cancel, listener=listener))
+    else:
+        notes.append("HU robustness was skipped: the evaluation images are not CT (DICOM)")
+    x = torch.stack([ds[int(i)][0] for i in sub])
+    out.append(adversarial_curves(
+        lr.model, x, labels[sub], lr.mean, lr.std,
+        epsilons=tuple(eps) if eps is not None else DEFAULT_EPSILONS,
+        batch_size=batch_size, device=dev, cancel=cancel, listener=listener))
+    return out
+
+
+def _shift(lr: Any, ds: Any, train_records: list, k: int, batch_size: int, seed: int,
+           dev: torch.device, cancel: CancelToken, listener: Listener | None,
+           notes: list[str]) -> Any:
+    from vitdesk.analysis.shift import MahalanobisDetector, extract_features
+
+    present = [r for r in train_records if os.path.isfile(r.path)]
+    if len(present) < 2:
+        notes.append("distribution shift was skipped: the run's training slices are not "
+                     "available (split.json missing or data moved)")
+        return None
+    train_ds = _make_dataset(lr, [dataclasses.replace(r, label=None) for r in present])
+    tidx = _subsample(len(train_ds), k, seed)
+    tf = extract_features(lr.model, _batches(train_ds, tidx, batch_size, False), device=dev,
+                          total=math.ceil(len(tidx) / batch_size), cancel=cancel,
+                          listener=listener)
+    ef = extract_features(lr.model, _batches(ds, np.arange(len(ds)), batch_size, False),
+                          device=dev, total=math.ceil(len(ds) / batch_size), cancel=cancel,
+                          listener=listener)
+    # Ledoit-Wolf shrinkage: a subsample of a few hundred slices in 192+ dimensions
+    # gives a singular covariance whose pseudo-inverse calls everything an outlier
+    return MahalanobisDetector(percentile=95.0, shrinkage=True).fit(tf).score(ef)
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@dataclass
+class PredictedSlice:
+    """One row of the probabilities CSV."""
+
+    key: str  # safe key of the series (DICOM/volumes) or of the image file
+    slice_index: int
+    probs: np.ndarray
+    predicted: str
+    uncertainty: float | None
+    overlay: Path | None = None
+
+
+@dataclass
+class PredictResult:
+    classes: list[str]
+    rows: list[PredictedSlice]
+    overlays: list[Path]
+    errors: list[str]
+
+    def csv_header(self) -> list[str]:
+        return ["key", "slice", *[f"p_{c}" for c in self.classes], "predicted",
+                "uncertainty"]
+
+    def csv_rows(self) -> list[list[str]]:
+        return [[r.key, str(r.slice_index), *[f"{p:.6f}" for p in r.probs], r.predicted,
+                 "" if r.uncertainty is None else f"{r.uncertainty:.6f}"] for r in self.rows]
+
+
+def _safe_name(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in key)[:64] or "slice"
+
+
+def _input_slices(path: Path, cancel: CancelToken, listener: Listener | None
+                  ) -> tuple[list[tuple[str, int, np.ndarray, str]], list[str]]:
+    """(key, slice index, raw array, kind) of every slice under ``path``, and errors."""
+    from vitdesk.data.dataset import read_image
+    from vitdesk.data.records import safe_key
+
+    if not path.exists():
+        raise LoadError(f"{path}: no such file or folder: give a DICOM file/folder, a "
+                        "NIfTI/MHA/NRRD volume or PNG/JPEG images")
+    images = ([path] if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES else
+              sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+              if path.is_dir() else [])
+    out: list[tuple[str, int, np.ndarray, str]] = []
+    errors: list[str] = []
+    for p in images:
+        cancel.check()
+        try:
+            out.append((safe_key(str(p.resolve())), 0, read_image(str(p)), "image"))
+        except DataError as exc:
+            errors.append(str(exc))
+    if path.is_file() and images:
+        return out, errors
+    from vitdesk.imaging.io import load_path
+
+    res = load_path(path, cancel=cancel, listener=listener)
+    for vol in res.volumes:
+        for z in range(vol.hu.shape[0]):
+            out.append((vol.key, z, vol.hu[z], "dicom"))
+    errors.extend(f"{e.path}: {e.reason}" for e in res.errors if not images)
+    if not out:
+        first = f" ({errors[0]})" if errors else ""
+        raise LoadError(f"{path}: no readable slices{first}: give CT DICOM, a volume file "
+                        "or PNG/JPEG images")
+    return out, errors
+
+
+def predict_input(
+    run: str | Path | Any,
+    input_path: str | Path,
+    tta: Any = None,
+    attention_dir: str | Path | None = None,
+    alpha: float = 0.45,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    cancel: CancelToken = NEVER,
+    listener: Listener | None = None,
+) -> PredictResult:
+    """Probabilities for every slice of ``input_path``; overlays into ``attention_dir``.
+
+    Overlay files are named ``<safe key>_<slice>_rollout.png`` and ``..._gradcam.png``
+    (the key is a hash, never a patient name) and have the slice's own size.
+    """
+    from vitdesk.analysis.tta import predict_proba, tta_predict
+    from vitdesk.data.dataset import preprocess_slice
+
+    lr = _load(run, device)
+    model = lr.model.eval()
+    dev = _device_of(model)
+    slices, errors = _input_slices(Path(input_path).expanduser(), cancel, listener)
+    x_all = np.stack([preprocess_slice(raw, kind, lr.window, lr.img_size, lr.mean, lr.std, 3)
+                      for _, _, raw, kind in slices])
+    xt = torch.from_numpy(x_all)
+
+    def batches():
+        for i in range(0, len(xt), batch_size):
+            yield xt[i:i + batch_size]
+
+    total = math.ceil(len(xt) / batch_size)
+    unc = None
+    if tta is not None:
+        res = tta_predict(model, batches(), tta, device=dev, total=total, cancel=cancel,
+                          listener=listener)
+        probs, unc = res.probs, res.uncertainty
+    else:
+        probs, _ = predict_proba(model, batches(), device=dev, total=total, cancel=cancel,
+                                 listener=listener)
+    rows = [PredictedSlice(key, z, probs[i], lr.classes[int(probs[i].argmax())],
+                           None if unc is None else float(unc[i]))
+            for i, (key, z, _, _) in enumerate(slices)]
+    overlays: list[Path] = []
+    if attention_dir is not None:
+        import cv2
+
+        folder = Path(attention_dir).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (key, z, raw, kind) in enumerate(slices):
+            cancel.check()
+            emit(listener, Progress("attention", i + 1, len(slices)))
+            images = attention_overlays(model, xt[i], raw, kind, lr.window, lr.img_size,
+                                        int(probs[i].argmax()), alpha)
+            for method, img in images.items():
+                p = folder / f"{_safe_name(key)}_{z:04d}_{method}.png"
+                cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                overlays.append(p)
+            rows[i].overlay = folder / f"{_safe_name(key)}_{z:04d}_rollout.png"
+    return PredictResult(list(lr.classes), rows, overlays, errors)

@@ -1,0 +1,51 @@
+"""Shared plumbing of the evaluation commands: Ctrl-C to a cancel token, JSON writing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vitdesk.jobs import CancelToken
+
+
+@contextlib.contextmanager
+def sigint_cancels() -> Iterator[CancelToken]:
+    """A token cancelled by the first Ctrl-C (the work stops at the next batch); a second
+    Ctrl-C interrupts at once. The previous handler is restored afterwards."""
+    token = CancelToken()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        print("\nvitdesk: stopping (Ctrl-C again to abort)", file=sys.stderr)
+        token.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread (embedded use): Ctrl-C stays KeyboardInterrupt
+        yield token
+        return
+    try:
+        yield token
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON atomically (a crash never leaves half a metrics file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def summary_table(rows: list[tuple[str, str]]) -> str:
+    """Two aligned columns."""
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

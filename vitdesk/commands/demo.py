@@ -1,0 +1,203 @@
+"""``vitdesk demo [--out DIR] [--quick]``: the embedded end-to-end example.
+
+synthetic CT sample -> MAE pretraining on all its slices (labels unused) -> staged
+fine-tuning from that backbone -> evaluation on held-out patients with TTA -> report.
+
+Layout of DIR: ``sample/`` (DICOM + labels.csv), ``pretrain/`` (MAE encoder + card),
+``run/`` (the fine-tuned run), ``report/`` (report.html, report.pdf, metrics.json) and
+``demo.json`` (the settings used, which also marks DIR as a demo folder that a later
+demo may replace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitdesk.errors import ConfigError
+from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
+
+MARKER = "demo.json"
+PARTS = ("sample", "pretrain", "run", "report")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of one demo. The defaults are the full demo; :func:`quick_settings` the fast one.
+
+    Tuned on a 2-core CPU: a soft-tissue window, 64 px slices and input, vit_test_tiny
+    (2 blocks, 64 dims), class-balanced loss (under a fifth of the slices carry a
+    lesion) and a patient split with a 30 % test share so the held-out metrics have
+    ten patients. Seed 0 gives held-out patient AUC 0.96 (95% CI 0.76-1.00); other
+    seeds and 48 patients generalised worse (patient AUC 0.45-0.60), so the demo shows
+    the workflow, not a robust detector.
+    """
+
+    patients: int = 32
+    slices: int = 12
+    size: int = 64
+    sample_seed: int = 0
+    model: str = "vit_test_tiny"
+    img_size: int = 64
+    window: str = "soft_tissue"
+    mae_epochs: int = 12
+    mae_batch: int = 64
+    mae_base_lr: float = 1.5e-3
+    epochs: tuple[int, int, int] = (2, 4, 16)  # head, top block, all
+    lrs: tuple[float, float, float] = (3e-3, 1e-3, 5e-4)
+    batch_size: int = 32
+    balance: str = "loss"
+    fractions: tuple[float, float, float] = (0.6, 0.1, 0.3)
+    tta: bool = True
+    n_boot: int = 1000
+    robustness_cases: int = 64
+    attention_samples: int = 4
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = half the cores, 1 to 4
+    extra: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides "a.b" -> v
+
+
+def quick_settings() -> DemoSettings:
+    """A demo that finishes in about two minutes on a 2-core laptop CPU."""
+    return DemoSettings(patients=32, slices=12, size=64, mae_epochs=8, epochs=(1, 3, 6),
+                        n_boot=500, robustness_cases=32)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    out: Path
+    sample: Path
+    pretrain: Path
+    run: Path
+    report_html: Path
+    report_pdf: Path
+    metrics: Path
+    evaluation: Any
+    seconds: float
+
+
+def _prepare_out(out: Path) -> None:
+    """Refuse a foreign non-empty folder; clear the parts of a previous demo."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"demo output '{out}' is a file: give a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ConfigError(f"demo output '{out}' is a non-empty folder that is not a "
+                              "previous demo: give a new or empty folder with --out")
+        for part in PARTS:  # only what a demo writes, never anything else
+            if (out / part).is_dir():
+                shutil.rmtree(out / part)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_config(s: DemoSettings, sample: Path, backbone: Path, out: Path) -> Any:
+    """The fine-tuning RunConfig of the demo."""
+    from vitdesk.config import RunConfig, StageConfig
+
+    cfg = RunConfig()
+    cfg.model.name, cfg.model.img_size, cfg.model.drop_path = s.model, s.img_size, 0.05
+    cfg.weights.pretrained = str(backbone)
+    cfg.data.source, cfg.data.window = str(sample), s.window
+    cfg.data.batch_size, cfg.data.balance = s.batch_size, s.balance
+    cfg.data.fractions = list(s.fractions)
+    cfg.data.label_smoothing = 0.05
+    cfg.recipe.kind = "staged"
+    names = ("head", "top", "all")
+    unfreeze = ("head", "top:1", "all")
+    cfg.recipe.stages = [StageConfig(n, e, lr, u, 0.9 if n == "all" else 1.0)
+                         for n, e, lr, u in zip(names, s.epochs, s.lrs, unfreeze, strict=True)
+                         if e > 0]
+    cfg.device, cfg.seed, cfg.out = "cpu", s.seed, str(out)
+    for k, v in s.extra.items():
+        cfg.set(k, v)
+    return cfg.resolved().validate()
+
+
+def run_demo(out: str | Path, settings: DemoSettings | None = None, *,
+             cancel: CancelToken = NEVER, listeners: list[Listener] | None = None) -> DemoResult:
+    """Run the whole demo into ``out`` and return where everything is."""
+    import os
+
+    import torch
+
+    s = settings or DemoSettings()
+    listeners = list(listeners or [])
+    t0 = time.perf_counter()
+    # These models are tiny: on a small shared CPU, OpenMP threads fighting other
+    # processes made MAE steps 3x slower with 2 threads than with 1 (measured)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(s.threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
+    try:
+        return _run(out, s, t0, cancel, listeners)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
+         listeners: list[Listener]) -> DemoResult:
+    from vitdesk.analysis.evaluation import evaluate_run
+    from vitdesk.analysis.tta import TTAConfig
+    from vitdesk.commands._common import write_json
+    from vitdesk.engine.pretrain import PretrainConfig, pretrain
+    from vitdesk.engine.run import train
+    from vitdesk.imaging.synthetic import generate_sample
+    from vitdesk.report.from_run import write_run_report
+
+    out = Path(out).expanduser()
+    _prepare_out(out)
+    settings_doc = {k: v for k, v in dataclasses.asdict(s).items()}
+    (out / MARKER).write_text(json.dumps({"vitdesk_demo": 1, "settings": settings_doc},
+                                         indent=2))
+
+    def step(i: int, text: str) -> None:
+        emit(listeners, Progress("demo", i, 5, text))
+
+    step(0, "1/5 writing the synthetic CT sample")
+    info = generate_sample(out / "sample", patients=s.patients, slices=s.slices, size=s.size,
+                           seed=s.sample_seed, cancel=cancel, listener=listeners)
+    step(1, "2/5 MAE pretraining on the unlabelled slices")
+    pcfg = PretrainConfig(data=str(info.out_dir), model=s.model, img_size=s.img_size,
+                          window=s.window, epochs=s.mae_epochs, batch_size=s.mae_batch,
+                          base_lr=s.mae_base_lr, warmup_epochs=max(1.0, s.mae_epochs / 10),
+                          seed=s.seed, device="cpu", out=str(out / "pretrain"))
+    backbone = pretrain(pcfg.validate(), cancel, listeners)
+    step(2, "3/5 staged fine-tuning from the MAE backbone")
+    run_dir = train(run_config(s, info.out_dir, backbone, out / "run"), cancel, listeners)
+    step(3, "4/5 evaluating on the held-out patients")
+    ev = evaluate_run(run_dir, None, tta=TTAConfig() if s.tta else None, n_boot=s.n_boot,
+                      robustness_cases=s.robustness_cases,
+                      attention_samples=s.attention_samples, device="cpu", cancel=cancel,
+                      listener=lambda e: emit(listeners, e))
+    metrics = write_json(out / "report" / "metrics.json", ev.to_dict())
+    step(4, "5/5 writing the report")
+    files = write_run_report(run_dir, ev, out / "report")
+    step(5, "done")
+    return DemoResult(out, info.out_dir, Path(backbone), Path(run_dir), files.html, files.pdf,
+                      metrics, ev, time.perf_counter() - t0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitdesk.commands._common import sigint_cancels, summary_table
+    from vitdesk.console import ConsoleProgress
+
+    settings = quick_settings() if args.quick else DemoSettings()
+    with sigint_cancels() as token:
+        res = run_demo(args.out, settings, cancel=token, listeners=[ConsoleProgress()])
+    ev = res.evaluation
+    print(f"\nheld-out patients ({ev.n_patients}), 95% bootstrap CIs:")
+    print(summary_table(ev.summary_rows()))
+    print(f"\nfinished in {res.seconds:.0f} s. Written:")
+    for label, p in (("sample", res.sample), ("MAE backbone", res.pretrain), ("run", res.run),
+                     ("metrics", res.metrics), ("report", res.report_html),
+                     ("report (PDF)", res.report_pdf)):
+        print(f"  {label:<13} {p}")
+    print(f"\nopen the report in a browser, or the workbench with: vitdesk gui {res.out}")
+    sys.stdout.flush()
+    return 0

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.events import CheckpointSaved, StepDone, TrainingFailed
 from vitdesk.engine.mae import MaskedAutoencoder, n_visible
+from vitdesk.engine.run import check_out_folder
 from vitdesk.errors import Cancelled, CheckpointError, ConfigError, DataError
 from vitdesk.imaging.windowing import WindowSpec
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
@@ -244,20 +245,6 @@ class PretrainState:
 
 
 # ---- helpers ----------------------------------------------------------------------------
-def _check_out(out: Path, resume: bool) -> None:
-    if resume:
-        if not ckpt.checkpoint_exists(out / "checkpoints", "last"):
-            raise CheckpointError(
-                f"cannot resume: {out} has no checkpoints/last.json; start without --resume"
-            )
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(
-            f"output folder {out} already exists and is not empty: choose a new --out, or add "
-            "--resume to continue it"
-        )
-
-
 def _resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but no CUDA GPU is available: use --device cpu or auto")
@@ -441,7 +428,7 @@ def pretrain(
 
     cfg.validate()
     out = Path(cfg.out).expanduser()
-    _check_out(out, cfg.resume)
+    check_out_folder(out, cfg.resume)
     device = _resolve_device(cfg.device)
     window = WindowSpec.parse(cfg.window, clahe=cfg.clahe)
     mean, std = model_norm_stats(cfg.model)

@@ -222,7 +222,8 @@ def _check_data(data: TrainData) -> None:
         )
 
 
-def _check_out(out: Path, resume: bool) -> None:
+def check_out_folder(out: Path, resume: bool) -> None:
+    """Refuse a used output folder unless resuming, and a resume without a checkpoint."""
     if resume:
         if not ckpt.checkpoint_exists(out / "checkpoints", "last"):
             raise CheckpointError(
@@ -231,7 +232,7 @@ def _check_out(out: Path, resume: bool) -> None:
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(
-            f"run folder {out} already exists and is not empty: choose a new --out, or add "
+            f"output folder {out} already exists and is not empty: choose a new --out, or add "
             "--resume to continue it"
         )
 
@@ -316,7 +317,7 @@ def train(
     cfg = cfg.resolved()
     cfg.validate()
     out = Path(cfg.out).expanduser()
-    _check_out(out, resume)
+    check_out_folder(out, resume)
     dist = _dist_from_env()
     device = resolve_device(cfg.device, dist)
     if cfg.model.attention == "flash":

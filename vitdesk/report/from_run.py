@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from vitdesk.engine.history import read_history
 from vitdesk.report.build import ReportFiles, write_report
 from vitdesk.report.data import AttentionSample, ModelCard, ReportData
 
@@ -24,19 +25,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
-def read_history(run_dir: str | Path) -> list[dict]:
-    """Rows of ``history.jsonl`` (unreadable lines skipped)."""
-    path = Path(run_dir) / "history.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
 
 
 def backbone_provenance(pretrained: str, weights_source: str = "") -> tuple[str, str]:

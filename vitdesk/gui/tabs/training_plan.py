@@ -106,19 +106,6 @@ def find_backbones(workspace: str | Path | None) -> list[Backbone]:
     return out
 
 
-def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The epoch lines of ``RUN/history.jsonl`` (for plotting a resumed run's past)."""
-    path = Path(run_dir) / "history.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
-
-
 def _nan(v: Any) -> float:
     return math.nan if v is None else float(v)
 

@@ -44,6 +44,7 @@ from vitdesk.engine.events import (
     TrainingDone,
     TrainingFailed,
 )
+from vitdesk.engine.history import read_history
 from vitdesk.errors import CheckpointError
 from vitdesk.gui.dialogs import show_error
 from vitdesk.gui.plots import TrainingPlots
@@ -52,7 +53,6 @@ from vitdesk.gui.tabs.training_plan import (
     RunProgress,
     epoch_line,
     history_point,
-    read_history,
 )
 from vitdesk.gui.tabs.training_pretrain import PretrainPanel
 from vitdesk.gui.worker import Task

@@ -114,3 +114,38 @@ def test_unlabelled_cases_are_refused(rng):
     y[0] = -1
     with pytest.raises(DataError, match="unlabelled"):
         evaluate(y, p, ["a", "b"], n_boot=10)
+
+
+def test_patient_score_max_and_topk_hand_computed():
+    # patient "a": one clearly abnormal slice among normal ones; "b": uniformly mild
+    y = np.array([0, 0, 1, 0, 0, 0, 0, 0])
+    p1 = np.array([0.1, 0.2, 0.9, 0.3, 0.4, 0.4, 0.4, 0.4])
+    p = np.stack([1 - p1, p1], axis=1)
+    pats = ["a", "a", "a", "a", "b", "b", "b", "b"]
+    _, mean, _ = aggregate_by_patient(y, p, pats, "any")
+    np.testing.assert_allclose(mean[:, 1], [(0.1 + 0.2 + 0.9 + 0.3) / 4, 0.4])
+    assert mean[0, 1] < mean[1, 1]  # the mean ranks the focal finding below the mild one
+    _, mx, _ = aggregate_by_patient(y, p, pats, "any", patient_score="max")
+    np.testing.assert_allclose(mx, [[0.1, 0.9], [0.6, 0.4]])
+    _, top2, _ = aggregate_by_patient(y, p, pats, "any", patient_score="topk", topk=2)
+    np.testing.assert_allclose(top2[:, 1], [(0.9 + 0.3) / 2, 0.4])
+    np.testing.assert_allclose(top2.sum(1), 1.0)
+    # a fraction: ceil(0.5 * 4) = 2 slices, the same as topk=2
+    _, frac, _ = aggregate_by_patient(y, p, pats, "any", patient_score="topk", topk=0.5)
+    np.testing.assert_allclose(frac, top2)
+    ev = evaluate(y, p, ["normal", "lesion"], patients=pats, rule="any", patient_score="max",
+                  n_boot=20)
+    assert ev.patient.estimates["auc"].value == 1.0
+    assert ev.patient.confusion.tolist() == [[1, 0], [0, 1]]
+    assert ev.settings["patient_score"] == "max"
+    assert evaluate(y, p, ["normal", "lesion"], patients=pats, rule="any",
+                    n_boot=20).patient.estimates["auc"].value == 0.0
+    with pytest.raises(DataError, match="patient_score"):
+        aggregate_by_patient(y, p, pats, patient_score="median")
+
+
+def test_topk_over_several_abnormal_classes_renormalises():
+    p = np.array([[0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.8, 0.1, 0.1]])
+    _, s, _ = aggregate_by_patient(np.array([1, 2, 0]), p, ["a"] * 3, "any",
+                                   patient_score="max")
+    np.testing.assert_allclose(s, [[0.0, 0.5, 0.5]])  # 0.8 + 0.8 > 1: scaled to sum 1

@@ -47,3 +47,19 @@ def test_bad_run_folder_is_reported(qtbot, tmp_path):
         pass
     assert current.run is None
     assert errors and "config.toml" in str(errors[0])
+
+
+def test_runs_beside_an_opened_folder_are_offered(qtbot, sample_dir, tiny_run, tmp_path):  # noqa: F811
+    # the layout `vitdesk demo` writes: DIR/sample (DICOM) and DIR/run
+    demo = tmp_path / "demo"
+    shutil.copytree(sample_dir, demo / "sample")
+    shutil.copytree(tiny_run, demo / "run")
+    session = Session()
+    current = CurrentRun(session, device="cpu")
+    picker = RunPicker(current)
+    qtbot.addWidget(picker)
+    task = session.import_path(demo)
+    qtbot.waitUntil(lambda: not task.is_running(), timeout=20000)
+    paths = [picker.combo.itemData(i) for i in range(picker.combo.count())]
+    assert str(demo / "run") in paths
+    session.shutdown()

@@ -400,6 +400,8 @@ def evaluate_run(
     shift_train_cases: int = 256,
     fairness: bool = True,
     n_boot: int = 1000,
+    patient_score: str = "topk",
+    topk: float = 3,
     batch_size: int = 32,
     seed: int = 0,
     device: str = "auto",
@@ -424,6 +426,8 @@ def evaluate_run(
         attention_samples: slices with rollout + Grad-CAM overlays (two images each).
         max_cases: score at most this many slices (seeded subsample), None = all.
         n_boot: bootstrap resamples for confidence intervals.
+        patient_score, topk: patient aggregation (see metrics.patient_scores); the mean
+            of the ``topk`` most suspicious slices suits focal findings on a few slices.
         device: "auto", "cpu" or "cuda" (ignored for a LoadedRun).
         cancel: checked once per batch.
         listener: receives :class:`~vitdesk.jobs.Progress` and ``Notice`` events.
@@ -479,14 +483,18 @@ def evaluate_run(
     rule = patient_rule(labels, patients)
     if rule == "any":
         notes.append(
-            "Labels are per slice: a patient counts as abnormal when any slice is. The patient "
-            "score is the mean of its slice probabilities, so when findings cover a minority "
-            "of a patient's slices patient accuracy is conservative (most patients are called "
-            "normal); the patient ROC AUC, which needs no threshold, is the measure to read.")
+            "Labels are per slice: a patient counts as abnormal when any slice is. "
+            + ("The patient score is the mean of its slice probabilities, so when findings "
+               "cover a minority of a patient's slices patient accuracy is conservative (most "
+               "patients are called normal); the patient ROC AUC, which needs no threshold, is "
+               "the measure to read." if patient_score == "mean" else
+               "The patient score comes from its most suspicious slices "
+               f"({patient_score}), so one clearly abnormal slice is enough."))
     emit(listener, Progress(_TASK, 1, None, "metrics with bootstrap intervals"))
-    ev = M.evaluate(labels, probs, classes, patients, rule=rule, n_boot=n_boot, seed=seed)
+    agg = {"patient_score": patient_score, "topk": topk}
+    ev = M.evaluate(labels, probs, classes, patients, rule=rule, n_boot=n_boot, seed=seed, **agg)
     ev_plain = (M.evaluate(labels, plain, classes, patients, rule=rule, n_boot=n_boot,
-                           seed=seed) if tta is not None else None)
+                           seed=seed, **agg) if tta is not None else None)
     cancel.check()
 
     fair = []
@@ -541,6 +549,7 @@ def evaluate_run(
                 "shift_train_cases": shift_train_cases, "attention_samples": attention_samples,
                 "window": lr.window.label(), "img_size": lr.img_size,
                 "model": lr.cfg.model.name, "device": str(dev), "patient_rule": rule,
+                "patient_score": patient_score, "topk": topk,
                 "model_classes": list(lr.classes),
                 "positive_class": classes[1] if len(classes) == 2 else None}
     out = RunEvaluation(

@@ -8,8 +8,12 @@ sklearn's input validation would dominate. Confidence intervals are percentile
 bootstrap intervals (seeded). Patient-level metrics resample patients, not slices, because slices of
 one patient are not independent.
 
-Patient aggregation: the patient's score is the mean of its slice probabilities;
-its label is the majority slice label (``rule="majority"``, ties go to the higher
+Patient aggregation: the patient's score is, with ``patient_score="mean"`` (the
+default), the mean of its slice probabilities. For a focal finding seen on a few
+slices the mean dilutes the finding, so ``"max"`` and ``"topk"`` (the mean of the
+``topk`` highest slice probabilities) score every abnormal class (index >= 1) by its
+most suspicious slices and give the first (normal) class the rest, 1 - sum. Its
+label is the majority slice label (``rule="majority"``, ties go to the higher
 class index, i.e. towards the abnormal class when classes are ordered
 normal-first) or, with ``rule="any"``, the highest class index present on any of
 its slices (binary: positive if any slice is positive).
@@ -223,12 +227,42 @@ def bootstrap(
 # --------------------------------------------------------------------------- evaluation
 
 
-def aggregate_by_patient(
-    y: np.ndarray, probs: np.ndarray, patients: Sequence[str] | np.ndarray, rule: str = "majority"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Patient labels, mean slice probabilities and patient keys (sorted).
+PATIENT_SCORES = ("mean", "max", "topk")
 
-    ``rule`` is "majority" (ties to the higher class) or "any" (highest class seen).
+
+def _top_k_count(n: int, topk: float) -> int:
+    """Slices averaged by "topk": an int k >= 1, or a fraction in (0, 1) of ``n``."""
+    k = int(np.ceil(topk * n)) if 0 < topk < 1 else int(topk)
+    return max(1, min(k, n))
+
+
+def patient_scores(probs: np.ndarray, how: str = "mean", topk: float = 3) -> np.ndarray:
+    """One patient's (K,) score from its slices' (n, K) probabilities.
+
+    "mean" averages every column. "max" / "topk" score each abnormal class (index >= 1)
+    by its highest / the mean of its ``topk`` highest slice probabilities, and the
+    normal class (index 0) by 1 - their sum (rows renormalised if that sum exceeds 1),
+    so one clearly abnormal slice makes an abnormal patient.
+    """
+    if how == "mean":
+        return probs.mean(axis=0)
+    n, k_cls = probs.shape
+    kk = 1 if how == "max" else _top_k_count(n, topk)
+    top = -np.sort(-probs[:, 1:], axis=0)[:kk].mean(axis=0)
+    total = float(top.sum())
+    if total > 1.0:
+        return np.concatenate([[0.0], top / total])
+    return np.concatenate([[1.0 - total], top])
+
+
+def aggregate_by_patient(
+    y: np.ndarray, probs: np.ndarray, patients: Sequence[str] | np.ndarray, rule: str = "majority",
+    patient_score: str = "mean", topk: float = 3,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patient labels, patient scores and patient keys (sorted).
+
+    ``rule`` is "majority" (ties to the higher class) or "any" (highest class seen);
+    ``patient_score`` and ``topk`` as in :func:`patient_scores`.
     """
     y, probs = _check(y, probs)
     patients = np.asarray(patients).astype(str)
@@ -236,13 +270,19 @@ def aggregate_by_patient(
         raise DataError("metrics: one patient key per slice is needed for patient-level metrics")
     if rule not in ("majority", "any"):
         raise DataError(f"metrics: patient label rule must be 'majority' or 'any', got {rule!r}")
+    if patient_score not in PATIENT_SCORES:
+        raise DataError(f"metrics: patient_score must be one of {', '.join(PATIENT_SCORES)}, "
+                        f"got {patient_score!r}")
+    if not topk > 0:
+        raise DataError(f"metrics: topk must be a slice count >= 1 or a fraction in (0, 1), "
+                        f"got {topk}")
     keys, inv = np.unique(patients, return_inverse=True)
     k = probs.shape[1]
     labels = np.empty(len(keys), dtype=int)
     scores = np.empty((len(keys), k))
     for i in range(len(keys)):
         m = inv == i
-        scores[i] = probs[m].mean(axis=0)
+        scores[i] = patient_scores(probs[m], patient_score, topk)
         counts = np.bincount(y[m], minlength=k)
         if rule == "majority":
             labels[i] = int(np.flatnonzero(counts == counts.max()).max())
@@ -312,6 +352,8 @@ def evaluate(
     patients: Sequence[str] | np.ndarray | None = None,
     *,
     rule: str = "majority",
+    patient_score: str = "mean",
+    topk: float = 3,
     n_boot: int = 1000,
     seed: int = 0,
     n_bins: int = 10,
@@ -319,7 +361,8 @@ def evaluate(
     """All metrics at slice level, and at patient level when ``patients`` is given.
 
     Slice-level intervals resample patients too when they are known (slices of a
-    patient are correlated), otherwise slices.
+    patient are correlated), otherwise slices. ``patient_score`` ("mean", "max",
+    "topk") and ``topk`` choose the patient aggregation (see :func:`patient_scores`).
     """
     y, probs = _check(y, probs)
     classes = list(classes)
@@ -331,11 +374,14 @@ def evaluate(
     slice_level = _level(y, probs, classes, pats, n_boot, seed, n_bins)
     patient_level = None
     if pats is not None:
-        py, pp, _ = aggregate_by_patient(y, probs, pats, rule)
+        py, pp, _ = aggregate_by_patient(y, probs, pats, rule, patient_score, topk)
         patient_level = _level(py, pp, classes, None, n_boot, seed, n_bins)
-    settings = {"rule": rule, "n_boot": n_boot, "seed": seed, "n_bins": n_bins,
+    settings = {"rule": rule, "patient_score": patient_score, "n_boot": n_boot, "seed": seed,
+                "n_bins": n_bins,
                 "ci": "95% percentile bootstrap",
                 "resampling": "patients" if pats is not None else "slices"}
+    if patient_score == "topk":
+        settings["topk"] = topk
     return Evaluation(classes, slice_level, patient_level, settings)
 
 

@@ -57,6 +57,8 @@ class DemoSettings:
     fractions: tuple[float, float, float] = (0.6, 0.1, 0.3)
     tta: bool = True
     n_boot: int = 1000
+    patient_score: str = "topk"  # a focal finding: patients are scored by their worst slices
+    topk: float = 3
     robustness_cases: int = 64
     attention_samples: int = 4
     seed: int = 0
@@ -173,6 +175,7 @@ def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
     step(3, "4/5 evaluating on the held-out patients")
     ev = evaluate_run(run_dir, None, tta=TTAConfig() if s.tta else None, n_boot=s.n_boot,
                       robustness_cases=s.robustness_cases,
+                      patient_score=s.patient_score, topk=s.topk,
                       attention_samples=s.attention_samples, device="cpu", cancel=cancel,
                       listener=lambda e: emit(listeners, e))
     metrics = write_json(out / "report" / "metrics.json", ev.to_dict())

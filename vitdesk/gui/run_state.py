@@ -45,7 +45,8 @@ def load_run_job(run_dir: str, device: str = "auto", cancel: CancelToken = NEVER
 
 
 def find_runs(session: Session, extra: list[str] | None = None) -> list[Path]:
-    """Run folders to offer: the workspace's recorded runs, WORKSPACE/runs/*, ``extra``.
+    """Run folders to offer: the workspace's recorded runs, WORKSPACE/runs/*, ``extra``,
+    and runs in or directly below the folders opened this session.
 
     A run folder is one holding a ``config.toml`` and a ``checkpoints`` folder.
     Order: most recently modified first; duplicates removed.
@@ -61,6 +62,9 @@ def find_runs(session: Session, extra: list[str] | None = None) -> list[Path]:
         if runs_dir.is_dir():
             found += [p for p in runs_dir.iterdir() if p.is_dir()]
     found += [Path(p) for p in extra or []]
+    for folder in getattr(session, "opened_folders", []):
+        with contextlib.suppress(OSError):
+            found += [folder, *(p for p in folder.iterdir() if p.is_dir())]
     seen: set[str] = set()
     out = []
     for p in found:
@@ -158,6 +162,7 @@ class RunPicker(QWidget):
         lay.addWidget(self.summary)
         current.changed.connect(self._on_changed)
         current.session.workspace_changed.connect(lambda _ws: self.refresh())
+        current.session.import_finished.connect(lambda _res: self.refresh())
         self.refresh()
         self._on_changed(current.run)
 

@@ -55,6 +55,9 @@ class Session(QObject):
         self.thumb_task: Task | None = None
         self.current_key: str | None = None
         self._wanted: str | None = None
+        # folders opened this session: trained runs beside the images are offered too
+        # (``vitdesk gui DEMO_OUT`` finds DEMO_OUT/run)
+        self.opened_folders: list[Path] = []
 
     # ------------------------------------------------------------------ import
     def import_path(self, path: str | Path) -> Task | None:
@@ -68,6 +71,9 @@ class Session(QObject):
         if self.import_task is not None and self.import_task.is_running():
             self.message.emit("An import is already running; cancel it first.")
             return None
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        if folder not in self.opened_folders:
+            self.opened_folders.append(folder)
         task = Task(import_path, str(path), name="import")
         task.finished.connect(self._on_imported)
         task.errored.connect(self.failed)

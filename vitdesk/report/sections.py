@@ -128,13 +128,21 @@ def _level_table(level: dict, title: str) -> Table:
     return Table(["Metric", "Value (95% CI)"], rows, f"{title} (n = {level['n']})")
 
 
+_AGGREGATION = {  # how metrics.evaluate turned slice probabilities into a patient score
+    "mean": "mean of its slice probabilities",
+    "max": "its highest slice probability per abnormal class",
+    "topk": "mean of its {} highest slice probabilities per abnormal class",
+}
+
+
 def _evaluation_section(ev: dict) -> Section:
     s = Section("Evaluation")
     st = ev.get("settings", {})
     s.paragraphs.append(
         f"Intervals: {st.get('ci', 'bootstrap')}, {st.get('n_boot', '?')} resamples of "
-        f"{st.get('resampling', 'cases')}, seed {st.get('seed', '?')}. Patient score = mean of "
-        f"its slice probabilities; patient label by the '{st.get('rule', 'majority')}' rule.")
+        f"{st.get('resampling', 'cases')}, seed {st.get('seed', '?')}. Patient score = "
+        f"{_AGGREGATION.get(st.get('patient_score', 'mean'), 'mean').format(st.get('topk', 3))}"
+        f"; patient label by the '{st.get('rule', 'majority')}' rule.")
     s.tables.append(_level_table(ev["slice"], "Slice level"))
     if ev.get("patient"):
         s.tables.append(_level_table(ev["patient"], "Patient level"))

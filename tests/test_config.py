@@ -85,3 +85,23 @@ def test_bad_stage_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
     assert "[[recipe.stages]]" in dumps_toml({"recipe": {"stages": [{"a": 1}]}})
+
+
+def test_staged_on_a_random_backbone_switches_to_one_full_stage():
+    from vitdesk.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.weights.pretrained = "none"
+    cfg.recipe.kind = "staged"
+    assert cfg.staged_on_random_backbone()
+    cfg.switch_to_full(sum(s.epochs for s in cfg.stage_plan()))
+    plan = cfg.stage_plan()
+    assert cfg.recipe.kind == "full" and len(plan) == 1 and plan[0].unfreeze == "all"
+    assert not cfg.staged_on_random_backbone()
+    forced = RunConfig()
+    forced.weights.pretrained = "none"
+    forced.recipe.force_staged = True
+    assert not forced.staged_on_random_backbone()
+    pretrained = RunConfig()
+    pretrained.weights.pretrained = "/some/encoder.safetensors"
+    assert not pretrained.staged_on_random_backbone()

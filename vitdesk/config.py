@@ -174,6 +174,22 @@ class RunConfig:
             return [dataclasses.replace(s) for s in self.recipe.stages]
         return default_stages(self.recipe.kind, self.recipe.top_blocks)
 
+    def staged_on_random_backbone(self) -> bool:
+        """True when the staged recipe would start from random weights (and is not forced).
+
+        Freezing blocks that hold no learned features trains a random projection, so
+        the CLI and the GUI switch such runs to full training (:meth:`switch_to_full`).
+        """
+        return (self.weights.pretrained.strip().lower() == "none"
+                and self.recipe.kind == "staged" and not self.recipe.force_staged)
+
+    def switch_to_full(self, epochs: int | None = None) -> None:
+        """Replace the plan by one full stage of ``epochs`` (None: the full recipe's default)."""
+        full = default_stages("full")[0]
+        if epochs is not None:
+            full.epochs = max(1, int(epochs))
+        self.recipe.kind, self.recipe.stages = "full", [full]
+
     def resolved(self) -> RunConfig:
         """A copy with the stage plan spelled out (what ``config.toml`` records)."""
         cfg = RunConfig.from_dict(self.to_dict())

@@ -55,8 +55,7 @@ def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
     if getattr(args, "force_staged", False):
         cfg.recipe.force_staged = True
     epochs = getattr(args, "epochs", None)
-    if (cfg.weights.pretrained.strip().lower() == "none" and cfg.recipe.kind == "staged"
-            and not cfg.recipe.force_staged and not args.resume):
+    if not args.resume and cfg.staged_on_random_backbone():
         warn(STAGED_RANDOM_WARNING)
         total = None
         if epochs:
@@ -64,7 +63,7 @@ def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
                 total = sum(int(v) for v in str(epochs).split(",") if v.strip())
             except ValueError:
                 total = None  # set_epochs below reports the bad value
-        cfg.recipe.kind, cfg.recipe.stages = "full", []
+        cfg.switch_to_full()
         if total is not None:
             epochs = str(total)
     if epochs:

@@ -48,7 +48,7 @@ README_MARKER = "vitdesk synthetic sample"
 # the chance of a lesion is about the same at every level and only the lesion itself
 # tells lesion slices apart; liver lesions are darker (about -10 HU, 60-75 HU below the
 # liver) so they stay visible in a soft-tissue window through 10-18 HU noise.
-LESION_RADIUS_MM = {"lung": (14.0, 22.0), "liver": (14.0, 22.0)}
+LESION_RADIUS_MM = {"lung": (18.0, 28.0), "liver": (18.0, 28.0)}
 LESION_SPAN = (0.3, 0.45)
 LESION_COUNT = {"lung": (3, 6), "liver": (2, 4)}  # lesions per organ (min, max)
 LESION_HU = {"lung": (25.0, 50.0), "liver": (-15.0, 0.0)}

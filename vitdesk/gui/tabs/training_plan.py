@@ -14,7 +14,7 @@ from typing import Any
 
 # The CLI's wording, so the GUI and `vitdesk train` say the same thing.
 from vitdesk.commands.train import STAGED_RANDOM_WARNING
-from vitdesk.config import RunConfig, StageConfig, default_stages
+from vitdesk.config import RunConfig, StageConfig
 from vitdesk.engine.events import EpochEnded, StageStarted, StepDone, TrainingDone
 
 MODELS = ("vit_test_tiny", "vit_tiny_patch16_224", "vit_small_patch16_224",
@@ -37,14 +37,9 @@ def random_backbone_rule(cfg: RunConfig) -> str | None:
     Returns the warning to show, or None when the rule does not apply. The full stage
     trains as many epochs as the staged plan had in total.
     """
-    if (cfg.weights.pretrained.strip().lower() != "none" or cfg.recipe.kind != "staged"
-            or cfg.recipe.force_staged):
+    if not cfg.staged_on_random_backbone():
         return None
-    total = sum(s.epochs for s in cfg.stage_plan())
-    full = default_stages("full")[0]
-    cfg.recipe.kind = "full"
-    cfg.recipe.stages = [StageConfig(full.name, max(1, total), full.lr, full.unfreeze,
-                                     full.layer_decay)]
+    cfg.switch_to_full(sum(s.epochs for s in cfg.stage_plan()))
     return (STAGED_RANDOM_WARNING.removeprefix("warning: ")
             .replace("--recipe full", "one full stage of all epochs")
             .replace("pass --force-staged to keep it",

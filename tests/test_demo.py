@@ -36,9 +36,13 @@ def test_demo_writes_sample_backbone_run_and_report(tmp_path):
     m = json.loads(res.metrics.read_text())
     assert m["split"] == "test" and m["tta"]["n_views"] == 6
     assert m["n_patients"] == 2 and m["metrics"]["patient"]["n"] == 2
+    # a focal finding: patients are scored by their most suspicious slices, not the mean
+    assert m["settings"]["patient_score"] == m["metrics"]["settings"]["patient_score"] == "topk"
+    assert m["metrics"]["settings"]["topk"] == 3
     html = res.report_html.read_text()
     assert "MAE self-supervised pretraining" in html and "mask ratio" in html
     assert "Research use only" in html
+    assert "mean of its 3 highest slice probabilities per abnormal class" in html
     assert res.report_pdf.read_bytes()[:5] == b"%PDF-"
     demo_steps = [e.done for e in events if isinstance(e, Progress) and e.task == "demo"]
     assert demo_steps == [0, 1, 2, 3, 4, 5]

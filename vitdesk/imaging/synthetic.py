@@ -6,10 +6,9 @@ contrast-enhanced aorta, spine, ribs, sternum, and in the lower slices liver,
 stomach, spleen and kidneys, with correlated Gaussian noise. About half of the
 patients carry round metastases in both organs: solid lung nodules over one
 contiguous range of lung-level slices and hypodense liver lesions over one range of
-liver-level slices;
-``labels.csv`` labels every slice file ``normal`` or ``lesion``. Lesions are a
-little more frequent in older patients so that fairness plots have something to
-show.
+liver-level slices; ``labels.csv`` labels every slice file ``normal`` or
+``lesion``. Lesions are a little more frequent in older patients so that fairness
+plots have something to show.
 
 Everything is a deterministic function of ``seed`` (same seed, same bytes).
 Folder and file names carry no PHI: ``case_007/series_1/IM_0003.dcm``. The
@@ -33,21 +32,18 @@ from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 CLASSES = ("normal", "lesion")
 README_MARKER = "vitdesk synthetic sample"
 
-# The finding: round lesions (lung metastases; liver lesions where the lungs cannot
-# hold them) over one contiguous range of slices. Sizes, count and span were chosen
-# with a learnability sweep (tiny ViT from scratch, 64 px, train on seed 0, test on
-# seed 1): single 9-14 mm-radius lesions of either kind gave test AUC 0.4-0.73; these
-# settings gave 0.75-0.80 with a soft-tissue window. Radius in mm; span as a fraction
-# of the series' slices. The demo (vitdesk demo) later found that 8-14 mm lung nodules
-# were learnt mostly through a shortcut (lesions only occur on lung levels: slice AUC
-# 0.78 but held-out patient AUC 0.45 at 64 px), so lung lesions are now 14-22 mm
-# (3-4.4 cm masses, still plausible metastases), 5-8 px across at 64 px. Even so the
-# held-out patient AUC swung between 0.45 and 0.96 with the sample seed: with lesions
-# only on lung levels, "is this a lung-level slice" predicted the label. Positive
-# patients now carry lung AND liver metastases (each organ its own slice range), so
-# the chance of a lesion is about the same at every level and only the lesion itself
-# tells lesion slices apart; liver lesions are darker (about -10 HU, 60-75 HU below the
-# liver) so they stay visible in a soft-tissue window through 10-18 HU noise.
+# The finding: round metastases. History: lesions on one contiguous slice range, lung
+# first (liver only where the lungs could not hold them), were learnt mostly through a
+# shortcut in the demo: nodules only occurred on lung levels, so "is this a lung-level
+# slice" predicted the label (slice AUC ~0.8 but held-out patient AUC 0.45-0.96
+# depending on the sample seed; attention on the spine and mediastinum). Positive
+# patients now carry lung AND liver metastases, each organ its own contiguous slice
+# range (30-45 % of the series), so the chance of a lesion is about the same at every
+# level and only the lesion itself tells lesion slices apart. Radii 18-28 mm (3.6-5.6 cm
+# masses, still plausible metastases) are 6-9 px across at the demo's 64 px; liver
+# lesions are near water (-15-0 HU, 55-80 HU below the liver) so they stay visible in a
+# soft-tissue window through the 10-18 HU noise. Radius in mm; span as a fraction of
+# the series' slices.
 LESION_RADIUS_MM = {"lung": (18.0, 28.0), "liver": (18.0, 28.0)}
 LESION_SPAN = (0.3, 0.45)
 LESION_COUNT = {"lung": (3, 6), "liver": (2, 4)}  # lesions per organ (min, max)

@@ -37,6 +37,19 @@ RED = "#e06c6c"
 WARN_COLOUR = "#e0a040"
 
 
+def run_or_cancel(parent: QWidget, task: Any, start: Any) -> None:
+    """A Run button's click: cancel the running ``task``, else call ``start`` (errors shown)."""
+    if task is not None and task.is_running():
+        task.cancel()
+        return
+    try:
+        start()
+    except Exception as exc:  # noqa: BLE001 - shown to the user, never a crash
+        from vitdesk.gui.dialogs import show_error
+
+        show_error(parent, exc)
+
+
 def hint(text: str = "", parent: QWidget | None = None) -> QLabel:
     """A small grey, word-wrapped explanatory label."""
     label = QLabel(text, parent)

@@ -43,6 +43,7 @@ from vitdesk.gui.tabs.analysis_common import (
     fmt_ci,
     hint,
     make_table,
+    run_or_cancel,
     scroll_layout,
 )
 from vitdesk.gui.worker import Task
@@ -138,13 +139,7 @@ class FairnessTab(QWidget):
 
     # ----------------------------------------------------------------- run
     def _run_or_cancel(self) -> None:
-        if self.task is not None and self.task.is_running():
-            self.task.cancel()
-            return
-        try:
-            self.run()
-        except Exception as exc:  # noqa: BLE001 - shown to the user
-            show_error(self, exc)
+        run_or_cancel(self, self.task, self.run)
 
     def run(self) -> Task:
         """Evaluate the run on the chosen data in a worker."""

@@ -45,6 +45,7 @@ from vitdesk.gui.tabs.analysis_common import (
     hint,
     make_table,
     parse_floats,
+    run_or_cancel,
     scroll_layout,
 )
 from vitdesk.gui.worker import Task
@@ -174,13 +175,7 @@ class InferenceTab(QWidget):
 
     # ----------------------------------------------------------------- run
     def _run_or_cancel(self) -> None:
-        if self.task is not None and self.task.is_running():
-            self.task.cancel()
-            return
-        try:
-            self.run()
-        except Exception as exc:  # noqa: BLE001 - user errors are shown, not raised
-            show_error(self, exc)
+        run_or_cancel(self, self.task, self.run)
 
     def run(self) -> Task | None:
         """Start inference with the form's settings (raises a user error if not ready)."""

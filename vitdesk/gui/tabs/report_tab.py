@@ -35,7 +35,7 @@ from vitdesk.gui.analysis_jobs import report_job
 from vitdesk.gui.dialogs import show_error
 from vitdesk.gui.run_state import CurrentRun, RunPicker
 from vitdesk.gui.session import Session
-from vitdesk.gui.tabs.analysis_common import SourceChooser, hint, scroll_layout
+from vitdesk.gui.tabs.analysis_common import SourceChooser, hint, run_or_cancel, scroll_layout
 from vitdesk.gui.worker import Task
 from vitdesk.report.data import NOTICE
 
@@ -179,13 +179,7 @@ class ReportTab(QWidget):
 
     # ----------------------------------------------------------------- build
     def _build_or_cancel(self) -> None:
-        if self.task is not None and self.task.is_running():
-            self.task.cancel()
-            return
-        try:
-            self.build()
-        except Exception as exc:  # noqa: BLE001 - shown to the user
-            show_error(self, exc)
+        run_or_cancel(self, self.task, self.build)
 
     def build(self) -> Task:
         """Evaluate and write the report in a worker."""

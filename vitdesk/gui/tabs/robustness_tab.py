@@ -50,6 +50,7 @@ from vitdesk.gui.tabs.analysis_common import (
     hint,
     make_table,
     parse_floats,
+    run_or_cancel,
     scroll_layout,
 )
 from vitdesk.gui.worker import Task
@@ -203,13 +204,7 @@ class RobustnessTab(QWidget):
         return {k: v for k, v in hu.items() if v}, eps
 
     def _run_or_cancel(self) -> None:
-        if self.task is not None and self.task.is_running():
-            self.task.cancel()
-            return
-        try:
-            self.run()
-        except Exception as exc:  # noqa: BLE001 - shown to the user
-            show_error(self, exc)
+        run_or_cancel(self, self.task, self.run)
 
     def run(self) -> Task:
         """Compute the curves in a worker."""

@@ -7,36 +7,16 @@ import os
 import signal
 import tomllib
 
-import cv2
-import numpy as np
 import pytest
-import torch
 
+from tests.pngdata import write_square_pngs
 from vitdesk.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
 def png_data(tmp_path):
     """Class folders of 32 px PNGs: 'lesion' has a bright square, 'normal' does not."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for label in ("normal", "lesion"):
-        (root / label).mkdir(parents=True)
-        for i in range(10):
-            img = rng.normal(90, 20, (32, 32)).clip(0, 255)
-            if label == "lesion":
-                r, c = rng.integers(0, 22, 2)
-                img[r:r + 10, c:c + 10] = 230
-            cv2.imwrite(str(root / label / f"{label}_{i:02d}.png"), img.astype(np.uint8))
-    return root
+    return write_square_pngs(tmp_path / "data")
 
 
 def _args(data, out, *extra):

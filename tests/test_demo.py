@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from vitdesk.commands.demo import DemoSettings, _prepare_out, run_demo
 from vitdesk.errors import ConfigError
@@ -14,14 +13,6 @@ from vitdesk.jobs import Progress
 TINY = DemoSettings(patients=6, slices=6, size=48, img_size=32, mae_epochs=1, mae_batch=16,
                     epochs=(1, 1, 1), batch_size=8, fractions=(0.5, 0.17, 0.33), n_boot=50,
                     robustness_cases=6, attention_samples=1, threads=1)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_demo_writes_sample_backbone_run_and_report(tmp_path):

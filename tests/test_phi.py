@@ -12,21 +12,12 @@ import csv
 import numpy as np
 import pydicom
 import pytest
-import torch
 from pypdf import PdfReader
 
 from vitdesk.cli import main
 from vitdesk.imaging.dicom_write import write_ct_series
 
 N_PATIENTS = 6
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _markers(i: int) -> dict[str, str]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import tomllib
 
-import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.engine._synth import CLASSES, data, squares, tiny_cfg
+from tests.pngdata import write_square_pngs
 from vitdesk.config import StageConfig
 from vitdesk.engine.models import adapt_state_dict, create_model, is_cnn, is_distilled
 from vitdesk.engine.recipe import apply_stage, trainable_modules
@@ -189,16 +189,7 @@ def test_mae_encoder_loads_into_the_distilled_student():
 def test_cli_trains_a_cnn_and_distils_into_a_vit(tmp_path, capsys):
     from vitdesk.cli import main
 
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for label in ("normal", "lesion"):
-        (root / label).mkdir(parents=True)
-        for i in range(10):
-            img = rng.normal(90, 20, (32, 32)).clip(0, 255)
-            if label == "lesion":
-                r, c = rng.integers(0, 22, 2)
-                img[r:r + 10, c:c + 10] = 230
-            cv2.imwrite(str(root / label / f"{label}_{i:02d}.png"), img.astype(np.uint8))
+    root = write_square_pngs(tmp_path / "data")
     common = ["--data", str(root), "--img-size", "32", "--pretrained", "none",
               "--batch-size", "8", "--device", "cpu", "--epochs", "1"]
     cnn = tmp_path / "cnn"

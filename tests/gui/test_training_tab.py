@@ -18,15 +18,6 @@ from vitdesk.gui.tabs.training_tab import StepThrottle, TrainingTab
 from vitdesk.imaging.synthetic import generate_sample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small shared machines: one intra-op thread is ~10x faster than two fighting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     out = tmp_path_factory.mktemp("training") / "sample"

@@ -181,6 +181,59 @@ def test_runs(tmp_path):
     assert stored[0][0] == "runs/r1"  # inside the workspace: relative, so it can move
 
 
+def test_settings_roundtrip_and_survive_reopen(tmp_path):
+    prefs = {"window": {"names": ["lung", "bone"], "clahe": False}, "seed": 7,
+             "fractions": [0.7, 0.15, 0.15]}
+    with Workspace.open(tmp_path / "ws") as ws:
+        assert ws.get_setting("training_input") is None
+        assert ws.get_setting("training_input", {"seed": 0}) == {"seed": 0}
+        ws.set_setting("training_input", prefs)
+        ws.set_setting("count", 3)
+        ws.set_setting("count", 4)  # overwrite, not a second row
+        ws.set_setting("pair", (1, "a"))
+        assert ws.get_setting("training_input") == prefs
+        assert ws.get_setting("pair") == [1, "a"]  # JSON has no tuples
+    with Workspace.open(tmp_path / "ws", create=False) as ws:
+        assert ws.get_setting("training_input") == prefs
+        assert ws.get_setting("count") == 4
+    rows = sqlite3.connect(tmp_path / "ws" / DB_NAME).execute(
+        "SELECT COUNT(*) FROM settings WHERE key = 'count'").fetchone()
+    assert rows == (1,)
+
+
+def test_setting_that_is_not_json_is_refused(tmp_path):
+    with Workspace.open(tmp_path / "ws") as ws:
+        ws.set_setting("seed", 1)
+        with pytest.raises(DataError, match="setting 'seed' .*not JSON-serialisable"):
+            ws.set_setting("seed", {1, 2})
+        with pytest.raises(DataError, match="setting 'seed'"):
+            ws.set_setting("seed", float("nan"))
+        with pytest.raises(DataError, match="empty"):
+            ws.set_setting(" ", 1)
+        assert ws.get_setting("seed") == 1  # a refused value leaves the old one
+
+
+def test_old_workspace_without_settings_table_opens_and_gains_it(tmp_path):
+    folder = tmp_path / "ws"
+    with Workspace.open(folder) as ws:
+        ws.add_class("normal")
+    # make it look like a schema-1 workspace, written before settings existed
+    conn = sqlite3.connect(folder / DB_NAME)
+    conn.execute("DROP TABLE settings")
+    conn.execute("UPDATE schema_version SET version = 1")
+    conn.commit()
+    conn.close()
+    with Workspace.open(folder, create=False) as ws:
+        assert ws.schema_version == SCHEMA_VERSION == 2
+        assert ws.classes() == ["normal"]
+        assert ws.get_setting("seed", 5) == 5
+        ws.set_setting("seed", 9)
+    conn = sqlite3.connect(folder / DB_NAME)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    assert conn.execute("SELECT value_json FROM settings").fetchall() == [("9",)]
+    conn.close()
+
+
 def test_real_sample_labels_roundtrip(tmp_path):
     from vitdesk.imaging.scan import scan_path
     from vitdesk.imaging.synthetic import generate_sample

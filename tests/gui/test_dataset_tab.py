@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 
 from vitdesk.data.workspace import Workspace
 from vitdesk.gui.main_window import MainWindow
-from vitdesk.gui.tabs.training_input import PREFS_FILE
+from vitdesk.gui.tabs.training_input import PREFS_FILE, SETTING_KEY
 from vitdesk.imaging.dicom_write import write_ct_series
 from vitdesk.imaging.windowing import WindowSpec
 
@@ -143,9 +143,12 @@ def test_window_choice_previews_rgb_and_is_stored(qtbot, win, tmp_path):
     np.testing.assert_array_equal(rgb, expected)
     assert not np.array_equal(rgb[..., 0], rgb[..., 2])  # three different windows
     panel.seed_spin.setValue(7)
-    stored = json.loads((tmp_path / "ws" / PREFS_FILE).read_text())
+    # stored in the workspace database, readable by a second connection at once
+    with _reopen(tmp_path) as ws:
+        stored = ws.get_setting(SETTING_KEY)
     assert WindowSpec.from_dict(stored["window"]).names == ("lung", "mediastinum", "bone")
     assert stored["seed"] == 7
+    assert not (tmp_path / "ws" / PREFS_FILE).exists()  # no side file any more
     # a fresh window on the same workspace restores the choice
     again = MainWindow()
     qtbot.addWidget(again)
@@ -157,6 +160,31 @@ def test_window_choice_previews_rgb_and_is_stored(qtbot, win, tmp_path):
     qtbot.waitUntil(lambda: again.session.viewer.volume is not None, timeout=10000)
     qtbot.waitUntil(lambda: not any(t is not None and t.is_running() for t in (
         again.session.thumb_task, again.session.load_task)), timeout=10000)
+
+
+def test_legacy_prefs_json_is_adopted_once(qtbot, tmp_path):
+    folder = tmp_path / "old_ws"
+    Workspace.open(folder).close()
+    legacy = folder / PREFS_FILE
+    stack = WindowSpec.parse("lung,mediastinum,bone").to_dict()
+    legacy.write_text(json.dumps({"window": stack, "fractions": [0.6, 0.2, 0.2], "seed": 11}))
+    w = MainWindow()
+    qtbot.addWidget(w)
+    assert w.session.open_workspace(folder) is not None
+    panel = w.dataset_tab.training_input
+    assert panel.stack_radio.isChecked() and panel.seed_spin.value() == 11
+    assert panel.fractions() == pytest.approx((0.6, 0.2, 0.2))
+    assert w.session.workspace.get_setting(SETTING_KEY)["seed"] == 11
+    assert legacy.is_file()  # the user's file is not deleted
+    # read once: a later edit of the json no longer counts, the setting does
+    legacy.write_text(json.dumps({"window": stack, "seed": 3}))
+    w.session.close_workspace()
+    w.session.open_workspace(folder)
+    assert panel.seed_spin.value() == 11
+    panel.seed_spin.setValue(12)
+    assert w.session.workspace.get_setting(SETTING_KEY)["seed"] == 12
+    assert json.loads(legacy.read_text())["seed"] == 3  # changes go to the workspace only
+    w.session.close_workspace()
 
 
 def test_labelling_without_workspace_asks_for_one(qtbot, tmp_path, data, volume):

@@ -7,7 +7,11 @@ patient: with the run's own data source (or none) the run's saved test split
 with the run's training split is reported as a notice.
 
 :func:`predict_input` is ``vitdesk predict``: probabilities per slice of any file or
-folder (DICOM, NIfTI/MHA/NRRD, PNG/JPEG), with optional attention overlays.
+folder (DICOM, NIfTI/MHA/NRRD, PNG/JPEG), with optional attention overlays. It lives
+in :mod:`vitdesk.analysis.predict`, and the helpers both share (load a run, batch
+slices, attention overlays) in :mod:`vitdesk.analysis.run_model`; this module
+re-exports their public names so ``from vitdesk.analysis.evaluation import ...``
+keeps working.
 
 Nothing here writes or returns PHI: records carry hashed patient/series keys, captions
 name only classes and probabilities, and ``to_dict()`` holds no file paths.
@@ -30,14 +34,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitdesk.errors import DataError, LoadError, ModelError
+from vitdesk.analysis.predict import (
+    IMAGE_SUFFIXES,
+    PredictedSlice,
+    PredictResult,
+    predict_input,
+)
+from vitdesk.analysis.run_model import (
+    _batches,
+    _device_of,
+    _load,
+    _make_dataset,
+    attention_overlays,
+    display_image,
+)
+from vitdesk.errors import DataError, ModelError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, Progress, emit
 
 _TASK = "evaluate"
 DEFAULT_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255)
 DEFAULT_HU = {"noise_hu": (0.0, 25.0, 50.0, 100.0), "shift_hu": (-100.0, -50.0, 0.0, 50.0, 100.0),
               "contrast": (0.8, 0.9, 1.0, 1.1, 1.2)}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Class names taken as "no finding": analysis puts them first so the finding is the
 # positive class of AUC/fairness and the "any" patient rule means "any abnormal slice".
 NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no_finding", "none", "control")
@@ -189,21 +206,6 @@ def versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _load(run: Any, device: str) -> Any:
-    from vitdesk.engine.run import LoadedRun, load_run
-
-    if isinstance(run, LoadedRun):
-        return run
-    return load_run(run, device=device)
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _same_source(a: str | Path, b: str | Path) -> bool:
     if not str(a).strip() or not str(b).strip():
         return False
@@ -317,48 +319,6 @@ def patient_rule(labels: np.ndarray, patients: np.ndarray) -> str:
         if seen.setdefault(p, y) != y:
             return "any"
     return "majority"
-
-
-def _batches(ds: Any, indices: Sequence[int], batch_size: int, with_labels: bool = True):
-    for i in range(0, len(indices), batch_size):
-        items = [ds[int(j)] for j in indices[i:i + batch_size]]
-        x = torch.stack([it[0] for it in items])
-        if with_labels:
-            yield x, torch.as_tensor([it[1] for it in items])
-        else:
-            yield x
-
-
-def _make_dataset(run: Any, records: list) -> Any:
-    from vitdesk.data.dataset import SliceDataset
-
-    return SliceDataset(records, run.classes, run.window, run.img_size, run.mean, run.std,
-                        channels=3, augment=None, cache=True, cache_mb=256.0)
-
-
-def display_image(raw: np.ndarray, kind: str, window: Any) -> np.ndarray:
-    """The windowed slice as the viewer shows it: grey [0, 1] (H, W) (channel mean)."""
-    from vitdesk.data.dataset import to_unit
-
-    return to_unit(raw, kind, window, 3).mean(axis=0)
-
-
-def attention_overlays(model: torch.nn.Module, x: torch.Tensor, raw: np.ndarray, kind: str,
-                       window: Any, img_size: int, target: int, alpha: float = 0.45
-                       ) -> dict[str, np.ndarray]:
-    """Rollout and Grad-CAM overlays of one preprocessed slice ``x`` (C, S, S) mapped back
-    onto the windowed slice ``raw`` (its own H x W). Returns uint8 RGB per method."""
-    from vitdesk.analysis.attention import attention_maps, grad_cam, normalize01, overlay
-    from vitdesk.data.dataset import Letterbox
-
-    grey = display_image(raw, kind, window)
-    h, w = grey.shape
-    box = Letterbox(h, w, img_size)
-    xb = x[None].to(_device_of(model))
-    maps = attention_maps(model, xb, inverse=box.to_slice)
-    roll = normalize01(maps.rollout[0])
-    cam = grad_cam(model, xb, target=int(target), inverse=box.to_slice)[0]
-    return {"rollout": overlay(grey, roll, alpha), "gradcam": overlay(grey, cam, alpha)}
 
 
 def _pick_attention(labels: np.ndarray, probs: np.ndarray, n: int) -> list[int]:
@@ -621,135 +581,9 @@ def _shift(lr: Any, ds: Any, train_records: list, k: int, batch_size: int, seed:
     return MahalanobisDetector(percentile=95.0, shrinkage=True).fit(tf).score(ef)
 
 
-# --------------------------------------------------------------------------- predict
-
-
-@dataclass
-class PredictedSlice:
-    """One row of the probabilities CSV."""
-
-    key: str  # safe key of the series (DICOM/volumes) or of the image file
-    slice_index: int
-    probs: np.ndarray
-    predicted: str
-    uncertainty: float | None
-    overlay: Path | None = None
-
-
-@dataclass
-class PredictResult:
-    classes: list[str]
-    rows: list[PredictedSlice]
-    overlays: list[Path]
-    errors: list[str]
-
-    def csv_header(self) -> list[str]:
-        return ["key", "slice", *[f"p_{c}" for c in self.classes], "predicted",
-                "uncertainty"]
-
-    def csv_rows(self) -> list[list[str]]:
-        return [[r.key, str(r.slice_index), *[f"{p:.6f}" for p in r.probs], r.predicted,
-                 "" if r.uncertainty is None else f"{r.uncertainty:.6f}"] for r in self.rows]
-
-
-def _safe_name(key: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in key)[:64] or "slice"
-
-
-def _input_slices(path: Path, cancel: CancelToken, listener: Listener | None
-                  ) -> tuple[list[tuple[str, int, np.ndarray, str]], list[str]]:
-    """(key, slice index, raw array, kind) of every slice under ``path``, and errors."""
-    from vitdesk.data.dataset import read_image
-    from vitdesk.data.records import safe_key
-
-    if not path.exists():
-        raise LoadError(f"{path}: no such file or folder: give a DICOM file/folder, a "
-                        "NIfTI/MHA/NRRD volume or PNG/JPEG images")
-    images = ([path] if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES else
-              sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-              if path.is_dir() else [])
-    out: list[tuple[str, int, np.ndarray, str]] = []
-    errors: list[str] = []
-    for p in images:
-        cancel.check()
-        try:
-            out.append((safe_key(str(p.resolve())), 0, read_image(str(p)), "image"))
-        except DataError as exc:
-            errors.append(str(exc))
-    if path.is_file() and images:
-        return out, errors
-    from vitdesk.imaging.io import load_path
-
-    res = load_path(path, cancel=cancel, listener=listener)
-    for vol in res.volumes:
-        for z in range(vol.hu.shape[0]):
-            out.append((vol.key, z, vol.hu[z], "dicom"))
-    errors.extend(f"{e.path}: {e.reason}" for e in res.errors if not images)
-    if not out:
-        first = f" ({errors[0]})" if errors else ""
-        raise LoadError(f"{path}: no readable slices{first}: give CT DICOM, a volume file "
-                        "or PNG/JPEG images")
-    return out, errors
-
-
-def predict_input(
-    run: str | Path | Any,
-    input_path: str | Path,
-    tta: Any = None,
-    attention_dir: str | Path | None = None,
-    alpha: float = 0.45,
-    *,
-    batch_size: int = 32,
-    device: str = "auto",
-    cancel: CancelToken = NEVER,
-    listener: Listener | None = None,
-) -> PredictResult:
-    """Probabilities for every slice of ``input_path``; overlays into ``attention_dir``.
-
-    Overlay files are named ``<safe key>_<slice>_rollout.png`` and ``..._gradcam.png``
-    (the key is a hash, never a patient name) and have the slice's own size.
-    """
-    from vitdesk.analysis.tta import predict_proba, tta_predict
-    from vitdesk.data.dataset import preprocess_slice
-
-    lr = _load(run, device)
-    model = lr.model.eval()
-    dev = _device_of(model)
-    slices, errors = _input_slices(Path(input_path).expanduser(), cancel, listener)
-    x_all = np.stack([preprocess_slice(raw, kind, lr.window, lr.img_size, lr.mean, lr.std, 3)
-                      for _, _, raw, kind in slices])
-    xt = torch.from_numpy(x_all)
-
-    def batches():
-        for i in range(0, len(xt), batch_size):
-            yield xt[i:i + batch_size]
-
-    total = math.ceil(len(xt) / batch_size)
-    unc = None
-    if tta is not None:
-        res = tta_predict(model, batches(), tta, device=dev, total=total, cancel=cancel,
-                          listener=listener)
-        probs, unc = res.probs, res.uncertainty
-    else:
-        probs, _ = predict_proba(model, batches(), device=dev, total=total, cancel=cancel,
-                                 listener=listener)
-    rows = [PredictedSlice(key, z, probs[i], lr.classes[int(probs[i].argmax())],
-                           None if unc is None else float(unc[i]))
-            for i, (key, z, _, _) in enumerate(slices)]
-    overlays: list[Path] = []
-    if attention_dir is not None:
-        import cv2
-
-        folder = Path(attention_dir).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, (key, z, raw, kind) in enumerate(slices):
-            cancel.check()
-            emit(listener, Progress("attention", i + 1, len(slices)))
-            images = attention_overlays(model, xt[i], raw, kind, lr.window, lr.img_size,
-                                        int(probs[i].argmax()), alpha)
-            for method, img in images.items():
-                p = folder / f"{_safe_name(key)}_{z:04d}_{method}.png"
-                cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-                overlays.append(p)
-            rows[i].overlay = folder / f"{_safe_name(key)}_{z:04d}_rollout.png"
-    return PredictResult(list(lr.classes), rows, overlays, errors)
+__all__ = [
+    "DEFAULT_EPSILONS", "DEFAULT_HU", "IMAGE_SUFFIXES", "NEGATIVE_NAMES", "AttentionItem",
+    "PredictResult", "PredictedSlice", "RunEvaluation", "analysis_order", "attention_overlays",
+    "display_image", "evaluate_run", "json_safe", "patient_rule", "predict_input", "r_name",
+    "select_records", "versions",
+]

@@ -3,7 +3,8 @@
 ``folder/workspace.sqlite`` (stdlib sqlite3, WAL journal, foreign keys on, a
 schema version table) holds imported series with their safe metadata and file
 lists, patients (safe key, sex, age), classes, labels per series and per slice,
-training runs and import errors. Every write is its own committed transaction,
+training runs, import errors and small per-workspace settings (JSON values,
+see :meth:`Workspace.get_setting`). Every write is its own committed transaction,
 so closing the app, or a crash, loses nothing; there is no save button.
 
 No PHI is stored: series, studies and patients are known by
@@ -20,7 +21,6 @@ sorted along the slice normal); a slice can also be addressed by its file path.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sqlite3
@@ -37,7 +37,7 @@ from vitdesk.errors import DataError
 from vitdesk.imaging.deid import PHI_KEYWORDS
 
 DB_NAME = "workspace.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS runs (
     model TEXT NOT NULL DEFAULT '',
     metrics_json TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value_json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS import_errors (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL,
@@ -95,6 +96,13 @@ CREATE TABLE IF NOT EXISTS import_errors (
     UNIQUE (path, reason)
 );
 """
+
+# Upgrades from the previous schema version, applied in order when an older
+# workspace is opened. The DDL is in _SCHEMA too (a fresh workspace gets it at
+# once); repeating it here keeps each step self-contained.
+_MIGRATIONS: dict[int, str] = {
+    2: "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value_json TEXT NOT NULL)",
+}
 
 _PHI = frozenset(PHI_KEYWORDS)
 _UNKNOWN = "unknown"
@@ -238,6 +246,11 @@ class Workspace:
                     f"workspace '{self.folder}' was written by a newer vitdesk (schema "
                     f"{version} > {SCHEMA_VERSION}): update vitdesk to open it"
                 )
+            elif version < SCHEMA_VERSION:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    c.execute(_MIGRATIONS[step])
+                # one row, as in a fresh workspace
+                c.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     @property
     def schema_version(self) -> int:
@@ -259,6 +272,33 @@ class Workspace:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -------------------------------------------------------------- settings
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """The value stored under ``key`` (as JSON decodes it), or ``default``."""
+        r = self._connect().execute("SELECT value_json FROM settings WHERE key = ?",
+                                    (key,)).fetchone()
+        return default if r is None else json.loads(r[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable ``value`` under ``key`` (tuples come back as lists).
+
+        Raises:
+            DataError: the key is empty or the value is not JSON (e.g. a numpy array, NaN).
+        """
+        if not isinstance(key, str) or not key.strip():
+            raise DataError(f"setting key {key!r} is empty or not text: name the setting")
+        try:
+            # allow_nan=False: NaN/inf are not JSON and would not read back elsewhere
+            text = json.dumps(value, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"setting '{key}' of workspace '{self.folder}' is not "
+                            f"JSON-serialisable ({exc}): store plain numbers, text, "
+                            "lists and dicts") from None
+        with self._tx() as c:
+            c.execute("INSERT INTO settings (key, value_json) VALUES (?, ?) "
+                      "ON CONFLICT(key) DO UPDATE SET value_json = excluded.value_json",
+                      (key, text))
 
     # ----------------------------------------------------------------- paths
     def _store_path(self, path: str | Path) -> str:
@@ -500,59 +540,9 @@ class Workspace:
         labels every series whose files lie in it. Unknown classes are added. Rows
         naming nothing in the workspace are reported in ``unmatched``.
         """
-        csv_path = Path(path)
-        try:
-            with open(csv_path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                fields = [(h or "").strip().lower() for h in reader.fieldnames or []]
-                rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()}
-                        for r in reader]
-        except OSError as exc:
-            raise DataError(f"{csv_path}: cannot read the CSV ({exc.strerror})") from None
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"{csv_path}: not a readable CSV ({exc}): save it as UTF-8") from None
-        if "path" not in fields or "label" not in fields:
-            raise DataError(f"{csv_path}: the header must be path,label[,patient_id,sex,age] "
-                            f"(found: {', '.join(fields) or 'none'})")
-        base = csv_path.parent
-        n_series = n_slices = 0
-        unmatched: list[str] = []
-        now = _now()
-        with self._tx() as c:
-            for row in rows:
-                rel, label = row.get("path", ""), row.get("label", "")
-                if not rel or not label:
-                    continue
-                target = Path(rel) if os.path.isabs(rel) else base / rel
-                c.execute("INSERT OR IGNORE INTO classes (name, position) VALUES "
-                          "(?, (SELECT COALESCE(MAX(position), -1) + 1 FROM classes))", (label,))
-                if target.is_dir():
-                    prefix = self._store_path(target).rstrip("/") + "/"
-                    keys = [r[0] for r in c.execute(
-                        "SELECT DISTINCT series_key FROM series_files WHERE substr(path, 1, ?) "
-                        "= ?", (len(prefix), prefix))]
-                    for key in keys:
-                        c.execute(
-                            "INSERT INTO series_labels (series_key, label, updated) "
-                            "VALUES (?, ?, ?) ON CONFLICT(series_key) DO UPDATE SET "
-                            "label = excluded.label, updated = excluded.updated",
-                            (key, label, now))
-                    n_series += len(keys)
-                    if not keys:
-                        unmatched.append(rel)
-                    continue
-                hits = c.execute("SELECT series_key, idx FROM series_files WHERE path = ?",
-                                 (self._store_path(target),)).fetchall()
-                if not hits:
-                    unmatched.append(rel)
-                for h in hits:
-                    c.execute(
-                        "INSERT INTO slice_labels (series_key, slice_index, label, updated) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT(series_key, slice_index) DO UPDATE SET "
-                        "label = excluded.label, updated = excluded.updated",
-                        (h["series_key"], h["idx"], label, now))
-                n_slices += len(hits)
-        return LabelImport(n_series, n_slices, tuple(unmatched))
+        from vitdesk.data.workspace_csv import import_labels_csv
+
+        return import_labels_csv(self, path)
 
     def export_manifest(self, path: str | Path) -> int:
         """Write a manifest CSV (``path,label,sex,age``) of every labelled slice file.
@@ -561,42 +551,9 @@ class Workspace:
         written only when all their frames share one label (the format labels files).
         Returns the number of rows.
         """
-        out = Path(path)
-        base = Path(os.path.abspath(out.parent))
-        rows: list[tuple[str, str, str, str]] = []
-        patients = {p.key: p for p in self.patients()}
-        for s in self.series():
-            labels = self.labels_for_series(s.key)
-            if not labels or not s.files:
-                continue
-            p = patients.get(s.patient_key)
-            sex = (p.sex or "") if p else ""
-            age = f"{p.age:g}" if p and p.age is not None else ""
-            per_file = max(1, s.n_slices // len(s.files))
-            if per_file * len(s.files) != s.n_slices:
-                per_file = 0  # irregular multi-frame layout: fall back to series labels
-            for i, f in enumerate(s.files):
-                if per_file == 1:
-                    label = labels.get(i)
-                else:
-                    frames = range(i * per_file, (i + 1) * per_file) if per_file else []
-                    found = {labels.get(j) for j in frames} or {s.label}
-                    label = found.pop() if len(found) == 1 else None
-                if label is None:
-                    continue
-                try:
-                    rel = os.path.relpath(f, base)
-                except ValueError:  # another drive on Windows
-                    rel = f
-                rows.append((Path(rel).as_posix(), label, sex, age))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(["path", "label", "sex", "age"])
-            w.writerows(rows)
-        os.replace(tmp, out)
-        return len(rows)
+        from vitdesk.data.workspace_csv import export_manifest
+
+        return export_manifest(self, path)
 
     # ------------------------------------------------------------------ runs
     def add_run(self, path: str | Path, model: str = "", metrics: dict | None = None,

@@ -2,6 +2,8 @@
 
 Each section starts a new page; content that does not fit flows onto further
 pages. Every page carries the research-use notice in its header and footer.
+Tables are monospace text: long cells wrap within their column (the row grows),
+and a table that runs off a page continues on the next with its header repeated.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from matplotlib.lines import Line2D
 
 from vitdesk.report.data import NOTICE, ReportData
 from vitdesk.report.sections import Section, Table
@@ -22,6 +25,12 @@ A4 = (8.27, 11.69)
 TOP, BOTTOM, LEFT = 0.935, 0.06, 0.07
 LINE = 0.0155  # height of one 8-pt text line in figure units
 NOTICE_COLOUR = "#8b1a1a"
+TABLE_PT = 7
+# characters of TABLE_PT monospace that fit between the margins (DejaVu Sans Mono
+# advances 0.602 em per glyph); wider text would run off the page
+TABLE_CHARS = int((1 - 2 * LEFT) * A4[0] * 72 / (0.602 * TABLE_PT))
+COL_GAP = 2  # spaces between columns
+MIN_COL = 8  # narrowest column a wide table squeezes to
 
 
 class _Pages:
@@ -46,8 +55,12 @@ class _Pages:
                       ha="right", va="bottom")
         self.y = TOP
 
+    def fits(self, height: float) -> bool:
+        """Whether ``height`` fits below the cursor on the current page."""
+        return self.fig is not None and self.y - height >= BOTTOM
+
     def need(self, height: float) -> Figure:
-        if self.fig is None or self.y - height < BOTTOM:
+        if not self.fits(height):
             self.new_page()
         assert self.fig is not None
         return self.fig
@@ -83,15 +96,77 @@ class _Pages:
             self.fig = None
 
 
-def _table_lines(t: Table, budget: int = 132) -> list[str]:
-    rows = [t.header, *t.rows]
-    max_col = max(20, budget // max(len(t.header), 1))
-    cells = [[str(c)[:max_col] for c in r] for r in rows]
-    widths = [max(len(r[i]) if i < len(r) else 0 for r in cells) for i in range(len(t.header))]
-    fmt_row = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False))  # noqa: E731
-    out = [fmt_row(cells[0]), "  ".join("-" * w for w in widths)]
-    out += [fmt_row(r) for r in cells[1:]]
-    return out
+def _column_widths(natural: list[int], budget: int) -> list[int]:
+    """Fit columns into ``budget`` characters: narrow ones keep their width, wide ones share.
+
+    Water-filling: a column narrower than an equal share of what is left keeps its
+    natural width; the rest split the remainder evenly (never below ``MIN_COL``).
+    """
+    avail = budget - COL_GAP * (len(natural) - 1)
+    if sum(natural) <= avail:
+        return list(natural)
+    widths = list(natural)
+    wide = set(range(len(natural)))
+    while True:
+        share = (avail - sum(widths[i] for i in range(len(natural)) if i not in wide)) / len(wide)
+        fixed = {i for i in wide if natural[i] <= share}
+        if not fixed:
+            break
+        wide -= fixed
+    left = avail - sum(widths[i] for i in range(len(natural)) if i not in wide)
+    for k, i in enumerate(sorted(wide)):
+        # spread the remainder so the wide columns use the whole budget
+        widths[i] = min(natural[i], max(MIN_COL, left // len(wide) + (k < left % len(wide))))
+    return widths
+
+
+def _wrap_row(cells: list[str], widths: list[int]) -> list[str]:
+    """One table row as text lines: each cell wrapped to its column, padded to align."""
+    cols = [textwrap.wrap(c, width=w) or [""] for c, w in zip(cells, widths, strict=True)]
+    height = max(len(c) for c in cols)
+    return [(" " * COL_GAP).join((c[k] if k < len(c) else "").ljust(w)
+                                 for c, w in zip(cols, widths, strict=True)).rstrip()
+            for k in range(height)]
+
+
+def _table_rows(t: Table, budget: int = TABLE_CHARS) -> tuple[list[str], list[list[str]]]:
+    """(header lines incl. the rule, lines of each body row) of a table, wrapped to ``budget``."""
+    n = max(len(t.header), *(len(r) for r in t.rows)) if t.rows else len(t.header)
+    rows = [[str(c) for c in r] + [""] * (n - len(r)) for r in [t.header, *t.rows]]
+    natural = [max(1, *(len(r[i]) for r in rows)) for i in range(n)]
+    widths = _column_widths(natural, budget)
+    header = [*_wrap_row(rows[0], widths), (" " * COL_GAP).join("-" * w for w in widths)]
+    return header, [_wrap_row(r, widths) for r in rows[1:]]
+
+
+def _draw_table(pages: _Pages, t: Table) -> None:
+    """Draw a table row by row; a row that does not fit starts a page with the header again."""
+    header, body = _table_rows(t)
+    step = LINE * TABLE_PT / 8
+    ruled = any(len(r) > 1 for r in body)  # rows of several lines need a visible boundary
+
+    def lines(block: list[str]) -> None:
+        for line in block:
+            fig = pages.need(step)
+            fig.text(LEFT, pages.y, line, fontsize=TABLE_PT, family="monospace", va="top")
+            pages.y -= step
+
+    # the header goes with the first row: never a header alone at the foot of a page
+    first = len(body[0]) if body else 0
+    if not pages.fits((len(header) + first) * step):
+        pages.new_page()
+    lines(header)
+    for i, row in enumerate(body):
+        if not pages.fits(len(row) * step):
+            pages.new_page()
+            lines(header)
+        elif ruled and i:
+            rule_y = pages.y + 0.25 * step
+            assert pages.fig is not None
+            pages.fig.add_artist(Line2D([LEFT, 1 - LEFT], [rule_y, rule_y], lw=0.3,
+                                        color="#c8ccd2", transform=pages.fig.transFigure))
+        # a row taller than a whole page still flows line by line
+        lines(row)
 
 
 def render_pdf(data: ReportData, sections: list[Section], path: Path) -> int:
@@ -115,8 +190,7 @@ def render_pdf(data: ReportData, sections: list[Section], path: Path) -> int:
             for t in s.tables:
                 if t.caption:
                     pages.text(t.caption, size=8, weight="bold")
-                for line in _table_lines(t):
-                    pages.text(line, size=7, family="monospace", width=140)
+                _draw_table(pages, t)
                 pages.gap()
             for png in s.pngs():
                 pages.image(imread(io.BytesIO(png)))

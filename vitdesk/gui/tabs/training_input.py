@@ -6,14 +6,15 @@ the RGB image the model sees. The split is by patient
 (:func:`vitdesk.data.splits.split_by_patient`), computed in the background from
 the workspace's labelled slices.
 
-The choices are stored in the workspace folder (``training_input.json``, written
-atomically on every change) so they travel with the labels.
+The choices are stored in the workspace (setting ``training_input``, written on
+every change) so they travel with the labels. Workspaces from before the settings
+table kept them in ``training_input.json``; that file is read once into the
+workspace and then left alone.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +40,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from vitdesk.errors import DataError
 from vitdesk.gui import geometry
 from vitdesk.gui.worker import Task
 from vitdesk.imaging.windowing import PRESETS, WindowSpec
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
-PREFS_FILE = "training_input.json"
+SETTING_KEY = "training_input"
+PREFS_FILE = "training_input.json"  # legacy location, read once into SETTING_KEY
 DEFAULT_STACK = ("lung", "mediastinum", "bone")
 PREVIEW_PX = 136
 
@@ -207,35 +210,41 @@ class TrainingInputPanel(QGroupBox):
         self.clahe_box.setChecked(spec.clahe)
 
     # ------------------------------------------------------------------ persistence
-    def _prefs_path(self) -> Path | None:
-        ws = self.session.workspace
-        return Path(ws.folder) / PREFS_FILE if ws is not None else None
-
     def _changed(self, *_args) -> None:
         if self._loading:
             return
         self.update_preview()
-        path = self._prefs_path()
-        if path is not None:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(self.prefs(), indent=1))
-            os.replace(tmp, path)  # atomic: a crash leaves the old or the new file
+        ws = self.session.workspace
+        if ws is not None:
+            ws.set_setting(SETTING_KEY, self.prefs())
+
+    def _stored_prefs(self, ws: Any) -> Any:
+        """The workspace's stored choices, adopting a legacy ``training_input.json`` once."""
+        data = ws.get_setting(SETTING_KEY)
+        legacy = Path(ws.folder) / PREFS_FILE
+        if data is None and legacy.is_file():
+            try:
+                data = json.loads(legacy.read_text())
+                # the user's file is left in place; from now on the setting wins
+                ws.set_setting(SETTING_KEY, data)
+            except (ValueError, OSError, DataError):
+                return None  # unreadable: keep the defaults, the setting is written on change
+        return data
 
     def refresh(self) -> None:
         """Load the workspace's stored choices (or keep the defaults)."""
-        path = self._prefs_path()
-        has_ws = path is not None
-        self.split_button.setEnabled(has_ws)
-        if has_ws and path.is_file():
+        ws = self.session.workspace
+        self.split_button.setEnabled(ws is not None)
+        data = self._stored_prefs(ws) if ws is not None else None
+        if data is not None:
             self._loading = True
             try:
-                data = json.loads(path.read_text())
                 self.set_window_spec(WindowSpec.from_dict(data["window"]))
                 for s, v in zip(self.fraction_spins, data.get("fractions", []), strict=False):
                     s.setValue(float(v))
                 self.seed_spin.setValue(int(data.get("seed", 0)))
-            except (ValueError, KeyError, TypeError, OSError):
-                pass  # unreadable choices: keep the defaults, they are rewritten on change
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass  # unusable choices: keep the defaults, they are rewritten on change
             finally:
                 self._loading = False
         self.update_preview()

@@ -1,0 +1,153 @@
+"""``vitdesk predict``: probabilities per slice of any file or folder, with overlays.
+
+:func:`predict_input` reads DICOM, NIfTI/MHA/NRRD or PNG/JPEG input, scores every
+slice with a run's model (optionally with test-time augmentation) and writes
+attention overlays named by safe keys, never by patient data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitdesk.analysis.run_model import _device_of, _load, attention_overlays
+from vitdesk.errors import DataError, LoadError
+from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class PredictedSlice:
+    """One row of the probabilities CSV."""
+
+    key: str  # safe key of the series (DICOM/volumes) or of the image file
+    slice_index: int
+    probs: np.ndarray
+    predicted: str
+    uncertainty: float | None
+    overlay: Path | None = None
+
+
+@dataclass
+class PredictResult:
+    classes: list[str]
+    rows: list[PredictedSlice]
+    overlays: list[Path]
+    errors: list[str]
+
+    def csv_header(self) -> list[str]:
+        return ["key", "slice", *[f"p_{c}" for c in self.classes], "predicted",
+                "uncertainty"]
+
+    def csv_rows(self) -> list[list[str]]:
+        return [[r.key, str(r.slice_index), *[f"{p:.6f}" for p in r.probs], r.predicted,
+                 "" if r.uncertainty is None else f"{r.uncertainty:.6f}"] for r in self.rows]
+
+
+def _safe_name(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in key)[:64] or "slice"
+
+
+def _input_slices(path: Path, cancel: CancelToken, listener: Listener | None
+                  ) -> tuple[list[tuple[str, int, np.ndarray, str]], list[str]]:
+    """(key, slice index, raw array, kind) of every slice under ``path``, and errors."""
+    from vitdesk.data.dataset import read_image
+    from vitdesk.data.records import safe_key
+
+    if not path.exists():
+        raise LoadError(f"{path}: no such file or folder: give a DICOM file/folder, a "
+                        "NIfTI/MHA/NRRD volume or PNG/JPEG images")
+    images = ([path] if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES else
+              sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+              if path.is_dir() else [])
+    out: list[tuple[str, int, np.ndarray, str]] = []
+    errors: list[str] = []
+    for p in images:
+        cancel.check()
+        try:
+            out.append((safe_key(str(p.resolve())), 0, read_image(str(p)), "image"))
+        except DataError as exc:
+            errors.append(str(exc))
+    if path.is_file() and images:
+        return out, errors
+    from vitdesk.imaging.io import load_path
+
+    res = load_path(path, cancel=cancel, listener=listener)
+    for vol in res.volumes:
+        for z in range(vol.hu.shape[0]):
+            out.append((vol.key, z, vol.hu[z], "dicom"))
+    errors.extend(f"{e.path}: {e.reason}" for e in res.errors if not images)
+    if not out:
+        first = f" ({errors[0]})" if errors else ""
+        raise LoadError(f"{path}: no readable slices{first}: give CT DICOM, a volume file "
+                        "or PNG/JPEG images")
+    return out, errors
+
+
+def predict_input(
+    run: str | Path | Any,
+    input_path: str | Path,
+    tta: Any = None,
+    attention_dir: str | Path | None = None,
+    alpha: float = 0.45,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    cancel: CancelToken = NEVER,
+    listener: Listener | None = None,
+) -> PredictResult:
+    """Probabilities for every slice of ``input_path``; overlays into ``attention_dir``.
+
+    Overlay files are named ``<safe key>_<slice>_rollout.png`` and ``..._gradcam.png``
+    (the key is a hash, never a patient name) and have the slice's own size.
+    """
+    from vitdesk.analysis.tta import predict_proba, tta_predict
+    from vitdesk.data.dataset import preprocess_slice
+
+    lr = _load(run, device)
+    model = lr.model.eval()
+    dev = _device_of(model)
+    slices, errors = _input_slices(Path(input_path).expanduser(), cancel, listener)
+    x_all = np.stack([preprocess_slice(raw, kind, lr.window, lr.img_size, lr.mean, lr.std, 3)
+                      for _, _, raw, kind in slices])
+    xt = torch.from_numpy(x_all)
+
+    def batches():
+        for i in range(0, len(xt), batch_size):
+            yield xt[i:i + batch_size]
+
+    total = math.ceil(len(xt) / batch_size)
+    unc = None
+    if tta is not None:
+        res = tta_predict(model, batches(), tta, device=dev, total=total, cancel=cancel,
+                          listener=listener)
+        probs, unc = res.probs, res.uncertainty
+    else:
+        probs, _ = predict_proba(model, batches(), device=dev, total=total, cancel=cancel,
+                                 listener=listener)
+    rows = [PredictedSlice(key, z, probs[i], lr.classes[int(probs[i].argmax())],
+                           None if unc is None else float(unc[i]))
+            for i, (key, z, _, _) in enumerate(slices)]
+    overlays: list[Path] = []
+    if attention_dir is not None:
+        import cv2
+
+        folder = Path(attention_dir).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (key, z, raw, kind) in enumerate(slices):
+            cancel.check()
+            emit(listener, Progress("attention", i + 1, len(slices)))
+            images = attention_overlays(model, xt[i], raw, kind, lr.window, lr.img_size,
+                                        int(probs[i].argmax()), alpha)
+            for method, img in images.items():
+                p = folder / f"{_safe_name(key)}_{z:04d}_{method}.png"
+                cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                overlays.append(p)
+            rows[i].overlay = folder / f"{_safe_name(key)}_{z:04d}_rollout.png"
+    return PredictResult(list(lr.classes), rows, overlays, errors)

@@ -220,7 +220,8 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def write_grey_folder(out: Path, n: int, size: int = 48, seed: int = 0) -> Path:
+def write_grey_folder(out: Path, n: int, size: int = 48, seed: int = 0, amp: float = 70.0
+                      ) -> Path:
     """Class folders of greyscale PNGs: ``ring`` vs ``disc`` of about equal brightness.
 
     Each image has a noisy background with a smooth gradient, 1-3 distractor blobs and
@@ -246,11 +247,11 @@ def write_grey_folder(out: Path, n: int, size: int = 48, seed: int = 0) -> Path:
         d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
         if label == "ring":
             mask = (d <= r) & (d >= r * 0.55)
-            amp = 70.0
+            level = amp
         else:
             mask = d <= r
-            amp = 70.0 * (1 - 0.55 ** 2)  # the ring's summed intensity spread over the disc
-        img = img + amp * mask
+            level = amp * (1 - 0.55 ** 2)  # the ring's summed intensity spread over the disc
+        img = img + level * mask
         cv2.imwrite(str(out / label / f"{label}_{i:04d}.png"),
                     np.clip(img, 0, 255).astype(np.uint8))
     return out

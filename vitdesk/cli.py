@@ -40,6 +40,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "distillation token (a *_distilled model)")
     p.add_argument("--temperature", type=float, metavar="T", help="soft distillation T")
     p.add_argument("--alpha", type=float, metavar="A", help="weight of the teacher term")
+    p.add_argument("--unlabelled", metavar="SRC",
+                   help="with --teacher: also train on these unlabelled images, which the "
+                   "teacher labels (validation/test patients are left out)")
     p.add_argument("--force-staged", action="store_true",
                    help="keep the staged recipe even with a random backbone")
 

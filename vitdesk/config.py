@@ -117,12 +117,16 @@ class TeacherConfig:
     ``mode``: soft (KL on logits softened by ``temperature``), hard (cross-entropy
     against the teacher's argmax) or token (DeiT distillation token trained on the
     teacher's argmax); empty picks token for a distilled student, else soft.
+    ``unlabelled``: a SRC of unlabelled images (e.g. the rest of the study folder) the
+    student also trains on, with the teacher term only: the teacher labels what the
+    user never did, so the student learns from many more images than were labelled.
     """
 
     run: str = ""
     temperature: float = 4.0
     alpha: float = 0.5  # weight of the distillation term; (1 - alpha) on the label loss
     mode: str = ""
+    unlabelled: str = ""
 
 
 @dataclass
@@ -301,6 +305,12 @@ class RunConfig:
             _range("teacher.alpha", t.alpha, 0.0, 1.0)
             if t.mode:
                 _choice("teacher.mode", t.mode, ("soft", "hard", "token"))
+        if t.unlabelled and not t.run:
+            raise ConfigError(f"teacher.unlabelled='{t.unlabelled}' needs a teacher to label "
+                              "those images: add --teacher RUN")
+        if t.unlabelled and (self.data.mixup > 0 or self.data.cutmix > 0):
+            raise ConfigError("teacher.unlabelled cannot be combined with mixup/cutmix (an "
+                              "unlabelled image has no label to mix): set mixup = cutmix = 0")
         if not str(self.out).strip():
             raise ConfigError("out is empty: give a run folder with --out RUN")
         return self

@@ -35,6 +35,7 @@ def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
         "img_size": "model.img_size", "window": "data.window", "batch_size": "data.batch_size",
         "device": "device", "seed": "seed", "teacher": "teacher.run",
         "temperature": "teacher.temperature", "alpha": "teacher.alpha",
+        "unlabelled": "teacher.unlabelled",
     }
     for attr, dotted in simple.items():
         value = getattr(args, attr, None)

@@ -8,6 +8,7 @@ written, so a failing run never clobbers a previous one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -58,6 +59,7 @@ class TrainData:
     test: Dataset | None = None
     splits: dict[str, Any] | None = None
     fingerprint: str = ""
+    unlabelled: Dataset | None = None  # teacher-only images (``teacher.unlabelled``)
 
 
 @dataclass
@@ -177,8 +179,6 @@ def _augment_config(cfg: RunConfig) -> Any:
     if not cfg.data.augment:
         return None
     try:
-        import dataclasses
-
         from vitdesk.data.augment import AugmentConfig
     except ImportError:
         return None
@@ -203,6 +203,47 @@ def _build_data(cfg: RunConfig, mean: tuple, std: tuple, cancel: CancelToken,
     )
     return TrainData(b.train, b.val, list(b.classes), test=b.test, splits=b.splits,
                      fingerprint=b.fingerprint)
+
+
+def _build_unlabelled(cfg: RunConfig, data: TrainData, mean: tuple, std: tuple,
+                      cancel: CancelToken, listeners: Sequence[Listener]) -> Dataset:
+    """The ``teacher.unlabelled`` images, minus validation/test patients and labelled slices.
+
+    Every slice of the source is read, labels ignored. A patient of the validation or
+    test split is dropped so the student never sees it, even unlabelled; a slice that is
+    already a labelled training slice is not added twice.
+    """
+    from vitdesk.data.dataset import SliceDataset
+    from vitdesk.data.sources import load_records
+
+    src = cfg.teacher.unlabelled
+    try:
+        records = load_records(src, cancel, list(listeners), require_labels=False,
+                               min_classes=0)
+    except DataError as exc:
+        raise DataError(f"teacher.unlabelled: {exc}") from None
+    held_out: set[str] = set()
+    labelled: set[tuple[str, int]] = set()
+    for name, recs in (data.splits or {}).items():
+        for r in recs:
+            if name == "train":
+                labelled.add((str(Path(r.path).resolve()), r.frame))
+            else:
+                held_out.add(r.patient)
+    keep = [dataclasses.replace(r, label=None) for r in records
+            if r.patient not in held_out
+            and (str(Path(r.path).resolve()), r.frame) not in labelled]
+    dropped = len(records) - len(keep)
+    if not keep:
+        raise DataError(f"teacher.unlabelled {src}: no image is left once validation/test "
+                        "patients and labelled slices are removed: point it at other images")
+    if dropped:
+        emit(list(listeners), Notice("train", (
+            f"unlabelled images: {len(keep)} of {len(records)} used ({dropped} belong to "
+            "validation/test patients or are labelled training slices)")))
+    return SliceDataset(keep, list(data.classes), WindowSpec.parse(
+        cfg.data.window, clahe=cfg.data.clahe), cfg.model.img_size, mean, std,
+        augment=_augment_config(cfg))
 
 
 def _check_data(data: TrainData) -> None:
@@ -350,6 +391,9 @@ def train(
         recorded = (resume_cp.meta.get("teacher") or {}).get("mode") if resume_cp else None
         mode = _distill_mode(cfg, model, distill_mode or recorded)
         teacher = _load_teacher(cfg, data.classes, device)
+        if cfg.teacher.unlabelled and data.unlabelled is None:
+            data = dataclasses.replace(
+                data, unlabelled=_build_unlabelled(cfg, data, mean, std, cancel, listeners))
     # ---- everything is valid: now write -------------------------------------------------
     created_pg = _init_dist(dist, device)
     try:
@@ -360,6 +404,8 @@ def train(
             extra["teacher"] = {"run": str(cfg.teacher.run), "mode": mode,
                                 "temperature": cfg.teacher.temperature,
                                 "alpha": cfg.teacher.alpha, "model": _teacher_name(cfg)}
+            if data.unlabelled is not None:
+                extra["teacher"]["unlabelled_images"] = len(data.unlabelled)
             meta["teacher"] = extra["teacher"]
         run_listeners: list[Listener] = []
         if dist.main:
@@ -373,7 +419,8 @@ def train(
                              MetricsWriter(out / "metrics.json", data.classes, extra)]
         trainer = Trainer(cfg, model, data.train, data.val, data.classes, device, out,
                           listeners=[*run_listeners, *listeners], cancel=cancel, dist=dist,
-                          teacher=teacher, meta=meta, distill_mode=mode)
+                          teacher=teacher, meta=meta, distill_mode=mode,
+                          unlabelled_ds=data.unlabelled if teacher is not None else None)
         if resume_cp is not None:
             trainer.load_resume(resume_cp)
         sample = _first_batch(data.train, cfg, device)

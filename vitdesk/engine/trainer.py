@@ -116,7 +116,9 @@ class EpochSampler(Sampler[int]):
 
 
 def dataset_targets(ds: Dataset) -> list[int]:
-    """Integer labels of a dataset without decoding images where possible."""
+    """Integer labels of a dataset without decoding images where possible (-1: none)."""
+    if isinstance(ds, torch.utils.data.ConcatDataset):
+        return [t for part in ds.datasets for t in dataset_targets(part)]
     for attr in ("targets", "labels"):
         t = getattr(ds, attr, None)
         if t is not None:
@@ -237,10 +239,16 @@ class Trainer:
         teacher: nn.Module | None = None,
         meta: dict[str, Any] | None = None,
         distill_mode: str | None = None,
+        unlabelled_ds: Dataset | None = None,
     ) -> None:
         self.cfg = cfg
         self.stages: list[StageConfig] = cfg.stage_plan()
         self.model = model.to(device)
+        if unlabelled_ds is not None and len(unlabelled_ds):
+            if teacher is None:
+                raise ValueError("unlabelled training images need a teacher to label them")
+            # labelled first, then the teacher-only images (target -1): one epoch sees both
+            train_ds = torch.utils.data.ConcatDataset([train_ds, unlabelled_ds])
         self.train_ds, self.val_ds = train_ds, val_ds
         self.classes = list(classes)
         self.device = device
@@ -260,7 +268,9 @@ class Trainer:
         weights = None
         if d.balance == "sampler":
             cw = class_weights(targets, n_cls)
-            weights = torch.tensor([float(cw[t]) if t >= 0 else 0.0 for t in targets])
+            # an unlabelled image is drawn as often as an average labelled one
+            mean_w = float(np.mean([float(cw[t]) for t in targets if t >= 0] or [1.0]))
+            weights = torch.tensor([float(cw[t]) if t >= 0 else mean_w for t in targets])
         self.sampler = EpochSampler(len(train_ds), cfg.seed, dist, weights=weights)
         self.loss_weights = (class_weights(targets, n_cls).to(device)
                              if d.balance == "loss" else None)
@@ -310,6 +320,13 @@ class Trainer:
                 per = -(target * logp * self.loss_weights).sum(-1)
                 return per.sum() / (target * self.loss_weights).sum().clamp_min(1e-8)
             return (-(target * logp).sum(-1)).mean()
+        labelled = target >= 0
+        if not bool(labelled.all()):
+            # teacher-only images (target -1) add nothing here; a batch without any label
+            # gives 0 with a graph so the teacher term still trains the student
+            if not bool(labelled.any()):
+                return logits.sum() * 0.0
+            logits, target = logits[labelled], target[labelled]
         # torch's fused label smoothing: the same loss as timm's LabelSmoothingCrossEntropy
         # (checked in tests), with class weights, in one kernel
         return F.cross_entropy(logits, target, weight=self.loss_weights, label_smoothing=ls)

@@ -56,6 +56,7 @@ from vitdesk.gui.tabs.training_plan import (
     plan_text,
     random_backbone_rule,
 )
+from vitdesk.gui.tabs.training_teacher import TeacherBox, check_teacher
 
 UNFREEZE_CHOICES = ("head", "top:2", "top:4", "top:6", "all")
 ATTENTION_CHOICES = ("auto", "sdpa", "eager")
@@ -188,6 +189,10 @@ class StageTable(QTableWidget):
         lr.valueChanged.connect(self._emit)
         unfreeze.currentTextChanged.connect(self._emit)
         decay.valueChanged.connect(self._emit)
+
+    def showEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        super().showEvent(ev)
+        self._fit()  # the style sheet makes the cell editors taller once polished
 
     def _fit(self) -> None:
         self.resizeRowsToContents()
@@ -331,6 +336,9 @@ class TrainingForm(QWidget):
         self.advanced.setVisible(False)
         self.advanced_button.toggled.connect(self._toggle_advanced)
 
+        self.teacher_box = TeacherBox(self.workspace, self._set,
+                                      lambda: self.cfg.model.name, parent=self)
+
         # ---- data and output
         self.ws_radio = QRadioButton("Open workspace (labels from the Dataset tab)", self)
         self.src_radio = QRadioButton("Folder or CSV", self)
@@ -376,6 +384,7 @@ class TrainingForm(QWidget):
         lay.addWidget(recipe_box)
         lay.addWidget(self.advanced_button)
         lay.addWidget(self.advanced)
+        lay.addWidget(self.teacher_box)
         lay.addWidget(data_box)
         lay.addWidget(self.problem_label)
         lay.addStretch(1)
@@ -413,6 +422,7 @@ class TrainingForm(QWidget):
         self.src_csv_button.clicked.connect(self._browse_src_csv)
         self.out_edit.textChanged.connect(lambda _t: self.refresh())
         self.out_button.clicked.connect(self._browse_out)
+        self.changed.connect(self.teacher_box.update_hint)  # "auto" follows the model
 
         self.refresh_weights()
         self.set_config(self.cfg)
@@ -504,6 +514,7 @@ class TrainingForm(QWidget):
             elif d.source:
                 self.src_radio.setChecked(True)
                 self.src_edit.setText(d.source)
+            self.teacher_box.show_config(cfg.teacher)
         finally:
             self._loading = False
         self.refresh()
@@ -543,6 +554,7 @@ class TrainingForm(QWidget):
         self.out_edit.setPlaceholderText(
             f"automatic: {default_run_folder(ws).parent}/<date-time>")
         self.refresh_weights()
+        self.teacher_box.refresh_workspace()
         self.refresh()
 
     def set_devices(self, devices: list[tuple[str, str]]) -> None:
@@ -630,6 +642,7 @@ class TrainingForm(QWidget):
                 raise ConfigError("no training data: open a workspace or choose a folder/CSV")
             self._check_model(cfg.model.name)
             self._check_weights(cfg)
+            check_teacher(cfg)
         return cfg
 
     @staticmethod

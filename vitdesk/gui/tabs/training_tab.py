@@ -48,6 +48,7 @@ from vitdesk.engine.history import read_history
 from vitdesk.errors import CheckpointError
 from vitdesk.gui.dialogs import show_error
 from vitdesk.gui.plots import TrainingPlots
+from vitdesk.gui.run_state import find_runs
 from vitdesk.gui.tabs.training_form import TrainingForm
 from vitdesk.gui.tabs.training_plan import (
     RunProgress,
@@ -177,6 +178,8 @@ class TrainingTab(QWidget):
         self._status_dirty = False
 
         self.form = TrainingForm(self._workspace_folder, self._data_prefs, self)
+        # teachers: every run the session knows (recorded, under runs/, beside opened folders)
+        self.form.teacher_box.runs = lambda extra: find_runs(self.session, extra)
         setup = QScrollArea(self)
         setup.setWidgetResizable(True)
         setup.setWidget(self.form)

@@ -23,6 +23,7 @@ ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flash")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 RECIPES = ("staged", "full", "head")
 BALANCE = ("none", "sampler", "loss")
+POOLS = ("auto", "token", "avg")
 DEVICES = ("auto", "cpu", "cuda")
 # Patch sizes of the registered test models (timm names carry theirs: "patch16").
 TEST_MODEL_PATCH = {"vit_test_tiny": 8}
@@ -39,6 +40,11 @@ class ModelConfig:
     attention: str = "auto"  # auto | sdpa | eager | flash
     ema: bool = False
     ema_decay: float = 0.9998
+    # ViT classifier input: the class token or the mean of the patch tokens. auto = avg
+    # from an MAE backbone (MAE never trains the class token; the paper fine-tunes with
+    # avg) or random init (better on small sets), token for hub/file weights trained
+    # with it; a distilled model always uses its two tokens. Resolved in config.toml.
+    pool: str = "auto"
 
 
 @dataclass
@@ -225,6 +231,7 @@ class RunConfig:
         """Check every field; raise :class:`ConfigError` naming the field and the fix."""
         m, d, o = self.model, self.data, self.optim
         _choice("model.attention", m.attention, ATTENTION_BACKENDS)
+        _choice("model.pool", m.pool, POOLS)
         _choice("amp", self.amp, AMP_MODES)
         _choice("recipe.kind", self.recipe.kind, RECIPES)
         _choice("data.balance", d.balance, BALANCE)

@@ -137,7 +137,8 @@ def test_accumulating_k_steps_equals_one_k_times_larger_batch(tmp_path):
     assert big.meta["global_step"] == acc.meta["global_step"] == 1
     assert hist_big[0]["train_loss"] == pytest.approx(hist_acc[0]["train_loss"], rel=1e-5)
     torch.manual_seed(0)
-    init = create_model("vit_test_tiny", num_classes=2, img_size=32).state_dict()
+    # random init resolves model.pool to avg (see resolve_pool): build the same model
+    init = create_model("vit_test_tiny", num_classes=2, img_size=32, pool="avg").state_dict()
     moved = 0.0
     for k, w in big.weights.items():
         # SGD: the update is lr * grad, so equal weights mean equal gradients

@@ -76,6 +76,7 @@ def create_model(
     drop_path_rate: float = 0.0,
     in_chans: int = 3,
     pretrained: bool = False,
+    pool: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a ViT or CNN by timm name (or a registered test name) with a fresh head.
@@ -89,6 +90,8 @@ def create_model(
             any size, so it is not passed to them).
         drop_path_rate: stochastic depth rate.
         pretrained: load timm's hub weights (offline cache only; see weights.py).
+        pool: a ViT's classifier input, ``token`` or ``avg`` (timm ``global_pool``);
+            None or ``auto`` keeps the model's default. CNNs and distilled ViTs ignore it.
 
     Raises:
         ModelError: unknown name (with close matches) or a bad option.
@@ -99,6 +102,8 @@ def create_model(
 
     if num_classes < 1:
         raise ModelError(f"num_classes={num_classes}: a classifier needs at least 1 class")
+    if pool in ("token", "avg") and not is_cnn_name(name) and "distilled" not in name:
+        kwargs["global_pool"] = pool
     if name in TEST_MODELS:
         spec = dict(TEST_MODELS[name])
         cls = VisionTransformerDistilled if spec.pop("distilled", False) else VisionTransformer

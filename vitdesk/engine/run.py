@@ -302,6 +302,41 @@ def _amp_name(trainer: Trainer) -> str:
 
 
 # ---- the run -----------------------------------------------------------------------------
+def resolve_pool(cfg: RunConfig) -> str:
+    """``model.pool`` with ``auto`` decided by the weights source (see ModelConfig.pool)."""
+    m = cfg.model
+    if m.pool != "auto" or is_cnn_name(m.name):
+        return m.pool  # a CNN pools its feature map: nothing to choose
+    if "distilled" in m.name:
+        return "token"  # DeiT's heads read the class and distillation tokens
+    src = str(cfg.weights.pretrained).strip()
+    if src.lower() == "none":
+        return "avg"
+    if src.lower() == "hub":
+        return "token"
+    p = Path(src).expanduser()
+    folder = p if p.is_dir() else p.parent
+    from vitdesk.engine.pretrain import read_card
+
+    if read_card(folder):
+        return "avg"  # an MAE encoder: its class token was never trained to summarise
+    if (folder / "config.toml").is_file():
+        try:
+            theirs = load_config(folder / "config.toml").model.pool
+        except ConfigError:
+            theirs = "auto"
+        return theirs if theirs in ("token", "avg") else "token"  # runs before pool: token
+    return "token"
+
+
+def _recorded_pool(run: Path) -> str:
+    """The pool a run was built with: its checkpoint's architecture must be rebuilt."""
+    try:
+        return load_config(run / "config.toml").model.pool
+    except ConfigError:
+        return "auto"
+
+
 def _check_backbone_card(cfg: RunConfig, listeners: Sequence[Listener]) -> None:
     """Warn when an MAE backbone was pretrained with another window or image size.
 
@@ -359,6 +394,7 @@ def train(
     cfg.validate()
     out = Path(cfg.out).expanduser()
     check_out_folder(out, resume)
+    cfg.model.pool = _recorded_pool(out) if resume else resolve_pool(cfg)
     dist = _dist_from_env()
     device = resolve_device(cfg.device, dist)
     if cfg.model.attention == "flash":
@@ -495,10 +531,10 @@ def _build_student(cfg: RunConfig, n_classes: int, resume: bool) -> tuple[nn.Mod
     src = "none" if resume else (cfg.weights.pretrained or "none").strip()
     m = cfg.model
     if src.lower() in ("none", "hub") or "distilled" not in m.name:
-        return build_model(m.name, n_classes, m.img_size, src, m.drop_path)
+        return build_model(m.name, n_classes, m.img_size, src, m.drop_path, pool=m.pool)
     path = resolve_weights_path(src)
     sd = read_state_dict(path)
-    model = create_model(m.name, n_classes, m.img_size, m.drop_path)
+    model = create_model(m.name, n_classes, m.img_size, m.drop_path, pool=m.pool)
     # an MAE encoder has one prefix position and no dist token/head: those start fresh
     return model, load_weights_into(model, adapt_state_dict(model, sd), str(path))
 
@@ -572,7 +608,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", kind: str = "best") -> Lo
     classes = list(cp.meta.get("classes") or [])
     if len(classes) < 1:
         raise CheckpointError(f"{folder}/{kind}.json names no classes: the run is incomplete")
-    model = create_model(cfg.model.name, len(classes), cfg.model.img_size)
+    model = create_model(cfg.model.name, len(classes), cfg.model.img_size, pool=cfg.model.pool)
     try:
         model.load_state_dict(cp.weights)
     except RuntimeError as exc:

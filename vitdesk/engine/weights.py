@@ -203,22 +203,23 @@ def build_model(
     img_size: int,
     pretrained: str = "none",
     drop_path_rate: float = 0.0,
+    pool: str | None = None,
 ) -> tuple[nn.Module, LoadReport]:
     """Create the model and load its starting weights (``PATH``, ``hub`` or ``none``)."""
     src = (pretrained or "none").strip()
     if src.lower() == "none":
-        model = create_model(name, num_classes, img_size, drop_path_rate)
+        model = create_model(name, num_classes, img_size, drop_path_rate, pool=pool)
         return model, LoadReport(source="none")
     if src.lower() == "hub":
-        return _from_hub(name, num_classes, img_size, drop_path_rate)
+        return _from_hub(name, num_classes, img_size, drop_path_rate, pool)
     path = resolve_weights_path(src)
     sd = read_state_dict(path)
-    model = create_model(name, num_classes, img_size, drop_path_rate)
+    model = create_model(name, num_classes, img_size, drop_path_rate, pool=pool)
     return model, load_weights_into(model, sd, str(path))
 
 
-def _from_hub(name: str, num_classes: int, img_size: int, drop_path_rate: float
-              ) -> tuple[nn.Module, LoadReport]:
+def _from_hub(name: str, num_classes: int, img_size: int, drop_path_rate: float,
+              pool: str | None = None) -> tuple[nn.Module, LoadReport]:
     from vitdesk.engine.models import TEST_MODELS
 
     if name in TEST_MODELS:
@@ -227,7 +228,8 @@ def _from_hub(name: str, num_classes: int, img_size: int, drop_path_rate: float
     # The workstation is offline: only the local cache may be used, never the network.
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        model = create_model(name, num_classes, img_size, drop_path_rate, pretrained=True)
+        model = create_model(name, num_classes, img_size, drop_path_rate, pretrained=True,
+                             pool=pool)
     except (OSError, RuntimeError, ValueError) as exc:
         import timm
 

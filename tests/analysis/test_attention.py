@@ -129,3 +129,19 @@ def test_inverse_agrees_with_the_data_package_letterbox(rng):
     theirs = Letterbox(45, 60, 112).to_slice(m)
     assert mine.shape == theirs.shape == (45, 60)
     np.testing.assert_allclose(mine, theirs, atol=1e-4)
+
+
+def test_mean_pooled_model_maps_follow_the_patch_queries():
+    torch.manual_seed(0)
+    model = tiny_vit(global_pool="avg").eval()  # the head reads the mean patch token
+    x = torch.randn(1, 3, SIZE, SIZE)
+    maps = attention_maps(model, x)
+    attn = extract_attention(model, x)
+    patch_rows = attn[1][0, :, 1:, 1:].mean(dim=1).reshape(4, 4, 4)  # heads, grid
+    cls_row = attn[1][0, :, 0, 1:].reshape(4, 4, 4)
+    grid = maps.per_head[0, 1].reshape(4, 4, 8, 4, 8).mean(axis=(2, 4))
+    assert np.corrcoef(grid.ravel(), patch_rows.numpy().ravel())[0, 1] > 0.95
+    assert not np.allclose(patch_rows.numpy(), cls_row.numpy(), atol=1e-3)
+    roll = rollout_matrix(attn)[0, 1:, 1:].mean(0).reshape(4, 4).numpy()
+    got = maps.rollout[0].reshape(4, 8, 4, 8).mean(axis=(1, 3))
+    assert np.corrcoef(got.ravel(), roll.ravel())[0, 1] > 0.95

@@ -160,18 +160,25 @@ def extract_attention(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [t.detach().float().cpu() for t in out.values()]
 
 
-def cls_to_patch(attn: torch.Tensor, n_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+def cls_to_patch(attn: torch.Tensor, n_prefix: int, grid: tuple[int, int],
+                 from_patches: bool = False) -> torch.Tensor:
     """Attention from the class token to each patch, reshaped to the grid.
 
-    ``attn`` is (..., N, N). With no prefix token (global-average models) the
-    attention each patch receives, averaged over all queries, is used instead.
-    Returns (..., rows, cols).
+    ``attn`` is (..., N, N). When the classifier reads the mean of the patch tokens
+    (``from_patches``, timm ``global_pool='avg'``) or there is no prefix token, the
+    attention each patch receives, averaged over the patch queries, is used instead:
+    that is what the pooled output is made of. Returns (..., rows, cols).
     """
-    if n_prefix > 0:
+    if n_prefix > 0 and not from_patches:
         row = attn[..., 0, n_prefix:]
     else:
-        row = attn.mean(dim=-2)
+        row = attn[..., n_prefix:, n_prefix:].mean(dim=-2)
     return row.reshape(*row.shape[:-1], *grid)
+
+
+def reads_patch_mean(model: nn.Module) -> bool:
+    """True when the head reads the mean of the patch tokens, not the class token."""
+    return getattr(model, "global_pool", "token") == "avg"
 
 
 def fuse_heads(attn: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
@@ -243,6 +250,9 @@ def attention_maps(
 ) -> AttentionMaps:
     """Per-layer/per-head CLS attention, head mean and rollout for a batch ``x``.
 
+    For a model that classifies the mean patch token the maps follow the patch
+    queries instead of the class token (see :func:`cls_to_patch`).
+
     Maps are upsampled to the input's (H, W), then passed through ``inverse`` (one
     2-D map at a time) when given, so they line up with the displayed slice.
     """
@@ -252,9 +262,10 @@ def attention_maps(
     n_prefix = num_prefix_tokens(model)
     attns = extract_attention(model, x)
     stacked = torch.stack(attns, dim=1)  # (B, L, heads, N, N)
-    per_head = cls_to_patch(stacked, n_prefix, grid).numpy()
+    pooled = reads_patch_mean(model)
+    per_head = cls_to_patch(stacked, n_prefix, grid, pooled).numpy()
     roll = rollout_matrix(attns, head_fusion, discard_ratio)
-    roll_map = cls_to_patch(roll, n_prefix, grid).numpy()
+    roll_map = cls_to_patch(roll, n_prefix, grid, pooled).numpy()
     size = tuple(int(s) for s in x.shape[-2:])
 
     def place(maps: np.ndarray) -> np.ndarray:

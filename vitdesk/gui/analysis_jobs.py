@@ -94,15 +94,16 @@ def attention_job(run: Any, lock: threading.Lock | None, hu2d: np.ndarray, kind:
         attns = att.extract_attention(run.model, x)
         grid = att.token_grid(run.model, x)
         n_prefix = att.num_prefix_tokens(run.model)
+        pooled = att.reads_patch_mean(run.model)
         cancel.check()
         cam = att.grad_cam(run.model, x, int(probs.argmax()))[0]
     stacked = torch.stack(attns, dim=1)  # (1, L, heads, N, N)
-    per_head_grid = att.cls_to_patch(stacked, n_prefix, grid)[0].numpy()  # (L, heads, r, c)
+    per_head_grid = att.cls_to_patch(stacked, n_prefix, grid, pooled)[0].numpy()  # (L, heads, r, c)
     per_head = np.stack([[box.to_slice(m) for m in layer] for layer in per_head_grid])
     rollout = {}
     for fusion in att.HEAD_FUSIONS:
         roll = att.rollout_matrix(attns, fusion)
-        rollout[fusion] = box.to_slice(att.cls_to_patch(roll, n_prefix, grid)[0].numpy())
+        rollout[fusion] = box.to_slice(att.cls_to_patch(roll, n_prefix, grid, pooled)[0].numpy())
     emit(listener, Progress("attention", 1, 1))
     return SliceAttention(probs.astype(np.float32), tuple(run.classes),
                           per_head.astype(np.float32), rollout,

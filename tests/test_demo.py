@@ -53,3 +53,20 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(ConfigError, match="not a previous demo"):
         run_demo(tmp_path, TINY)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_cli_seed_changes_the_sample_and_the_training_seed(tmp_path, monkeypatch):
+    import vitdesk.commands.demo as demo
+    from vitdesk.cli import main
+
+    seen = []
+
+    def fake(out, settings, **_kw):
+        seen.append(settings)
+        raise ConfigError("stop here")  # the CLI turns it into exit 2, nothing runs
+
+    monkeypatch.setattr(demo, "run_demo", fake)
+    assert main(["demo", "--quick", "--seed", "3", "--out", str(tmp_path / "d")]) == 2
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d")]) == 2
+    assert (seen[0].sample_seed, seen[0].seed) == (3, 3)
+    assert (seen[1].sample_seed, seen[1].seed) == (0, 0)

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="sample -> train -> evaluate -> report")
     p.add_argument("--out", default="vitdesk-demo", metavar="DIR")
     p.add_argument("--quick", action="store_true", help="a few minutes on a laptop CPU")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="sample and training seed (default 0; others give other patients)")
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``vitdesk demo [--out DIR] [--quick]``: the embedded end-to-end example.
+"""``vitdesk demo [--out DIR] [--quick] [--seed N]``: the embedded end-to-end example.
 
 synthetic CT sample -> MAE pretraining on all its slices (labels unused) -> staged
 fine-tuning from that backbone -> evaluation on held-out patients with TTA -> report.
@@ -196,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
     from vitdesk.console import ConsoleProgress
 
     settings = quick_settings() if args.quick else DemoSettings()
+    seed = getattr(args, "seed", None)
+    if seed is not None:  # another sample (patients, lesions) and another training run
+        settings.sample_seed = settings.seed = int(seed)
     with sigint_cancels() as token:
         res = run_demo(args.out, settings, cancel=token, listeners=[ConsoleProgress()])
     ev = res.evaluation

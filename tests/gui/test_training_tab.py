@@ -64,6 +64,7 @@ def test_form_widgets_write_the_run_config(tab, sample, tmp_path):
     f.grad_ckpt_box.setChecked(True)
     f.balance_combo.setCurrentIndex(f.balance_combo.findData("sampler"))
     f.amp_combo.setCurrentIndex(f.amp_combo.findData("off"))
+    f.pool_combo.setCurrentIndex(f.pool_combo.findData("token"))
     f.stage_table.cellWidget(1, 2).setValue(5e-4)
     f.stage_table.cellWidget(1, 3).setCurrentText("top:1")
     cfg = f.cfg
@@ -72,7 +73,7 @@ def test_form_widgets_write_the_run_config(tab, sample, tmp_path):
     assert cfg.data.batch_size == 4 and cfg.optim.accumulation == 3
     assert cfg.model.drop_path == 0.25 and cfg.patience == 5 and cfg.data.mixup == 0.8
     assert cfg.data.label_smoothing == 0.05 and cfg.model.grad_checkpointing
-    assert cfg.data.balance == "sampler" and cfg.amp == "off"
+    assert cfg.data.balance == "sampler" and cfg.amp == "off" and cfg.model.pool == "token"
     assert cfg.model.attention == "eager" and cfg.recipe.force_staged
     assert [s.epochs for s in cfg.recipe.stages] == [2, 3, 4]
     assert cfg.recipe.stages[1].lr == pytest.approx(5e-4)

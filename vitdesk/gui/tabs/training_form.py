@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 from vitdesk.config import (
     AMP_MODES,
     BALANCE,
+    POOLS,
     RECIPES,
     TEST_MODEL_PATCH,
     RunConfig,
@@ -314,6 +315,10 @@ class TrainingForm(QWidget):
         self.patience_spin.setSpecialValueText("off")
         self.attention_combo = _combo(self, [(k, k) for k in ATTENTION_CHOICES])
         self.balance_combo = _combo(self, [(k, k) for k in BALANCE])
+        self.pool_combo = _combo(self, [(k, k) for k in POOLS])
+        self.pool_combo.setToolTip("What the classifier reads: the class token or the mean "
+                                   "patch token; auto = mean for MAE backbones and random "
+                                   "init, class token for hub/file weights")
         self.advanced_button = QToolButton(self)
         self.advanced_button.setText("Advanced options")
         self.advanced_button.setCheckable(True)
@@ -329,7 +334,8 @@ class TrainingForm(QWidget):
                          ("Label smoothing", self.smoothing_spin),
                          ("Mixup α", self.mixup_spin), ("CutMix α", self.cutmix_spin),
                          ("Early stopping", self.patience_spin),
-                         ("Class balance", self.balance_combo)):
+                         ("Class balance", self.balance_combo),
+                         ("Pooling", self.pool_combo)):
             g.addRow(label, w)
         g.addRow(self.grad_ckpt_box)
         self.patience_spin.setSuffix(" epochs")
@@ -412,7 +418,8 @@ class TrainingForm(QWidget):
                            (self.patience_spin, "patience")):
             spin.valueChanged.connect(lambda v, path=path: self._set(path, v))
         for combo, path in ((self.amp_combo, "amp"), (self.attention_combo, "model.attention"),
-                            (self.balance_combo, "data.balance")):
+                            (self.balance_combo, "data.balance"),
+                            (self.pool_combo, "model.pool")):
             combo.currentIndexChanged.connect(
                 lambda _i, c=combo, path=path: self._set(path, c.currentData()))
         self.grad_ckpt_box.toggled.connect(lambda v: self._set("model.grad_checkpointing", v))
@@ -508,6 +515,7 @@ class TrainingForm(QWidget):
             _select(self.attention_combo, m.attention if m.attention in ATTENTION_CHOICES
                     else "auto")
             _select(self.balance_combo, d.balance)
+            _select(self.pool_combo, m.pool)
             ws = self.workspace()
             if d.source and ws and Path(d.source) == Path(ws):
                 self.ws_radio.setChecked(True)

@@ -142,8 +142,13 @@ def test_run_curves_pause_resume_cancel_then_resume_from_folder(qtbot, tab, samp
 
     tab.pause()
     assert tab.resume_button.isEnabled() and not tab.pause_button.isEnabled()
-    qtbot.wait(400)  # the step in flight ends, then the worker blocks
-    frozen = tab.progress.global_step
+    # the step in flight ends (slow on a loaded machine), then the worker blocks
+    frozen = -1
+    for _ in range(20):
+        if tab.progress.global_step == frozen:
+            break
+        frozen = tab.progress.global_step
+        qtbot.wait(600)
     qtbot.wait(600)
     assert tab.progress.global_step == frozen and task.is_running()
     tab.resume()

@@ -10,28 +10,21 @@ random-backbone rule applied).
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QRadioButton,
-    QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -58,164 +51,15 @@ from vitdesk.gui.tabs.training_plan import (
     random_backbone_rule,
 )
 from vitdesk.gui.tabs.training_teacher import TeacherBox, check_teacher
+from vitdesk.gui.tabs.training_widgets import (
+    StageTable,
+    combo_box,
+    dspin_box,
+    select_data,
+    spin_box,
+)
 
-UNFREEZE_CHOICES = ("head", "top:2", "top:4", "top:6", "all")
 ATTENTION_CHOICES = ("auto", "sdpa", "eager")
-
-
-class SciSpinBox(QDoubleSpinBox):
-    """A learning-rate box: shows ``3e-04``, accepts any float, steps by x2 / /2."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setDecimals(12)
-        self.setRange(1e-9, 10.0)
-        self.setKeyboardTracking(False)
-
-    def textFromValue(self, value: float) -> str:  # noqa: N802 - Qt naming
-        short = f"{value:.0e}"
-        return short if math.isclose(float(short), value, rel_tol=1e-9) else f"{value:.2e}"
-
-    def valueFromText(self, text: str) -> float:  # noqa: N802
-        try:
-            return float(text)
-        except ValueError:
-            return self.value()
-
-    def validate(self, text: str, pos: int):  # noqa: D102
-        try:
-            v = float(text)
-            ok = math.isfinite(v) and v > 0
-            return (QValidator.State.Acceptable if ok else QValidator.State.Intermediate,
-                    text, pos)
-        except ValueError:
-            return QValidator.State.Intermediate, text, pos
-
-    def stepBy(self, steps: int) -> None:  # noqa: N802
-        self.setValue(self.value() * (2.0 ** steps))
-
-
-def _spin(parent: QWidget, lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
-    s = QSpinBox(parent)
-    s.setRange(lo, hi)
-    s.setSingleStep(step)
-    s.setValue(value)
-    return s
-
-
-def _dspin(parent: QWidget, lo: float, hi: float, value: float, step: float,
-           decimals: int = 2) -> QDoubleSpinBox:
-    s = QDoubleSpinBox(parent)
-    s.setRange(lo, hi)
-    s.setSingleStep(step)
-    s.setDecimals(decimals)
-    s.setValue(value)
-    return s
-
-
-def _combo(parent: QWidget, items: list[tuple[str, Any]]) -> QComboBox:
-    c = QComboBox(parent)
-    for text, data in items:
-        c.addItem(text, data)
-    return c
-
-
-def _select(combo: QComboBox, data: Any) -> None:
-    i = combo.findData(data)
-    if i >= 0:
-        combo.setCurrentIndex(i)
-
-
-class StageTable(QTableWidget):
-    """The recipe's stages, one row each: name, epochs, LR, unfreeze, layer decay."""
-
-    changed = Signal()
-    HEADERS = ("Stage", "Epochs", "LR", "Unfreeze", "Decay")
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(0, len(self.HEADERS), parent)
-        self.setHorizontalHeaderLabels(self.HEADERS)
-        self.verticalHeader().setVisible(False)
-        h = self.horizontalHeader()
-        h.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        h.setMinimumSectionSize(40)
-        self.horizontalHeaderItem(4).setToolTip("Layer-wise LR decay (1 = none)")
-        self.horizontalHeaderItem(3).setToolTip("head, top:N (the top N blocks) or all")
-        self.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
-        self.itemChanged.connect(lambda _i: self._emit())
-        self._loading = False
-
-    def _emit(self) -> None:
-        if not self._loading:
-            self.changed.emit()
-
-    def set_stages(self, stages: list[StageConfig]) -> None:
-        self._loading = True
-        try:
-            self.setRowCount(0)
-            for s in stages:
-                self._add_row(s)
-        finally:
-            self._loading = False
-        self._fit()
-
-    def add_stage(self, stage: StageConfig) -> None:
-        self._add_row(stage)
-        self._fit()
-        self._emit()
-
-    def remove_last(self) -> None:
-        if self.rowCount() > 1:
-            self.setRowCount(self.rowCount() - 1)
-            self._fit()
-            self._emit()
-
-    def _add_row(self, s: StageConfig) -> None:
-        r = self.rowCount()
-        self.insertRow(r)
-        self.setItem(r, 0, QTableWidgetItem(s.name))
-        epochs = _spin(self, 0, 10000, s.epochs)
-        lr = SciSpinBox(self)
-        lr.setValue(s.lr)
-        unfreeze = QComboBox(self)
-        unfreeze.setEditable(True)
-        unfreeze.addItems(UNFREEZE_CHOICES)
-        unfreeze.setCurrentText(s.unfreeze)
-        decay = _dspin(self, 0.05, 1.0, s.layer_decay, 0.05)
-        for c, w in ((1, epochs), (2, lr), (3, unfreeze), (4, decay)):
-            w.setFrame(False)
-            w.setMinimumWidth(36)
-            self.setCellWidget(r, c, w)
-        epochs.valueChanged.connect(self._emit)
-        lr.valueChanged.connect(self._emit)
-        unfreeze.currentTextChanged.connect(self._emit)
-        decay.valueChanged.connect(self._emit)
-
-    def showEvent(self, ev) -> None:  # noqa: N802 - Qt naming
-        super().showEvent(ev)
-        self._fit()  # the style sheet makes the cell editors taller once polished
-
-    def _fit(self) -> None:
-        self.resizeRowsToContents()
-        rows = sum(self.rowHeight(r) for r in range(self.rowCount()))
-        self.setFixedHeight(self.horizontalHeader().sizeHint().height() + rows
-                            + 2 * self.frameWidth() + 2)
-
-    def stages(self) -> list[StageConfig]:
-        out = []
-        for r in range(self.rowCount()):
-            item = self.item(r, 0)
-            out.append(StageConfig(
-                name=(item.text().strip() if item else "") or f"stage{r + 1}",
-                epochs=self.cellWidget(r, 1).value(),
-                lr=self.cellWidget(r, 2).value(),
-                unfreeze=self.cellWidget(r, 3).currentText().strip(),
-                layer_decay=round(self.cellWidget(r, 4).value(), 4),
-            ))
-        return out
-
-    def epochs_spin(self, row: int) -> QSpinBox:
-        return self.cellWidget(row, 1)
 
 
 class TrainingForm(QWidget):
@@ -248,7 +92,7 @@ class TrainingForm(QWidget):
         self.model_combo.setEditable(True)
         self.model_combo.addItems(MODELS)
         self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
-        self.img_spin = _spin(self, 8, 1024, self.cfg.model.img_size, 16)
+        self.img_spin = spin_box(self, 8, 1024, self.cfg.model.img_size, 16)
         self.weights_combo = QComboBox(self)
         self.weights_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -259,7 +103,7 @@ class TrainingForm(QWidget):
         self.weights_dir_button = QToolButton(self)
         self.weights_dir_button.setText("Dir…")
         self.weights_dir_button.setToolTip("An MAE pretraining folder or a vitdesk run folder")
-        self.device_combo = _combo(self, [("CPU", "cpu")])
+        self.device_combo = combo_box(self, [("CPU", "cpu")])
 
         model_box = QGroupBox("Model", self)
         mf = QFormLayout(model_box)
@@ -273,7 +117,7 @@ class TrainingForm(QWidget):
         mf.addRow("Device", self.device_combo)
 
         # ---- recipe
-        self.recipe_combo = _combo(self, [(k, k) for k in RECIPES])
+        self.recipe_combo = combo_box(self, [(k, k) for k in RECIPES])
         self.stage_table = StageTable(self)
         self.add_stage_button = QToolButton(self)
         self.add_stage_button.setText("+ stage")
@@ -303,19 +147,19 @@ class TrainingForm(QWidget):
         rl.addWidget(self.plan_label)
 
         # ---- advanced
-        self.batch_spin = _spin(self, 1, 4096, self.cfg.data.batch_size)
-        self.accum_spin = _spin(self, 1, 512, self.cfg.optim.accumulation)
-        self.amp_combo = _combo(self, [(k, k) for k in AMP_MODES])
+        self.batch_spin = spin_box(self, 1, 4096, self.cfg.data.batch_size)
+        self.accum_spin = spin_box(self, 1, 512, self.cfg.optim.accumulation)
+        self.amp_combo = combo_box(self, [(k, k) for k in AMP_MODES])
         self.grad_ckpt_box = QCheckBox("Gradient checkpointing", self)
-        self.drop_path_spin = _dspin(self, 0.0, 0.9, self.cfg.model.drop_path, 0.05)
-        self.mixup_spin = _dspin(self, 0.0, 10.0, self.cfg.data.mixup, 0.1)
-        self.cutmix_spin = _dspin(self, 0.0, 10.0, self.cfg.data.cutmix, 0.1)
-        self.smoothing_spin = _dspin(self, 0.0, 0.5, self.cfg.data.label_smoothing, 0.05)
-        self.patience_spin = _spin(self, 0, 1000, self.cfg.patience)
+        self.drop_path_spin = dspin_box(self, 0.0, 0.9, self.cfg.model.drop_path, 0.05)
+        self.mixup_spin = dspin_box(self, 0.0, 10.0, self.cfg.data.mixup, 0.1)
+        self.cutmix_spin = dspin_box(self, 0.0, 10.0, self.cfg.data.cutmix, 0.1)
+        self.smoothing_spin = dspin_box(self, 0.0, 0.5, self.cfg.data.label_smoothing, 0.05)
+        self.patience_spin = spin_box(self, 0, 1000, self.cfg.patience)
         self.patience_spin.setSpecialValueText("off")
-        self.attention_combo = _combo(self, [(k, k) for k in ATTENTION_CHOICES])
-        self.balance_combo = _combo(self, [(k, k) for k in BALANCE])
-        self.pool_combo = _combo(self, [(k, k) for k in POOLS])
+        self.attention_combo = combo_box(self, [(k, k) for k in ATTENTION_CHOICES])
+        self.balance_combo = combo_box(self, [(k, k) for k in BALANCE])
+        self.pool_combo = combo_box(self, [(k, k) for k in POOLS])
         self.pool_combo.setToolTip("What the classifier reads: the class token or the mean "
                                    "patch token; auto = mean for MAE backbones and random "
                                    "init, class token for hub/file weights")
@@ -499,23 +343,23 @@ class TrainingForm(QWidget):
             self._select_weights(cfg.weights.pretrained)
             if self.device_combo.findData(cfg.device) < 0:
                 cfg.device = self.device_combo.currentData()
-            _select(self.device_combo, cfg.device)
-            _select(self.recipe_combo, cfg.recipe.kind)
+            select_data(self.device_combo, cfg.device)
+            select_data(self.recipe_combo, cfg.recipe.kind)
             self.stage_table.set_stages(cfg.recipe.stages)
             self.force_staged_box.setChecked(cfg.recipe.force_staged)
             self.batch_spin.setValue(d.batch_size)
             self.accum_spin.setValue(cfg.optim.accumulation)
-            _select(self.amp_combo, cfg.amp)
+            select_data(self.amp_combo, cfg.amp)
             self.grad_ckpt_box.setChecked(m.grad_checkpointing)
             self.drop_path_spin.setValue(m.drop_path)
             self.mixup_spin.setValue(d.mixup)
             self.cutmix_spin.setValue(d.cutmix)
             self.smoothing_spin.setValue(d.label_smoothing)
             self.patience_spin.setValue(cfg.patience)
-            _select(self.attention_combo, m.attention if m.attention in ATTENTION_CHOICES
+            select_data(self.attention_combo, m.attention if m.attention in ATTENTION_CHOICES
                     else "auto")
-            _select(self.balance_combo, d.balance)
-            _select(self.pool_combo, m.pool)
+            select_data(self.balance_combo, d.balance)
+            select_data(self.pool_combo, m.pool)
             ws = self.workspace()
             if d.source and ws and Path(d.source) == Path(ws):
                 self.ws_radio.setChecked(True)
@@ -579,7 +423,7 @@ class TrainingForm(QWidget):
             self.cfg.device = "cuda"
         if self.device_combo.findData(self.cfg.device) < 0:
             self.cfg.device = "cpu"
-        _select(self.device_combo, self.cfg.device)
+        select_data(self.device_combo, self.cfg.device)
         self.refresh()
 
     # ---- browsing ----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 from vitdesk.engine.events import StepDone, TrainingFailed
 from vitdesk.gui.dialogs import show_error
 from vitdesk.gui.plots import LossPlot
-from vitdesk.gui.tabs.training_form import _dspin, _spin
+from vitdesk.gui.tabs.training_widgets import dspin_box, spin_box
 from vitdesk.gui.worker import Task
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress
 
@@ -56,9 +56,9 @@ class PretrainPanel(QWidget):
         super().__init__(parent)
         self.settings, self.workspace = settings, workspace
         self.task: Task | None = None
-        self.epochs_spin = _spin(self, 1, 10000, 20)
-        self.batch_spin = _spin(self, 1, 4096, 32)
-        self.mask_spin = _dspin(self, 0.1, 0.95, 0.75, 0.05)
+        self.epochs_spin = spin_box(self, 1, 10000, 20)
+        self.batch_spin = spin_box(self, 1, 4096, 32)
+        self.mask_spin = dspin_box(self, 0.1, 0.95, 0.75, 0.05)
         self.start_button = QPushButton("Pretrain", self)
         self.start_button.setToolTip("Masked-autoencoder pretraining on every slice of the "
                                      "workspace, labels ignored")

@@ -133,3 +133,48 @@ def test_helpers():
     assert patient_rule(np.array([0, 0, 1]), np.array(["p", "p", "q"])) == "majority"
     assert json_safe({"a": float("nan"), "b": np.float32(0.5), "c": [np.int64(2)]}) == \
         {"a": None, "b": 0.5, "c": [2]}
+
+
+def test_patient_threshold_is_chosen_on_the_validation_patients(run, evaluation):
+    from vitdesk.analysis.metrics import aggregate_by_patient, youden_threshold
+
+    ev, _ = evaluation
+    val = evaluate_run(run, split="val", tta=TTAConfig(scales=(1.0,)), **SMALL)
+    py, pp, _ = aggregate_by_patient(val.labels, val.probs, val.patients,
+                                     val.settings["patient_rule"], "topk", 3)
+    expected = youden_threshold(py, pp[:, 1])
+    got = ev.metrics.settings.get("patient_threshold")
+    if expected is None:  # one class among the validation patients: argmax decisions
+        assert got is None
+    else:
+        assert got == pytest.approx(expected, abs=1e-4)
+        assert any("validation patients" in n for n in ev.notes)
+        calls = (aggregate_by_patient(ev.labels, ev.probs, ev.patients, "any", "topk", 3)
+                 [1][:, 1] >= got).astype(int)
+        assert ev.metrics.patient.confusion.sum(0)[1] == calls.sum()
+
+
+def test_validation_threshold_is_applied_to_patient_decisions(run, evaluation, monkeypatch):
+    """With validation patients of both classes (here: the test patients stand in)."""
+    import vitdesk.analysis.evaluation as E
+    from vitdesk.analysis.metrics import aggregate_by_patient, youden_threshold
+
+    ev, _ = evaluation
+    py, pp, _ = aggregate_by_patient(ev.labels, ev.probs, ev.patients, "any", "topk", 3)
+    if len(set(py.tolist())) < 2:
+        pytest.skip("the tiny test split holds one class of patient")
+    real = E._split_records
+
+    def val_is_test(run_dir, split):
+        splits = dict(real(run_dir, split if split != "val" else "test"))
+        splits["val"] = splits["test"]
+        return splits
+
+    monkeypatch.setattr(E, "_split_records", val_is_test)
+    got = evaluate_run(run, tta=TTAConfig(scales=(1.0,)), **SMALL)
+    t = youden_threshold(py, pp[:, 1])
+    assert got.metrics.settings["patient_threshold"] == pytest.approx(t, abs=1e-4)
+    calls = (pp[:, 1] >= t).astype(int)
+    assert got.metrics.patient.confusion.sum(0).tolist() == [int((calls == 0).sum()),
+                                                             int(calls.sum())]
+    assert any("validation patients" in n for n in got.notes)

@@ -149,3 +149,27 @@ def test_topk_over_several_abnormal_classes_renormalises():
     _, s, _ = aggregate_by_patient(np.array([1, 2, 0]), p, ["a"] * 3, "any",
                                    patient_score="max")
     np.testing.assert_allclose(s, [[0.0, 0.5, 0.5]])  # 0.8 + 0.8 > 1: scaled to sum 1
+
+
+def test_youden_threshold_and_patient_threshold():
+    from vitdesk.analysis.metrics import evaluate, predicted_labels, youden_threshold
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    score = np.array([0.55, 0.6, 0.62, 0.7, 0.8, 0.9])  # all above 0.5: argmax calls all 1
+    t = youden_threshold(y, score)
+    assert t == pytest.approx((0.7 + 0.62) / 2)
+    probs = np.stack([1 - score, score], axis=1)
+    assert predicted_labels(probs).tolist() == [1] * 6
+    assert predicted_labels(probs, t).tolist() == y.tolist()
+    assert youden_threshold(np.ones(3), score[:3]) is None  # one class: nothing to separate
+    # patient level: one slice per patient here, so patients == slices
+    pats = [f"p{i}" for i in range(6)]
+    plain = evaluate(y, probs, ["normal", "lesion"], pats, n_boot=50)
+    cut = evaluate(y, probs, ["normal", "lesion"], pats, n_boot=50, patient_threshold=t)
+    assert plain.patient.estimates["accuracy"].value == pytest.approx(0.5)
+    assert cut.patient.estimates["accuracy"].value == 1.0
+    assert cut.patient.confusion.tolist() == [[3, 0], [0, 3]]
+    # AUC needs no threshold; slice level keeps the argmax
+    assert cut.patient.estimates["auc"].value == plain.patient.estimates["auc"].value
+    assert cut.slice.estimates["accuracy"].value == pytest.approx(0.5)
+    assert cut.settings["patient_threshold"] == pytest.approx(t, abs=1e-4)

@@ -321,6 +321,41 @@ def patient_rule(labels: np.ndarray, patients: np.ndarray) -> str:
     return "majority"
 
 
+def _validation_threshold(lr: Any, order: np.ndarray, rule: str, agg: dict, tta: Any,
+                          batch_size: int, cancel: CancelToken) -> tuple[float | None, int]:
+    """Youden cut of the patient score on the run's validation patients (two classes).
+
+    Returns (threshold or None, validation patients used). None when the run has no
+    validation split with both classes, or its files cannot be read here.
+    """
+    from vitdesk.analysis import metrics as M
+    from vitdesk.analysis.tta import predict_proba, tta_predict
+    from vitdesk.errors import LoadError
+
+    if len(lr.classes) != 2:
+        return None, 0
+    try:
+        records = [r for r in _split_records(Path(lr.run_dir), "val").get("val", [])
+                   if r.label is not None]
+        if not records:
+            return None, 0
+        ds = _make_dataset(lr, records)
+        idx = np.arange(len(ds))
+        model, dev = lr.model.eval(), _device_of(lr.model)
+        if tta is not None:
+            probs = tta_predict(model, _batches(ds, idx, batch_size), tta, device=dev,
+                                cancel=cancel).probs
+        else:
+            probs, _ = predict_proba(model, _batches(ds, idx, batch_size), device=dev,
+                                     cancel=cancel)
+    except (DataError, LoadError, OSError):
+        return None, 0
+    labels = np.argsort(order)[np.asarray(ds.targets, dtype=int)]
+    patients = np.asarray([r.patient for r in records])
+    py, pp, keys = M.aggregate_by_patient(labels, probs[:, order], patients, rule, **agg)
+    return M.youden_threshold(py, pp[:, 1]), len(keys)
+
+
 def _pick_attention(labels: np.ndarray, probs: np.ndarray, n: int) -> list[int]:
     """Up to ``n`` slices: confident mistakes and confident correct ones, about half each."""
     if n <= 0:
@@ -452,6 +487,13 @@ def evaluate_run(
                f"({patient_score}), so one clearly abnormal slice is enough."))
     emit(listener, Progress(_TASK, 1, None, "metrics with bootstrap intervals"))
     agg = {"patient_score": patient_score, "topk": topk}
+    threshold, n_val = _validation_threshold(lr, order, rule, agg, tta, batch_size, cancel)
+    if threshold is not None:
+        notes.append(
+            f"A patient is called {classes[1]} when its score is at least {threshold:.3f}: "
+            f"the cut that best separated the run's {n_val} validation patients (Youden's J). "
+            "The patient ROC AUC does not depend on it.")
+    agg["patient_threshold"] = threshold
     ev = M.evaluate(labels, probs, classes, patients, rule=rule, n_boot=n_boot, seed=seed, **agg)
     ev_plain = (M.evaluate(labels, plain, classes, patients, rule=rule, n_boot=n_boot,
                            seed=seed, **agg) if tta is not None else None)

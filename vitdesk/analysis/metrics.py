@@ -132,15 +132,44 @@ def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 1
     return calibration_bins(y, probs, n_bins)["ece"]
 
 
-def _scalar_metrics(n_classes: int) -> dict[str, MetricFn]:
+def predicted_labels(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Class decisions: the argmax, or for two classes ``probs[:, 1] >= threshold``."""
+    if threshold is None or probs.shape[1] != 2:
+        return probs.argmax(1)
+    return (probs[:, 1] >= threshold).astype(int)
+
+
+def youden_threshold(y: np.ndarray, score: np.ndarray) -> float | None:
+    """The cut on ``score`` that maximises sensitivity + specificity (Youden's J).
+
+    ``y`` is 0/1. Returns the midpoint between the lowest score called positive and the
+    next lower one, or None without both classes. Choose it on validation cases, never
+    on the cases it will be scored on.
+    """
+    y, score = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        return None
+    cuts = np.unique(score)[::-1]  # descending: each cut calls score >= cut positive
+    pos, neg = (y == 1).sum(), (y == 0).sum()
+    best, best_j = None, -np.inf
+    for i, cut in enumerate(cuts):
+        call = score >= cut
+        j = (call & (y == 1)).sum() / pos - (call & (y == 0)).sum() / neg
+        if j > best_j + 1e-12:
+            lower = cuts[i + 1] if i + 1 < len(cuts) else 0.0
+            best, best_j = float((cut + lower) / 2), j
+    return best
+
+
+def _scalar_metrics(n_classes: int, threshold: float | None = None) -> dict[str, MetricFn]:
     """Metrics that the bootstrap recomputes; each maps (y, probs) to a float."""
 
     def acc(y: np.ndarray, p: np.ndarray) -> float:
-        return float((p.argmax(1) == y).mean())
+        return float((predicted_labels(p, threshold) == y).mean())
 
     def bacc(y: np.ndarray, p: np.ndarray) -> float:
         # as sklearn's balanced_accuracy_score: mean recall over classes present in y
-        sens, _ = sensitivity_specificity(y, p.argmax(1), n_classes)
+        sens, _ = sensitivity_specificity(y, predicted_labels(p, threshold), n_classes)
         return float(np.nanmean(sens))
 
     def ece(y: np.ndarray, p: np.ndarray) -> float:
@@ -150,9 +179,9 @@ def _scalar_metrics(n_classes: int) -> dict[str, MetricFn]:
                                 "auc": roc_auc, "ece": ece}
     for c in range(n_classes):
         out[f"sensitivity_{c}"] = lambda y, p, c=c: float(
-            sensitivity_specificity(y, p.argmax(1), n_classes)[0][c])
+            sensitivity_specificity(y, predicted_labels(p, threshold), n_classes)[0][c])
         out[f"specificity_{c}"] = lambda y, p, c=c: float(
-            sensitivity_specificity(y, p.argmax(1), n_classes)[1][c])
+            sensitivity_specificity(y, predicted_labels(p, threshold), n_classes)[1][c])
     return out
 
 
@@ -332,15 +361,16 @@ class Evaluation:
 
 def _level(
     y: np.ndarray, probs: np.ndarray, classes: list[str], clusters: np.ndarray | None,
-    n_boot: int, seed: int, n_bins: int,
+    n_boot: int, seed: int, n_bins: int, threshold: float | None = None,
 ) -> LevelMetrics:
     k = len(classes)
-    est = bootstrap(_scalar_metrics(k), y, probs, clusters=clusters, n_boot=n_boot, seed=seed)
+    est = bootstrap(_scalar_metrics(k, threshold), y, probs, clusters=clusters,
+                    n_boot=n_boot, seed=seed)
     per_class = {}
     for c, name in enumerate(classes):
         per_class[name] = {"sensitivity": est.pop(f"sensitivity_{c}"),
                            "specificity": est.pop(f"specificity_{c}")}
-    cm = confusion(y, probs.argmax(1), k)
+    cm = confusion(y, predicted_labels(probs, threshold), k)
     return LevelMetrics(n=int(len(y)), estimates=est, confusion=cm,
                         calibration=calibration_bins(y, probs, n_bins), per_class=per_class)
 
@@ -357,12 +387,16 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     n_bins: int = 10,
+    patient_threshold: float | None = None,
 ) -> Evaluation:
     """All metrics at slice level, and at patient level when ``patients`` is given.
 
     Slice-level intervals resample patients too when they are known (slices of a
     patient are correlated), otherwise slices. ``patient_score`` ("mean", "max",
     "topk") and ``topk`` choose the patient aggregation (see :func:`patient_scores`).
+    ``patient_threshold`` (two classes): a patient is abnormal when its score is at
+    least this (e.g. :func:`youden_threshold` on validation patients) instead of the
+    argmax; a top-k score runs high on normal patients, so 0.5 calls too many abnormal.
     """
     y, probs = _check(y, probs)
     classes = list(classes)
@@ -375,13 +409,16 @@ def evaluate(
     patient_level = None
     if pats is not None:
         py, pp, _ = aggregate_by_patient(y, probs, pats, rule, patient_score, topk)
-        patient_level = _level(py, pp, classes, None, n_boot, seed, n_bins)
+        patient_level = _level(py, pp, classes, None, n_boot, seed, n_bins,
+                               patient_threshold)
     settings = {"rule": rule, "patient_score": patient_score, "n_boot": n_boot, "seed": seed,
                 "n_bins": n_bins,
                 "ci": "95% percentile bootstrap",
                 "resampling": "patients" if pats is not None else "slices"}
     if patient_score == "topk":
         settings["topk"] = topk
+    if patient_threshold is not None and probs.shape[1] == 2:
+        settings["patient_threshold"] = round(float(patient_threshold), 4)
     return Evaluation(classes, slice_level, patient_level, settings)
 
 

@@ -60,3 +60,27 @@ def test_set() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn() -> torch.nn.Module:
+    """``cnn_test_tiny`` (a one-block-per-stage timm ResNet) trained on the quadrant task."""
+    from vitdesk.engine.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn_test_tiny", 2, SIZE)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: threads only contend on a 2-core box
+    try:
+        for step in range(40):
+            x, y = quadrant_images(32, seed=step)
+            loss = torch.nn.functional.cross_entropy(model(normalise(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return model

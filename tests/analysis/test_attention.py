@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from torch import nn
 
 from tests.analysis.conftest import SIZE, tiny_vit
 from vitdesk.analysis.attention import (
@@ -16,6 +18,8 @@ from vitdesk.analysis.attention import (
     rollout_matrix,
     upsample_to,
 )
+from vitdesk.engine.models import create_model
+from vitdesk.errors import ModelError
 
 
 def _row_stochastic(rng, shape):
@@ -145,3 +149,96 @@ def test_mean_pooled_model_maps_follow_the_patch_queries():
     roll = rollout_matrix(attn)[0, 1:, 1:].mean(0).reshape(4, 4).numpy()
     got = maps.rollout[0].reshape(4, 8, 4, 8).mean(axis=(1, 3))
     assert np.corrcoef(got.ravel(), roll.ravel())[0, 1] > 0.95
+
+
+# --------------------------------------------------------------------------- CNN Grad-CAM
+
+
+def _quadrant_masses(cam):
+    return cam[:, :16, :16].mean(), [cam[:, 16:, 16:].mean(), cam[:, :16, 16:].mean(),
+                                     cam[:, 16:, :16].mean()]
+
+
+def test_cnn_grad_cam_highlights_the_quadrant_the_model_uses(trained_cnn, test_set):
+    x, y = test_set
+    with torch.no_grad():
+        assert (trained_cnn(x).argmax(1) == y).float().mean() > 0.95  # it learned the task
+    for cls in (0, 1):  # both the bright and the dark quadrant are evidence to a CNN here
+        cam = grad_cam(trained_cnn, x[y == cls])  # target None = predicted class
+        assert cam.shape == (int((y == cls).sum()), SIZE, SIZE) and cam.dtype == np.float32
+        assert cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+        used, others = _quadrant_masses(cam)
+        assert used > 1.5 * max(others), (cls, used, others)
+
+
+def test_cnn_grad_cam_default_layer_skips_a_one_cell_feature_map(trained_cnn, test_set):
+    x, _ = test_set
+    # at 32 px the last stage (layer4, stride 32) is 1 x 1: one cell cannot localise, so
+    # the default is the deepest map with extent (layer3, 2 x 2)
+    last = grad_cam(trained_cnn, x[:4], layer=trained_cnn.layer4)
+    assert np.all(last == 0)  # a constant map normalises to zero
+    np.testing.assert_allclose(grad_cam(trained_cnn, x[:4]),
+                               grad_cam(trained_cnn, x[:4], layer=trained_cnn.layer3))
+    # an explicit target changes the map; the model is left in the mode it was in
+    trained_cnn.train()
+    try:
+        a = grad_cam(trained_cnn, x[:2], target=0)
+        b = grad_cam(trained_cnn, x[:2], target=[1, 1])
+        assert trained_cnn.training
+    finally:
+        trained_cnn.eval()
+    assert not np.allclose(a, b)
+
+
+def test_cnn_grad_cam_manual_formula_and_inverse():
+    torch.manual_seed(0)
+    model = create_model("cnn_test_tiny", 3, 64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    cam = grad_cam(model, x, target=[2, 0])
+    # by hand: layer4 (the last feature_info module, 2 x 2 at 64 px)
+    feats = {}
+    handle = model.layer4.register_forward_hook(lambda _m, _i, o: feats.setdefault("a", o))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    a = feats["a"]
+    g = torch.autograd.grad(logits[0, 2] + logits[1, 0], a)[0]
+    manual = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1)).detach().numpy()
+    expected = normalize01(upsample_to(manual, (64, 64)))
+    np.testing.assert_allclose(cam, expected, atol=1e-5)
+    inv = grad_cam(model, x, target=[2, 0], inverse=pad_to_square_inverse((40, 64)))
+    assert inv.shape == (2, 40, 64)
+    np.testing.assert_allclose(inv[1], pad_to_square_inverse((40, 64))(cam[1]), atol=1e-6)
+
+
+class _Flat(nn.Module):
+    """A linear classifier on raw pixels: no blocks, no feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(3 * SIZE * SIZE, 2)
+
+    def forward(self, x):
+        return self.fc(self.flatten(x))
+
+
+class _Embed(nn.Module):
+    """A feature child before the head, but its output is a vector, not a map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 8))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.embed(x))
+
+
+@pytest.mark.parametrize("model_cls, words", [(_Flat, "no feature map"), (_Embed, "(2, 8)")])
+def test_grad_cam_without_blocks_or_feature_map_raises(model_cls, words):
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with pytest.raises(ModelError, match="Grad-CAM needs a timm ViT") as info:
+        grad_cam(model_cls(), x)
+    assert words in str(info.value)

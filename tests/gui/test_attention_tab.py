@@ -82,3 +82,73 @@ def test_overlay_aligns_with_slice_and_follows_controls(qtbot, setup, tmp_path):
     png = cv2.imread(str(out))
     assert png.shape == (64, 80, 3)
     assert png.std() > 1  # not a blank image
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_run(sample_dir, tmp_path_factory):  # noqa: F811
+    """A cnn_test_tiny run (a one-block-per-stage timm ResNet, img 32, one epoch)."""
+    import torch
+
+    from vitdesk.config import RunConfig, StageConfig
+    from vitdesk.engine.run import train
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared 2-core machines: one thread is much faster here
+    try:
+        cfg = RunConfig()
+        cfg.model.name, cfg.model.img_size = "cnn_test_tiny", 32
+        cfg.weights.pretrained = "none"
+        cfg.data.source, cfg.data.window = str(sample_dir), "soft_tissue"
+        cfg.data.batch_size, cfg.data.fractions = 8, [0.5, 0.17, 0.33]
+        cfg.recipe.kind = "full"
+        cfg.recipe.stages = [StageConfig("full", 1, 1e-3, "all", 1.0)]
+        cfg.device = "cpu"
+        cfg.out = str(tmp_path_factory.mktemp("cnnruns") / "runs" / "cnn")
+        return train(cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cnn_run_shows_grad_cam_only(qtbot, setup, tiny_cnn_run, tiny_run):  # noqa: F811
+    from vitdesk.analysis.attention import normalize01
+    from vitdesk.engine.run import load_run
+    from vitdesk.gui.tabs.attention_tab import CNN_TIP
+
+    session, view, current, tab = setup
+    _wait_result(qtbot, tab, session.viewer.index)
+    tab.mode_combo.setCurrentText("Rollout")  # a ViT choice the CNN cannot honour
+    assert tab.fusion_combo.isEnabled()
+
+    current.set_run(load_run(tiny_cnn_run, "cpu"))
+    _wait_result(qtbot, tab, session.viewer.index)
+    assert tab.result.key[3] == str(tiny_cnn_run)
+    res = tab.result
+    assert not res.has_attention and res.rollout == {} and res.per_head.shape[:2] == (0, 0)
+    assert res.grad_cam.shape == (64, 80) and res.grad_cam.max() > 0
+    # Grad-CAM chosen; the attention choices are greyed out and say why
+    assert tab.mode_combo.currentText() == "Grad-CAM"
+    items = tab.mode_combo.model()
+    for i, mode in enumerate(("Rollout", "Head mean", "Layer / head")):
+        assert tab.mode_combo.itemText(i) == mode
+        assert not items.item(i).isEnabled() and items.item(i).toolTip() == CNN_TIP
+    assert items.item(3).isEnabled()
+    assert not (tab.fusion_combo.isEnabled() or tab.layer_spin.isEnabled()
+                or tab.head_spin.isEnabled())
+    assert tab.mode_combo.toolTip() == CNN_TIP == "attention maps need a ViT; Grad-CAM is shown"
+    assert tab.layer_spin.toolTip() == CNN_TIP
+    # the overlay on the viewer is the CAM, on the slice grid
+    assert tab.overlay.isVisible()
+    np.testing.assert_allclose(tab.overlay.image, normalize01(res.grad_cam))
+    assert tab.overlay.image.max() == pytest.approx(1.0)
+    assert tab.overlay.mapRectToParent(tab.overlay.boundingRect()) == \
+        view.image.mapRectToParent(view.image.boundingRect())
+
+    # back to a ViT: every choice is offered again
+    current.set_run(load_run(tiny_run, "cpu"))
+    _wait_result(qtbot, tab, session.viewer.index)
+    assert tab.result.has_attention and tab.result.key[3] == str(tiny_run)
+    assert all(items.item(i).isEnabled() for i in range(4))
+    assert tab.mode_combo.toolTip() != CNN_TIP
+    tab.mode_combo.setCurrentText("Rollout")
+    assert tab.fusion_combo.isEnabled()
+    np.testing.assert_allclose(tab.overlay.image, normalize01(tab.result.rollout["mean"]))

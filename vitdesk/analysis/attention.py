@@ -289,6 +289,11 @@ def attention_maps(
 
 # --------------------------------------------------------------------------- Grad-CAM
 
+# Children of a CNN from which on the features are pooled away: the fallback CAM
+# layer is the last child before the first of these.
+_POOL_NAMES = ("global_pool", "avgpool", "pool", "head", "fc", "classifier", "flatten")
+_POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Linear)
+
 
 def _default_cam_layer(model: nn.Module) -> nn.Module:
     # The last block's *input* tokens (its norm1 output), not its output: with class
@@ -301,6 +306,39 @@ def _default_cam_layer(model: nn.Module) -> nn.Module:
     return getattr(last, "norm1", last)
 
 
+def _no_cam_layer(model: nn.Module, why: str) -> ModelError:
+    return ModelError(f"{type(model).__name__}: {why}; Grad-CAM needs a timm ViT (transformer "
+                      "blocks) or a CNN with a convolutional feature map")
+
+
+def cnn_cam_layers(model: nn.Module) -> list[nn.Module]:
+    """Candidate Grad-CAM layers of a CNN, shallow to deep; the last is the default.
+
+    timm CNNs list their feature maps in ``model.feature_info`` (dicts with a ``module``
+    name); otherwise the last child before global pooling / the classifier is used.
+    """
+    info = getattr(model, "feature_info", None)
+    names = []
+    if isinstance(info, (list, tuple)):
+        names = [e["module"] for e in info if isinstance(e, dict) and e.get("module")]
+    layers = []
+    for name in names:
+        try:
+            layers.append(model.get_submodule(name))
+        except AttributeError:
+            continue  # a stale name (e.g. a pruned or wrapped model): skip it
+    if layers:
+        return layers
+    previous = None
+    for name, child in model.named_children():
+        if name in _POOL_NAMES or isinstance(child, _POOL_TYPES):
+            if previous is None:
+                break
+            return [previous]
+        previous = child
+    raise _no_cam_layer(model, "no transformer blocks and no feature map before global pooling")
+
+
 def grad_cam(
     model: nn.Module,
     x: torch.Tensor,
@@ -309,27 +347,39 @@ def grad_cam(
     layer: nn.Module | None = None,
     inverse: InverseMap | None = None,
 ) -> np.ndarray:
-    """Grad-CAM for a ViT: token activations weighted by the class-logit gradient.
+    """Grad-CAM for a ViT or a CNN: activations weighted by the class-logit gradient.
 
     ``target`` is the class index (one for all, one per image, or None for the
-    predicted class). Token features of ``layer`` (default: the last block's norm1)
-    are reshaped from (B, N, D) to the patch grid; weights are the gradients averaged
-    over patches; the map is ReLU(sum_d w_d A_d), upsampled to the input size, then
-    normalised to [0, 1] per image and passed through ``inverse`` when given.
-    Returns (B, H, W) float32.
+    predicted class). ViT (a model with ``patch_embed``): token features of ``layer``
+    (default: the last block's norm1) are reshaped from (B, N, D) to the patch grid and
+    weighted by their gradients averaged over patches. CNN: the feature map (B, C, h, w)
+    of ``layer`` (default: the last ``feature_info`` module, or the last child before
+    global pooling), weighted by the gradients averaged over h, w; when that map is
+    1 x 1 at this input size (a small image), the deepest listed map with a spatial
+    extent is used instead, since a single cell cannot localise anything.
+    Either way the map is ReLU(sum_c w_c A_c), upsampled to the input size, normalised
+    to [0, 1] per image and passed through ``inverse`` when given. Returns (B, H, W)
+    float32.
     """
-    layer = layer or _default_cam_layer(model)
-    grid = token_grid(model, x)
-    n_prefix = num_prefix_tokens(model)
-    store: dict[str, torch.Tensor] = {}
+    vit = hasattr(model, "patch_embed")
+    if layer is not None:
+        layers = [layer]
+    elif vit:
+        layers = [_default_cam_layer(model)]
+    else:
+        layers = cnn_cam_layers(model)
+    store: dict[int, torch.Tensor] = {}
 
-    def hook(_module: nn.Module, _inp: object, out: torch.Tensor) -> None:
-        out.retain_grad()
-        store["act"] = out
+    def make_hook(i: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inp: object, out: object) -> None:
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.retain_grad()
+                store[i] = out  # the last call wins (a module reused in one forward)
+        return hook
 
     was_training = model.training
     model.eval()
-    handle = layer.register_forward_hook(hook)
+    handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(layers)]
     try:
         with torch.enable_grad():
             inp = x.detach().clone().requires_grad_(True)  # grads flow even if params frozen
@@ -344,15 +394,50 @@ def grad_cam(
             model.zero_grad(set_to_none=True)
             score.backward()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    act = store["act"]
-    grad = act.grad
-    act, grad = act[:, n_prefix:].detach(), grad[:, n_prefix:].detach()
-    weights = grad.mean(dim=1, keepdim=True)  # (B, 1, D)
-    cam = F.relu((weights * act).sum(dim=-1))  # (B, patches)
-    cam = cam.reshape(cam.shape[0], *grid).float().cpu().numpy()
-    cam = normalize01(upsample_to(cam, tuple(int(s) for s in x.shape[-2:])))
+    if not store:
+        raise _no_cam_layer(model, "the Grad-CAM layer produced no tensor output")
+    size = tuple(int(s) for s in x.shape[-2:])
+    act = store[max(store)]
+    if act.ndim == 3 and (vit or layer is not None):
+        cam = _token_cam(model, x, act)
+    elif act.ndim == 4:
+        spatial = [i for i in sorted(store) if store[i].ndim == 4
+                   and store[i].shape[-2] * store[i].shape[-1] > 1]
+        if act.shape[-2] * act.shape[-1] == 1 and spatial:
+            act = store[spatial[-1]]
+        cam = _map_cam(act)
+    else:
+        raise _no_cam_layer(model, f"the Grad-CAM layer gives shape {tuple(act.shape)}, "
+                                   "not tokens (B, N, D) or a feature map (B, C, h, w)")
+    cam = normalize01(upsample_to(cam, size))
     if inverse is not None:
         cam = np.stack([inverse(m) for m in cam])
     return cam.astype(np.float32)
+
+
+def _token_cam(model: nn.Module, x: torch.Tensor, act: torch.Tensor) -> np.ndarray:
+    """ViT Grad-CAM on the patch grid from token activations (B, N, D) with gradients."""
+    grid = token_grid(model, x)
+    n_prefix = num_prefix_tokens(model)
+    grad = act.grad
+    if grad is None:
+        raise ModelError("Grad-CAM: the chosen layer does not reach the class logits")
+    act, grad = act[:, n_prefix:].detach(), grad[:, n_prefix:].detach()
+    weights = grad.mean(dim=1, keepdim=True)  # (B, 1, D)
+    cam = F.relu((weights * act).sum(dim=-1))  # (B, patches)
+    return cam.reshape(cam.shape[0], *grid).float().cpu().numpy()
+
+
+def _map_cam(act: torch.Tensor) -> np.ndarray:
+    """CNN Grad-CAM (B, h, w) from a feature map (B, C, h, w) with gradients."""
+    grad = act.grad
+    if grad is None:
+        raise ModelError("Grad-CAM: the chosen layer does not reach the class logits")
+    weights = grad.detach().mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    cam = F.relu((weights * act.detach()).sum(dim=1))  # (B, h, w)
+    # scaled on the grid too: upsampling a constant (e.g. 1 x 1) map leaves float noise
+    # that the final normalisation would blow up into a pattern
+    return normalize01(cam.float().cpu().numpy())

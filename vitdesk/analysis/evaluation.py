@@ -418,7 +418,8 @@ def evaluate_run(
         adversarial_eps: attack strengths in [0, 1] image units.
         shift: Mahalanobis distance of the evaluated features to (up to
             ``shift_train_cases``) training-split features.
-        attention_samples: slices with rollout + Grad-CAM overlays (two images each).
+        attention_samples: slices with rollout + Grad-CAM overlays (two images each;
+            a CNN run has no attention to roll out: Grad-CAM only, one image each).
         max_cases: score at most this many slices (seeded subsample), None = all.
         n_boot: bootstrap resamples for confidence intervals.
         patient_score, topk: patient aggregation (see metrics.patient_scores); the mean
@@ -534,7 +535,7 @@ def evaluate_run(
         try:
             images = attention_overlays(model, x, read_record(rec), rec.kind, lr.window,
                                         lr.img_size, order[pred])
-        except ModelError as exc:  # e.g. a CNN run: no attention, the rest still stands
+        except ModelError as exc:  # e.g. an unusual model: no maps, the rest still stands
             notes.append(f"attention maps were skipped: {exc}")
             break
         true_c, pred_c = classes[labels[i]], classes[pred]

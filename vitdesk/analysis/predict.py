@@ -145,9 +145,12 @@ def predict_input(
             emit(listener, Progress("attention", i + 1, len(slices)))
             images = attention_overlays(model, xt[i], raw, kind, lr.window, lr.img_size,
                                         int(probs[i].argmax()), alpha)
+            written = {}
             for method, img in images.items():
                 p = folder / f"{_safe_name(key)}_{z:04d}_{method}.png"
                 cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
                 overlays.append(p)
-            rows[i].overlay = folder / f"{_safe_name(key)}_{z:04d}_rollout.png"
+                written[method] = p
+            # a ViT's row points at its rollout; a CNN has only Grad-CAM
+            rows[i].overlay = written.get("rollout") or written.get("gradcam")
     return PredictResult(list(lr.classes), rows, overlays, errors)

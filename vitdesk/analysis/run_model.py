@@ -57,15 +57,20 @@ def attention_overlays(model: torch.nn.Module, x: torch.Tensor, raw: np.ndarray,
                        window: Any, img_size: int, target: int, alpha: float = 0.45
                        ) -> dict[str, np.ndarray]:
     """Rollout and Grad-CAM overlays of one preprocessed slice ``x`` (C, S, S) mapped back
-    onto the windowed slice ``raw`` (its own H x W). Returns uint8 RGB per method."""
+    onto the windowed slice ``raw`` (its own H x W). Returns uint8 RGB per method
+    ("rollout", "gradcam"); a CNN has no attention to roll out, so only "gradcam"."""
     from vitdesk.analysis.attention import attention_maps, grad_cam, normalize01, overlay
     from vitdesk.data.dataset import Letterbox
+    from vitdesk.engine.models import is_cnn
 
     grey = display_image(raw, kind, window)
     h, w = grey.shape
     box = Letterbox(h, w, img_size)
     xb = x[None].to(_device_of(model))
-    maps = attention_maps(model, xb, inverse=box.to_slice)
-    roll = normalize01(maps.rollout[0])
+    out = {}
+    if not is_cnn(model):
+        maps = attention_maps(model, xb, inverse=box.to_slice)
+        out["rollout"] = overlay(grey, normalize01(maps.rollout[0]), alpha)
     cam = grad_cam(model, xb, target=int(target), inverse=box.to_slice)[0]
-    return {"rollout": overlay(grey, roll, alpha), "gradcam": overlay(grey, cam, alpha)}
+    out["gradcam"] = overlay(grey, cam, alpha)
+    return out

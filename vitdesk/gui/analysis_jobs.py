@@ -61,6 +61,8 @@ class SliceAttention:
     ``per_head`` (layers, heads, H, W) raw CLS attention; ``rollout`` maps head
     fusion ("mean", "max", "min") to a (H, W) rollout map; ``grad_cam`` (H, W) for
     the predicted class. Use :func:`vitdesk.analysis.attention.normalize01` to show.
+    A CNN run has no attention (``has_attention`` False): ``per_head`` is then empty
+    (0, 0, H, W), ``rollout`` is {} and only ``grad_cam`` is meaningful.
     """
 
     probs: np.ndarray
@@ -69,6 +71,7 @@ class SliceAttention:
     rollout: dict[str, np.ndarray]
     grad_cam: np.ndarray
     key: tuple = ()
+    has_attention: bool = True
 
     @property
     def head_mean(self) -> np.ndarray:
@@ -78,25 +81,37 @@ class SliceAttention:
 def attention_job(run: Any, lock: threading.Lock | None, hu2d: np.ndarray, kind: str = "dicom",
                   key: tuple = (), cancel: CancelToken = NEVER,
                   listener: Listener | None = None) -> SliceAttention:
-    """Probabilities, per-layer/head attention, rollouts and Grad-CAM of one slice."""
+    """Probabilities, per-layer/head attention, rollouts and Grad-CAM of one slice.
+
+    For a CNN run only the probabilities and Grad-CAM are computed (no attention).
+    """
     from vitdesk.analysis import attention as att
     from vitdesk.data.dataset import Letterbox
+    from vitdesk.engine.models import is_cnn
 
     hu2d = np.asarray(hu2d)
     h, w = hu2d.shape[:2]
     box = Letterbox(h, w, run.img_size)
     x = preprocess(run, [hu2d], kind).to(_device(run))
+    vit = not is_cnn(run.model)
     cancel.check()
     with _lock(lock):
         with torch.no_grad():
             probs = torch.softmax(run.model(x).float(), -1)[0].cpu().numpy()
         cancel.check()
-        attns = att.extract_attention(run.model, x)
-        grid = att.token_grid(run.model, x)
-        n_prefix = att.num_prefix_tokens(run.model)
-        pooled = att.reads_patch_mean(run.model)
-        cancel.check()
+        if vit:
+            attns = att.extract_attention(run.model, x)
+            grid = att.token_grid(run.model, x)
+            n_prefix = att.num_prefix_tokens(run.model)
+            pooled = att.reads_patch_mean(run.model)
+            cancel.check()
         cam = att.grad_cam(run.model, x, int(probs.argmax()))[0]
+    cam = box.to_slice(cam).astype(np.float32)
+    if not vit:
+        emit(listener, Progress("attention", 1, 1))
+        return SliceAttention(probs.astype(np.float32), tuple(run.classes),
+                              np.zeros((0, 0, *cam.shape), np.float32), {}, cam, key,
+                              has_attention=False)
     stacked = torch.stack(attns, dim=1)  # (1, L, heads, N, N)
     per_head_grid = att.cls_to_patch(stacked, n_prefix, grid, pooled)[0].numpy()  # (L, heads, r, c)
     per_head = np.stack([[box.to_slice(m) for m in layer] for layer in per_head_grid])
@@ -106,8 +121,7 @@ def attention_job(run: Any, lock: threading.Lock | None, hu2d: np.ndarray, kind:
         rollout[fusion] = box.to_slice(att.cls_to_patch(roll, n_prefix, grid, pooled)[0].numpy())
     emit(listener, Progress("attention", 1, 1))
     return SliceAttention(probs.astype(np.float32), tuple(run.classes),
-                          per_head.astype(np.float32), rollout,
-                          box.to_slice(cam).astype(np.float32), key)
+                          per_head.astype(np.float32), rollout, cam, key)
 
 
 # --------------------------------------------------------------------------- records

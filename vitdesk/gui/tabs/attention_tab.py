@@ -5,8 +5,10 @@ attention map *on the viewer*: an extra pyqtgraph ImageItem above the slice, wit
 its own colormap and opacity, mapped back through the preprocessing letterbox
 (:class:`vitdesk.data.dataset.Letterbox`) so it lines up with the pixels shown.
 Maps: one layer/head, the head mean of a layer, attention rollout (head fusion
-mean/max/min) or Grad-CAM. Changing slice recomputes in a worker after a short
-pause (debounced); changing the map, colormap or opacity only redraws.
+mean/max/min) or Grad-CAM. A CNN run has no attention: the tab then offers Grad-CAM
+only (the other choices are disabled, with a tooltip saying why). Changing slice
+recomputes in a worker after a short pause (debounced); changing the map, colormap or
+opacity only redraws.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from vitdesk.gui.tabs.analysis_common import hint, scroll_layout
 from vitdesk.gui.worker import Task
 
 MODES = ("Rollout", "Head mean", "Layer / head", "Grad-CAM")
+CAM_MODE = "Grad-CAM"
+CNN_TIP = "attention maps need a ViT; Grad-CAM is shown"
 COLORMAPS = ("inferno", "turbo", "viridis", "plasma", "CET-L8")
 DEBOUNCE_MS = 250
 
@@ -58,6 +62,7 @@ class AttentionTab(QWidget):
         self.result: SliceAttention | None = None
         self.task: Task | None = None
         self._pending = False
+        self.cnn = False  # the current run is a CNN: Grad-CAM only
 
         self.picker = RunPicker(current, self)
 
@@ -74,17 +79,19 @@ class AttentionTab(QWidget):
         # --- map choice
         self.mode_combo = QComboBox(self)
         self.mode_combo.addItems(MODES)
-        self.mode_combo.setToolTip("Rollout: attention flow through all layers (Abnar & "
-                                   "Zuidema). Head mean / Layer-head: the class token's "
-                                   "attention in one layer. Grad-CAM: gradient-weighted "
-                                   "tokens for the predicted class.")
+        self.mode_tip = ("Rollout: attention flow through all layers (Abnar & "
+                         "Zuidema). Head mean / Layer-head: the class token's "
+                         "attention in one layer. Grad-CAM: gradient-weighted "
+                         "tokens (ViT) or feature maps (CNN) for the predicted class.")
+        self.mode_combo.setToolTip(self.mode_tip)
         self.layer_spin = QSpinBox(self)
         self.layer_spin.setRange(1, 1)
         self.head_spin = QSpinBox(self)
         self.head_spin.setRange(1, 1)
         self.fusion_combo = QComboBox(self)
         self.fusion_combo.addItems(["mean", "max", "min"])
-        self.fusion_combo.setToolTip("How the heads of each layer are fused before rollout")
+        self.fusion_tip = "How the heads of each layer are fused before rollout"
+        self.fusion_combo.setToolTip(self.fusion_tip)
         self.cmap_combo = QComboBox(self)
         self.cmap_combo.addItems(COLORMAPS)
         self.opacity_slider = QSlider(self)
@@ -152,7 +159,10 @@ class AttentionTab(QWidget):
 
     # ----------------------------------------------------------------- state -> work
     def _on_run(self, run: Any) -> None:
+        from vitdesk.engine.models import is_cnn  # here: the module pulls in timm
+
         self.result = None
+        self._set_cnn(run is not None and is_cnn(run.model))
         for bar in self.prob_bars:
             bar.deleteLater()
         self.prob_bars = []
@@ -172,13 +182,31 @@ class AttentionTab(QWidget):
             self.prob_grid.addWidget(QLabel(name, self), i, 0)
             self.prob_grid.addWidget(bar, i, 1)
             self.prob_bars.append(bar)
-        blocks = getattr(run.model, "blocks", [])
+        blocks = [] if self.cnn else getattr(run.model, "blocks", [])
         n_layers = max(1, len(blocks))
         heads = getattr(getattr(blocks[0], "attn", None), "num_heads", 1) if len(blocks) else 1
         self.layer_spin.setRange(1, n_layers)
         self.layer_spin.setValue(n_layers)
         self.head_spin.setRange(1, max(1, int(heads)))
         self._schedule()
+
+    def _set_cnn(self, cnn: bool) -> None:
+        """Offer Grad-CAM only for a CNN run (no attention to show); all maps for a ViT."""
+        self.cnn = cnn
+        model = self.mode_combo.model()
+        for i, mode in enumerate(MODES):
+            item = model.item(i)
+            if mode != CAM_MODE:
+                item.setEnabled(not cnn)  # greyed out in the list, cannot be picked
+                item.setToolTip(CNN_TIP if cnn else "")
+        self.mode_combo.setToolTip(CNN_TIP if cnn else self.mode_tip)
+        self.fusion_combo.setToolTip(CNN_TIP if cnn else self.fusion_tip)
+        for w in (self.layer_spin, self.head_spin):
+            w.setToolTip(CNN_TIP if cnn else "")
+        if cnn:
+            self.mode_combo.setCurrentText(CAM_MODE)  # fires _on_mode, which disables the rest
+        else:
+            self._on_mode()
 
     def _schedule(self, *_args: Any) -> None:
         self.debounce.start()
@@ -250,6 +278,8 @@ class AttentionTab(QWidget):
             return None
         mode = self.mode_combo.currentText()
         layer = self.layer_spin.value() - 1
+        if not r.has_attention:
+            mode = CAM_MODE  # a CNN result holds Grad-CAM only
         if mode == "Rollout":
             m = r.rollout[self.fusion_combo.currentText()]
         elif mode == "Head mean":
@@ -282,9 +312,10 @@ class AttentionTab(QWidget):
 
     def _on_mode(self, *_args: Any) -> None:
         mode = self.mode_combo.currentText()
-        self.fusion_combo.setEnabled(mode == "Rollout")
-        self.layer_spin.setEnabled(mode in ("Head mean", "Layer / head"))
-        self.head_spin.setEnabled(mode == "Layer / head")
+        vit = not self.cnn
+        self.fusion_combo.setEnabled(vit and mode == "Rollout")
+        self.layer_spin.setEnabled(vit and mode in ("Head mean", "Layer / head"))
+        self.head_spin.setEnabled(vit and mode == "Layer / head")
         self.redraw()
 
     def _update_visibility(self) -> None:

@@ -33,77 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from vitdesk.data.records import parse_age, parse_sex
+from vitdesk.data.workspace_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from vitdesk.errors import DataError
 from vitdesk.imaging.deid import PHI_KEYWORDS
 
 DB_NAME = "workspace.sqlite"
-SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS patients (
-    key TEXT PRIMARY KEY,
-    sex TEXT,
-    age REAL
-);
-CREATE TABLE IF NOT EXISTS series (
-    key TEXT PRIMARY KEY,
-    patient_key TEXT NOT NULL REFERENCES patients(key) ON DELETE CASCADE,
-    study_key TEXT NOT NULL,
-    modality TEXT NOT NULL DEFAULT '',
-    description TEXT NOT NULL DEFAULT '',
-    meta_json TEXT NOT NULL DEFAULT '{}',
-    n_slices INTEGER NOT NULL,
-    imported TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS series_files (
-    series_key TEXT NOT NULL REFERENCES series(key) ON DELETE CASCADE,
-    idx INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    PRIMARY KEY (series_key, idx)
-);
-CREATE INDEX IF NOT EXISTS series_files_path ON series_files(path);
-CREATE TABLE IF NOT EXISTS classes (
-    name TEXT PRIMARY KEY,
-    position INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS series_labels (
-    series_key TEXT PRIMARY KEY REFERENCES series(key) ON DELETE CASCADE,
-    label TEXT NOT NULL REFERENCES classes(name) ON DELETE CASCADE ON UPDATE CASCADE,
-    updated TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS slice_labels (
-    series_key TEXT NOT NULL REFERENCES series(key) ON DELETE CASCADE,
-    slice_index INTEGER NOT NULL,
-    label TEXT NOT NULL REFERENCES classes(name) ON DELETE CASCADE ON UPDATE CASCADE,
-    updated TEXT NOT NULL,
-    PRIMARY KEY (series_key, slice_index)
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,
-    created TEXT NOT NULL,
-    model TEXT NOT NULL DEFAULT '',
-    metrics_json TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value_json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS import_errors (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    seen TEXT NOT NULL,
-    UNIQUE (path, reason)
-);
-"""
-
-# Upgrades from the previous schema version, applied in order when an older
-# workspace is opened. The DDL is in _SCHEMA too (a fresh workspace gets it at
-# once); repeating it here keeps each step self-contained.
-_MIGRATIONS: dict[int, str] = {
-    2: "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value_json TEXT NOT NULL)",
-}
-
 _PHI = frozenset(PHI_KEYWORDS)
 _UNKNOWN = "unknown"
 
@@ -233,7 +167,7 @@ class Workspace:
     def _init_schema(self) -> None:
         conn = self._connect()
         # idempotent DDL; executescript manages its own transaction
-        conn.executescript(_SCHEMA)
+        conn.executescript(SCHEMA)
         with self._tx() as c:
             row = c.execute("SELECT MAX(version) FROM schema_version").fetchone()
             version = row[0]
@@ -248,7 +182,7 @@ class Workspace:
                 )
             elif version < SCHEMA_VERSION:
                 for step in range(version + 1, SCHEMA_VERSION + 1):
-                    c.execute(_MIGRATIONS[step])
+                    c.execute(MIGRATIONS[step])
                 # one row, as in a fresh workspace
                 c.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 

@@ -22,6 +22,9 @@ def test_demo_writes_sample_backbone_run_and_report(tmp_path):
     assert (res.pretrain / "encoder.safetensors").is_file()
     cfg = (res.run / "config.toml").read_text()
     assert 'pretrained = "' + str(res.pretrain) in cfg and 'kind = "staged"' in cfg
+    # a pinned attention backend: a seed gives the same numbers whatever the load
+    assert 'attention = "sdpa"' in cfg
+    assert json.loads((res.pretrain / "card.json").read_text())["attention"] == "sdpa"
     stages = [json.loads(x)["stage"] for x in (res.run / "history.jsonl").read_text().splitlines()]
     assert sorted(set(stages)) == [0, 1, 2]  # head, top block, all: staged from the backbone
     m = json.loads(res.metrics.read_text())

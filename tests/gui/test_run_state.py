@@ -60,6 +60,10 @@ def test_runs_beside_an_opened_folder_are_offered(qtbot, sample_dir, tiny_run, t
     qtbot.addWidget(picker)
     task = session.import_path(demo)
     qtbot.waitUntil(lambda: not task.is_running(), timeout=20000)
-    paths = [picker.combo.itemData(i) for i in range(picker.combo.count())]
-    assert str(demo / "run") in paths
+
+    def offered() -> bool:  # the picker refreshes on import_finished, queued after the task
+        return str(demo / "run") in [picker.combo.itemData(i)
+                                     for i in range(picker.combo.count())]
+
+    qtbot.waitUntil(offered, timeout=10000)
     session.shutdown()

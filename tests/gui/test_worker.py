@@ -96,3 +96,15 @@ def test_a_task_runs_once(qtbot):
         assert "once" in str(exc)
     else:
         raise AssertionError("second start() must fail")
+
+
+def test_the_runner_is_deleted_on_the_gui_thread(qtbot):
+    import shiboken6
+
+    task = Task(count_to, 2)
+    runner = task._runner
+    with qtbot.waitSignal(task.done, timeout=5000):
+        task.start()
+    # moved back before its thread ended, so the worker thread never destroys it
+    assert runner.thread() is QApplication.instance().thread()
+    qtbot.waitUntil(lambda: not shiboken6.isValid(runner), timeout=2000)  # deleteLater ran

@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal, Slot
 
 from vitdesk.errors import Cancelled
 from vitdesk.jobs import CancelToken
@@ -82,6 +82,13 @@ class _Runner(QObject):
             else:
                 self.returned.emit(result)
         finally:
+            # Back to the GUI thread before this thread ends, so the runner is destroyed
+            # there. Destroyed here, its ~QObject locked the Task's connection mutex while
+            # this thread held the GIL, and a GUI-thread disconnect() holding that mutex
+            # while asking for the GIL (PySide's disconnectNotify hook) deadlocked (CI).
+            app = QCoreApplication.instance()
+            if app is not None:
+                self.moveToThread(app.thread())
             self.ended.emit()
 
 
@@ -122,9 +129,8 @@ class Task(QObject):
         # quit() is thread-safe: a direct call from the worker lets wait() on the GUI
         # thread return at once (a queued one would wait for the blocked GUI loop)
         self._runner.ended.connect(self._thread.quit, Qt.ConnectionType.DirectConnection)
-        # Qt's documented pattern: the runner is deleted by the worker thread's own
-        # event loop as it winds down (a deleteLater from here would never run).
-        self._thread.finished.connect(self._runner.deleteLater)
+        # the runner moves itself back to this thread when it ends and is deleted here
+        # (see _Runner.run), never by the worker thread
         self._thread.finished.connect(self._on_thread_finished)
         self._started = False
 
@@ -168,6 +174,7 @@ class Task(QObject):
     def _on_thread_finished(self) -> None:
         # ``finished`` is sent just before the thread leaves; wait() makes sure it has.
         self._thread.wait()
+        self._runner.deleteLater()
         _LIVE.discard(self)
         self.done.emit()
 

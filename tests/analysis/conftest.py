@@ -30,16 +30,14 @@ def normalise(x01: torch.Tensor) -> torch.Tensor:
     return (x01 - 0.5) / 0.5
 
 
-@pytest.fixture(scope="session")
-def trained_vit() -> VisionTransformer:
-    torch.manual_seed(0)
-    model = tiny_vit()
+def _train_on_quadrants(model: torch.nn.Module, steps: int) -> torch.nn.Module:
+    """AdamW on fresh quadrant batches, one thread; the model comes back in eval mode."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only contend on a shared 2-core box
+    torch.set_num_threads(1)  # tiny models: threads only contend on a shared 2-core box
     try:
-        for step in range(50):
+        for step in range(steps):
             x, y = quadrant_images(32, seed=step)
             loss = torch.nn.functional.cross_entropy(model(normalise(x)), y)
             opt.zero_grad()
@@ -47,8 +45,13 @@ def trained_vit() -> VisionTransformer:
             opt.step()
     finally:
         torch.set_num_threads(threads)
-    model.eval()
-    return model
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_vit() -> VisionTransformer:
+    torch.manual_seed(0)
+    return _train_on_quadrants(tiny_vit(), 50)
 
 
 @pytest.fixture(scope="session")
@@ -68,19 +71,4 @@ def trained_cnn() -> torch.nn.Module:
     from vitdesk.engine.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("cnn_test_tiny", 2, SIZE)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: threads only contend on a 2-core box
-    try:
-        for step in range(40):
-            x, y = quadrant_images(32, seed=step)
-            loss = torch.nn.functional.cross_entropy(model(normalise(x)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    return model
+    return _train_on_quadrants(create_model("cnn_test_tiny", 2, SIZE), 40)

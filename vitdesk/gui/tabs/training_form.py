@@ -225,7 +225,7 @@ class TrainingForm(QWidget):
 
         self.problem_label = QLabel(self)
         self.problem_label.setWordWrap(True)
-        self.problem_label.setStyleSheet("color: #e39a9a;")
+        self.problem_label.setObjectName("problem")
         self.problem_label.hide()
 
         lay = QVBoxLayout(self)

@@ -19,7 +19,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -34,6 +33,7 @@ from PySide6.QtWidgets import (
 from vitdesk.config import RunConfig, TeacherConfig, load_config
 from vitdesk.errors import ConfigError, VitdeskError
 from vitdesk.gui.run_state import find_runs
+from vitdesk.gui.tabs.training_widgets import dspin_box
 
 Write = Callable[[str, Any], None]
 
@@ -198,14 +198,10 @@ class TeacherBox(QGroupBox):
         for i, (label, value, tip) in enumerate(MODES):
             self.mode_combo.addItem(label, value)
             self.mode_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
-        self.alpha_spin = QDoubleSpinBox(self)
-        self.alpha_spin.setRange(0.0, 1.0)
-        self.alpha_spin.setSingleStep(0.05)
+        defaults = TeacherConfig()
+        self.alpha_spin = dspin_box(self, 0.0, 1.0, defaults.alpha, 0.05)
         self.alpha_spin.setToolTip("Weight of the teacher term; 1 − α goes to the labels")
-        self.temperature_spin = QDoubleSpinBox(self)
-        self.temperature_spin.setRange(0.1, 50.0)
-        self.temperature_spin.setSingleStep(0.5)
-        self.temperature_spin.setDecimals(1)
+        self.temperature_spin = dspin_box(self, 0.1, 50.0, defaults.temperature, 0.5, 1)
         self.temperature_spin.setToolTip("Soft mode: higher T spreads the teacher's "
                                          "probabilities, passing on more than its top class")
         self.unlabelled_box = QCheckBox("Also train on unlabelled images", self)
@@ -221,7 +217,7 @@ class TeacherBox(QGroupBox):
         self.hint_label.setWordWrap(True)
         self.problem_label = QLabel(self)
         self.problem_label.setWordWrap(True)
-        self.problem_label.setStyleSheet("color: #e39a9a;")
+        self.problem_label.setObjectName("problem")
         self.problem_label.hide()
 
         form = QFormLayout(self)

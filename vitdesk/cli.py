@@ -72,8 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a ViT or train a CNN")
     _add_train_args(p)
 
-    p = sub.add_parser("pretrain", help="masked-autoencoder pretraining on unlabelled images")
-    p.add_argument("--data", required=True, metavar="SRC")
+    p = sub.add_parser("pretrain", help="offline pretraining: MAE on unlabelled images, or "
+                       "formula-driven (--formula) with no data")
+    p.add_argument("--data", metavar="SRC", help="the unlabelled images (MAE)")
+    p.add_argument("--formula", choices=["contours", "fractals"],
+                   help="classify generated formula images instead of MAE on --data")
+    p.add_argument("--formula-classes", type=int, metavar="N", help="formulas (64)")
+    p.add_argument("--formula-per-class", type=int, metavar="N",
+                   help="images of each formula per epoch (16)")
     p.add_argument("--model")
     p.add_argument("--img-size", type=int, metavar="N")
     p.add_argument("--window", metavar="PRESET[,PRESET,PRESET]")

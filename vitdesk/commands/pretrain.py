@@ -1,4 +1,5 @@
-"""``vitdesk pretrain``: MAE pretraining of a ViT encoder on unlabelled slices.
+"""``vitdesk pretrain``: MAE pretraining of a ViT encoder on unlabelled slices, or
+formula-driven supervised pretraining on generated images (``--formula``).
 
 On ``--resume`` the settings come from the folder's last checkpoint; flags given again
 must agree with it, except ``--epochs`` (raise it to train further) and ``--device``.
@@ -15,7 +16,9 @@ from typing import Any
 from vitdesk.errors import ConfigError
 
 _FLAGS = {"model": "model", "img_size": "img_size", "window": "window", "epochs": "epochs",
-          "batch_size": "batch_size", "device": "device", "seed": "seed"}
+          "batch_size": "batch_size", "device": "device", "seed": "seed",
+          "formula": "formula", "formula_classes": "formula_classes",
+          "formula_per_class": "formula_per_class"}
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -26,7 +29,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     saved = saved_config(args.out) if args.resume else None
     if saved is not None:
         cfg = saved
-    cfg.data = args.data
+    cfg.data = args.data or ""
     cfg.out = args.out
     cfg.resume = bool(args.resume)
     for attr, name in _FLAGS.items():
@@ -36,6 +39,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
     ratio = getattr(args, "mask_ratio", None)
     if ratio is not None:
         cfg.mask_ratio = float(ratio)
+    if cfg.formula and cfg.data:
+        raise ConfigError("--formula generates its own images: leave out --data (or drop "
+                          "--formula for MAE on the images of --data)")
+    if not cfg.formula and not cfg.data:
+        raise ConfigError("give the unlabelled images with --data SRC, or --formula "
+                          "contours|fractals to pretrain without data")
     return cfg.validate()
 
 

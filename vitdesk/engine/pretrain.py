@@ -1,21 +1,24 @@
-"""Self-supervised MAE pretraining of a ViT encoder on the user's unlabelled slices.
+"""Offline pretraining of a ViT encoder: MAE on the user's slices, or formula-driven.
 
 Hospital workstations often cannot download ImageNet weights. :func:`pretrain` trains a
 masked autoencoder (:mod:`vitdesk.engine.mae`) on every slice of a data source, labels
-ignored, and writes a folder that ``vitdesk train --pretrained DIR`` starts from:
+ignored, or (``formula = "contours" | "fractals"``) a classifier of generated formula
+images (:mod:`vitdesk.engine.formula`, no data at all), and writes a folder that
+``vitdesk train --pretrained DIR`` starts from:
 
 ``DIR/encoder.safetensors``
     the encoder weights, keys exactly those of the fine-tuning model minus its head;
 ``DIR/card.json``
-    model name, image size, patch size, window, data fingerprint, epochs, mask ratio,
-    loss per epoch, seconds, software versions (no paths, no patient data);
+    objective (``mae`` or ``formula``), model name, image size, patch size, window (none
+    for formula images), data fingerprint, epochs, mask ratio or formula settings, loss
+    per epoch, seconds, software versions (no paths, no patient data);
 ``DIR/history.jsonl``
     one line per epoch;
 ``DIR/checkpoints/``
     ``last`` for ``--resume`` (the engine's atomic checkpoint format). Its weights file
     holds the encoder only, with the same keys as ``encoder.safetensors``, so loading
     ``DIR`` as a run folder gives the same encoder; the decoder and the optimizer live
-    in the checkpoint's state file.
+    in the checkpoint's state file (for formula runs: the formula classifier's head).
 
 Everything random is a function of the seed: data order of ``(seed, epoch)``, masks of
 ``(seed, step)``, augmentation of ``(seed, epoch, index)``, so a cancelled run resumed
@@ -40,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.events import CheckpointSaved, StepDone, TrainingFailed
+from vitdesk.engine.formula import FormulaClassifier
 from vitdesk.engine.mae import MaskedAutoencoder, n_visible
 from vitdesk.engine.run import check_out_folder
 from vitdesk.errors import Cancelled, CheckpointError, ConfigError, DataError
@@ -54,15 +58,19 @@ _TASK = "pretrain"
 # Settings a resumed run must share with its checkpoint (the rest may change).
 _RESUME_FIXED = ("model", "img_size", "window", "clahe", "mask_ratio", "norm_pix_loss",
                  "decoder_dim", "decoder_depth", "decoder_heads", "batch_size", "seed",
-                 "base_lr", "weight_decay", "warmup_epochs", "min_lr", "augment")
+                 "base_lr", "weight_decay", "warmup_epochs", "min_lr", "augment", "formula",
+                 "formula_classes", "formula_per_class")
 
 
 # ---- configuration ----------------------------------------------------------------------
 @dataclass
 class PretrainConfig:
-    """Everything that defines an MAE pretraining run.
+    """Everything that defines a pretraining run.
 
     The learning rate follows the MAE paper's rule ``lr = base_lr * batch_size / 256``.
+    ``formula`` empty: MAE on the images of ``data``; ``contours`` or ``fractals``:
+    classify ``formula_classes`` generated formulas (``formula_per_class`` fresh images
+    of each per epoch); ``data``, ``window`` and the MAE settings are then unused.
     """
 
     data: str = ""
@@ -83,6 +91,9 @@ class PretrainConfig:
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
+    formula: str = ""  # "" (MAE on data) | contours | fractals
+    formula_classes: int = 64
+    formula_per_class: int = 16
     augment: bool = True  # flips + small zoom/shift (MAE needs only light augmentation)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -134,6 +145,14 @@ class PretrainConfig:
                 raise ConfigError(f"pretrain.{name}={v}: use 0 or more")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"pretrain.betas={self.betas}: give two numbers in [0, 1)")
+        from vitdesk.engine.formula import KINDS
+
+        if self.formula not in ("", *KINDS):
+            raise ConfigError(f"pretrain.formula='{self.formula}': choose one of "
+                              f"{', '.join(KINDS)} (or leave it empty for MAE on --data)")
+        if self.formula_classes < 2 or self.formula_per_class < 1:
+            raise ConfigError("pretrain.formula_classes must be 2 or more and "
+                              "formula_per_class 1 or more")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError(f"pretrain.mask_ratio={self.mask_ratio}: use a value between 0 "
                               "and 1 (0.75 is the usual choice)")
@@ -192,17 +211,21 @@ class PretrainStarted:
     trainable_params: int
     lr: float
     mask_ratio: float
+    formula: str = ""  # "" = MAE
 
     def describe(self) -> str:
         what = "resuming at" if self.start_epoch else "starting"
-        return (f"MAE pretraining: {what} epoch {self.start_epoch + 1}/{self.epochs}, "
+        kind = (f"formula pretraining ({self.formula})" if self.formula else "MAE pretraining")
+        extra = "" if self.formula else f", mask ratio {self.mask_ratio:g}"
+        return (f"{kind}: {what} epoch {self.start_epoch + 1}/{self.epochs}, "
                 f"{self.n_images} images, {self.trainable_params:,} parameters, "
-                f"lr {self.lr:.2e}, mask ratio {self.mask_ratio:g}")
+                f"lr {self.lr:.2e}{extra}")
 
 
 @dataclass(frozen=True)
 class PretrainEpochEnded:
-    """An epoch of pretraining finished (``loss``: mean reconstruction loss on hidden patches)."""
+    """An epoch of pretraining finished (``loss``: the mean reconstruction loss on hidden
+    patches for MAE, the formula classification loss otherwise)."""
 
     epoch: int
     epochs: int
@@ -212,7 +235,7 @@ class PretrainEpochEnded:
     seconds: float
 
     def describe(self) -> str:
-        return (f"pretrain epoch {self.epoch + 1}/{self.epochs}: reconstruction loss "
+        return (f"pretrain epoch {self.epoch + 1}/{self.epochs}: loss "
                 f"{self.loss:.4f}  lr {self.lr:.2e}  ({self.seconds:.1f} s)")
 
 
@@ -273,12 +296,19 @@ class PretrainData:
 def build_pretrain_data(cfg: PretrainConfig, mean: Sequence[float], std: Sequence[float],
                         cancel: CancelToken = NEVER, listeners: Sequence[Listener] = ()
                         ) -> PretrainData:
-    """Every slice of ``cfg.data``, labelled or not, as one :class:`SliceDataset`."""
+    """Every slice of ``cfg.data``, labelled or not, as one :class:`SliceDataset` (or the
+    generated formula images when ``cfg.formula`` is set)."""
     from vitdesk.data.augment import AugmentConfig
     from vitdesk.data.build import fingerprint
     from vitdesk.data.dataset import SliceDataset
     from vitdesk.data.sources import load_records
 
+    if cfg.formula:
+        from vitdesk.engine.formula import FormulaDataset
+
+        ds = FormulaDataset(cfg.formula, cfg.formula_classes, cfg.formula_per_class,
+                            cfg.img_size, mean, std, cfg.seed)
+        return PretrainData(ds, ds.fingerprint)
     if not str(cfg.data).strip():
         raise ConfigError("pretrain.data is empty: give the unlabelled images with --data SRC")
     records = load_records(cfg.data, cancel, list(listeners), require_labels=False)
@@ -438,9 +468,15 @@ def pretrain(
     if n == 0:
         raise DataError("no images to pretrain on: check --data")
     torch.manual_seed(cfg.seed)
-    encoder = create_model(cfg.model, 1, cfg.img_size)
-    mae = MaskedAutoencoder(encoder, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
-                            cfg.mask_ratio, cfg.norm_pix_loss)
+    mae: MaskedAutoencoder | FormulaClassifier
+    if cfg.formula:
+        # mean-token pooling, as fine-tuning from a card folder uses (model.pool = auto)
+        mae = FormulaClassifier(create_model(cfg.model, cfg.formula_classes, cfg.img_size,
+                                             pool="avg"))
+    else:
+        mae = MaskedAutoencoder(create_model(cfg.model, 1, cfg.img_size), cfg.decoder_dim,
+                                cfg.decoder_depth, cfg.decoder_heads, cfg.mask_ratio,
+                                cfg.norm_pix_loss)
     st = PretrainState()
     cp = None
     if cfg.resume:
@@ -472,23 +508,27 @@ def pretrain(
     if cfg.resume:
         _truncate_history(history, st.global_step)
     sample = torch.stack([torch.as_tensor(data.dataset[i][0]) for i in range(min(bs, n))])
-    attention = choose_attention_backend(mae, sample.to(device), cfg.attention, amp)
+    attention = choose_attention_backend(mae.encoder if cfg.formula else mae, sample.to(device),
+                                         cfg.attention, amp)
     opt.zero_grad(set_to_none=True)
     base_meta = {"pretrain": CARD_FORMAT, "model": cfg.model, "img_size": cfg.img_size,
                  "window": window.to_dict(), "fingerprint": data.fingerprint,
                  "config": cfg.recorded()}
 
+    encoder_keys = {f"encoder.{k}" for k in mae.encoder_state_dict()}
+
     def save_last() -> None:
+        # "decoder": everything but the saved encoder (MAE decoder, or the formula head)
         state = {"optimizer": opt.state_dict(),
                  "decoder": {k: v for k, v in mae.state_dict().items()
-                             if not k.startswith("encoder.")}}
+                             if k not in encoder_keys}}
         meta = dict(base_meta, pretrain_state=asdict(st), global_step=st.global_step)
         path = ckpt.save_checkpoint(out / "checkpoints", "last", mae.encoder_state_dict(),
                                     meta, state)
         emit(listeners, CheckpointSaved(str(path), "last"))
 
     emit(listeners, PretrainStarted(cfg.epochs, st.epoch, n, count_trainable(mae), cfg.lr,
-                                    cfg.mask_ratio))
+                                    cfg.mask_ratio, cfg.formula))
     session_t0 = time.perf_counter()
     seconds_before = st.seconds
     sched.step_update(st.global_step)
@@ -502,12 +542,14 @@ def pretrain(
             loader = DataLoader(data.dataset, batch_size=bs, sampler=order,
                                 num_workers=cfg.workers, pin_memory=device.type == "cuda")
             log_t, log_n = time.perf_counter(), 0
-            for x, _ in loader:
+            for x, y in loader:
                 cancel.check()  # safe point: nothing of this batch applied yet
                 x = x.to(device, non_blocking=True)
-                gen = _mask_generator(cfg.seed, st.global_step, device)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss = mae(x, gen)
+                    if cfg.formula:
+                        loss = mae(x, y.to(device))
+                    else:
+                        loss = mae(x, _mask_generator(cfg.seed, st.global_step, device))
                 loss.backward()
                 if cfg.clip_grad > 0:
                     torch.nn.utils.clip_grad_norm_(mae.parameters(), cfg.clip_grad)
@@ -519,7 +561,7 @@ def pretrain(
                 value = float(loss.detach())  # one sync per step: cheap next to the step
                 if not math.isfinite(value):
                     raise DataError(
-                        f"reconstruction loss became {value} at step {st.global_step}: lower "
+                        f"pretraining loss became {value} at step {st.global_step}: lower "
                         "--batch-size or the learning rate (pretrain.base_lr)"
                     )
                 st.loss_sum += value * int(x.shape[0])
@@ -555,6 +597,7 @@ def pretrain(
     enc = mae.encoder
     card = {
         "format": CARD_FORMAT,
+        "objective": "formula" if cfg.formula else "mae",
         "encoder": ENCODER,
         "model": cfg.model,
         "img_size": cfg.img_size,
@@ -562,18 +605,20 @@ def pretrain(
         "in_chans": mae.in_chans,
         "embed_dim": int(enc.embed_dim),
         "depth": len(enc.blocks),
-        "window": window.to_dict(),
-        "window_label": window.label(),
+        # formula images are not CT: no window to keep identical at fine-tuning
+        "window": None if cfg.formula else window.to_dict(),
+        "window_label": "" if cfg.formula else window.label(),
         "mean": list(mean),
         "std": list(std),
         "data": {"fingerprint": data.fingerprint, "n_images": n,
                  "n_patients": data.n_patients, "n_series": data.n_series},
         "epochs": st.epoch,
         "steps": st.global_step,
-        "mask_ratio": cfg.mask_ratio,
-        "norm_pix_loss": cfg.norm_pix_loss,
-        "decoder": {"dim": cfg.decoder_dim, "depth": cfg.decoder_depth,
-                    "heads": cfg.decoder_heads},
+        **({"formula": {"kind": cfg.formula, "classes": cfg.formula_classes,
+                        "per_class": cfg.formula_per_class}} if cfg.formula else
+           {"mask_ratio": cfg.mask_ratio, "norm_pix_loss": cfg.norm_pix_loss,
+            "decoder": {"dim": cfg.decoder_dim, "depth": cfg.decoder_depth,
+                        "heads": cfg.decoder_heads}}),
         "batch_size": bs,
         "lr": cfg.lr,
         "base_lr": cfg.base_lr,

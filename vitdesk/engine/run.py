@@ -319,7 +319,9 @@ def resolve_pool(cfg: RunConfig) -> str:
     from vitdesk.engine.pretrain import read_card
 
     if read_card(folder):
-        return "avg"  # an MAE encoder: its class token was never trained to summarise
+        # an MAE encoder never trained its class token; formula encoders were trained
+        # with mean pooling
+        return "avg"
     if (folder / "config.toml").is_file():
         try:
             theirs = load_config(folder / "config.toml").model.pool
@@ -351,7 +353,7 @@ def _check_backbone_card(cfg: RunConfig, listeners: Sequence[Listener]) -> None:
     card = read_card(Path(src).expanduser())
     if not card:
         return
-    if "window" in card:
+    if card.get("window"):  # formula backbones saw no CT window
         theirs = WindowSpec.from_dict(card["window"])
         ours = WindowSpec.parse(cfg.data.window)
         if theirs.windows != ours.windows:

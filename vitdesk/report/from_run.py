@@ -50,6 +50,11 @@ def backbone_provenance(pretrained: str, weights_source: str = "") -> tuple[str,
         card = read_card(p) if p.exists() else None
     except Exception:  # a corrupt card must not stop the report; the source is still named
         card = None
+    if card and card.get("objective") == "formula":
+        f = card.get("formula", {})
+        text = (f"formula-driven ({f.get('kind', '?')}, {f.get('classes', '?')} classes), "
+                f"{card.get('epochs')} epochs, no patient data")
+        return f"local formula folder '{p.name}'", text
     if card:
         d = card.get("data", {})
         # short enough for one table row of the PDF; details go to backbone_details()
@@ -72,6 +77,14 @@ def backbone_details(pretrained: str) -> str:
         return ""
     d = card.get("data", {})
     losses = card.get("loss_per_epoch") or []
+    if card.get("objective") == "formula":
+        f = card.get("formula", {})
+        loss = f", classification loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
+        return (f"Backbone: formula-driven supervised pretraining (vitdesk pretrain --formula "
+                f"{f.get('kind', '?')}) of {card.get('model')} at {card.get('img_size')} px, "
+                f"{card.get('epochs')} epochs classifying {f.get('classes', '?')} generated "
+                f"formulas ({d.get('n_images', '?')} images per epoch); no patient images "
+                f"were used{loss}.")
     loss = f", reconstruction loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
     return (f"Backbone: MAE self-supervised pretraining (vitdesk pretrain) of "
             f"{card.get('model')} at {card.get('img_size')} px, {card.get('epochs')} epochs on "

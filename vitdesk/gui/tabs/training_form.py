@@ -161,7 +161,8 @@ class TrainingForm(QWidget):
         self.balance_combo = combo_box(self, [(k, k) for k in BALANCE])
         self.pool_combo = combo_box(self, [(k, k) for k in POOLS])
         self.pool_combo.setToolTip("What the classifier reads: the class token or the mean "
-                                   "patch token; auto = mean for MAE backbones and random "
+                                   "patch token; auto = mean for pretrained (MAE, formula) "
+                                   "backbones and random "
                                    "init, class token for hub/file weights")
         self.advanced_button = QToolButton(self)
         self.advanced_button.setText("Advanced options")
@@ -379,7 +380,7 @@ class TrainingForm(QWidget):
         self.weights_combo.setCurrentIndex(i)
 
     def refresh_weights(self) -> None:
-        """Rebuild the weights list: hub cache, none, workspace MAE encoders, chosen paths."""
+        """Rebuild the weights list: hub cache, none, workspace encoders, chosen paths."""
         current = self.cfg.weights.pretrained
         self._loading = True
         try:
@@ -388,8 +389,9 @@ class TrainingForm(QWidget):
             self.weights_combo.addItem("none (random init)", "none")
             for b in find_backbones(self.workspace()):
                 self.weights_combo.addItem(b.label(), b.folder)
+                window = b.window or "none (generated images)"
                 self.weights_combo.setItemData(self.weights_combo.count() - 1,
-                                               f"{b.folder}\nwindow {b.window}",
+                                               f"{b.folder}\nwindow {window}",
                                                Qt.ItemDataRole.ToolTipRole)
             self._select_weights(current)
         finally:

@@ -70,21 +70,22 @@ def default_run_folder(workspace: str | Path | None, now: float | None = None) -
 
 @dataclass(frozen=True)
 class Backbone:
-    """An MAE-pretrained encoder found in a workspace (from its ``card.json``)."""
+    """A pretrained encoder (MAE or formula) found in a workspace (its ``card.json``)."""
 
     folder: str
     model: str
     img_size: int
     window: str
     epochs: int
+    objective: str = "MAE"  # or the formula kind, e.g. "contours"
 
     def label(self) -> str:
-        return (f"MAE {Path(self.folder).name}: {self.model} {self.img_size}px, "
+        return (f"{self.objective} {Path(self.folder).name}: {self.model} {self.img_size}px, "
                 f"{self.epochs} ep")
 
 
 def find_backbones(workspace: str | Path | None) -> list[Backbone]:
-    """Finished MAE encoders in ``WORKSPACE/pretrain/*`` (unreadable cards are skipped)."""
+    """Finished encoders in ``WORKSPACE/pretrain/*`` (unreadable cards are skipped)."""
     if not workspace:
         return []
     out = []
@@ -97,7 +98,8 @@ def find_backbones(workspace: str | Path | None) -> list[Backbone]:
             continue
         out.append(Backbone(str(card.parent), str(d.get("model", "?")),
                             int(d.get("img_size", 0)), str(d.get("window_label", "")),
-                            int(d.get("epochs", 0))))
+                            int(d.get("epochs", 0)),
+                            str((d.get("formula") or {}).get("kind", "MAE"))))
     return out
 
 

@@ -1,6 +1,7 @@
-"""MAE pretraining on the open workspace's images, with its own progress and loss curve.
+"""Offline pretraining with its own progress and loss curve: MAE on the open workspace's
+images, or formula-driven on generated contours or fractals (no images needed).
 
-The encoder is written to ``WORKSPACE/pretrain/<model>-<date-time>`` and, once
+The encoder is written to ``WORKSPACE/pretrain/<model>-<source>-<date-time>`` and, once
 finished, appears in the Training tab's weights list (its ``card.json``).
 """
 
@@ -26,14 +27,14 @@ from PySide6.QtWidgets import (
 from vitdesk.engine.events import StepDone, TrainingFailed
 from vitdesk.gui.dialogs import show_error
 from vitdesk.gui.plots import LossPlot
-from vitdesk.gui.tabs.training_widgets import dspin_box, spin_box
+from vitdesk.gui.tabs.training_widgets import combo_box, dspin_box, spin_box
 from vitdesk.gui.worker import Task
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress
 
 
 def run_pretrain(settings: dict[str, Any], cancel: CancelToken = NEVER,
                  listener: Listener | None = None) -> Path:
-    """Plain function for the worker: MAE pretraining with these PretrainConfig fields."""
+    """Plain function for the worker: pretraining with these PretrainConfig fields."""
     from vitdesk.engine.pretrain import PretrainConfig, pretrain
 
     return pretrain(PretrainConfig.from_dict(settings), cancel,
@@ -59,9 +60,19 @@ class PretrainPanel(QWidget):
         self.epochs_spin = spin_box(self, 1, 10000, 20)
         self.batch_spin = spin_box(self, 1, 4096, 32)
         self.mask_spin = dspin_box(self, 0.1, 0.95, 0.75, 0.05)
+        self.source_combo = combo_box(self, [
+            ("This workspace's images (MAE)", ""),
+            ("Generated contours (formula-driven)", "contours"),
+            ("Generated fractals (formula-driven)", "fractals"),
+        ])
+        self.source_combo.setToolTip(
+            "MAE: masked-autoencoder pretraining on every slice of the workspace, labels "
+            "ignored.\nFormula-driven: the ViT learns to tell generated contour or fractal "
+            "formulas apart; no patient image is used.")
+        self.classes_spin = spin_box(self, 2, 10000, 64)
+        self.classes_spin.setToolTip("Formulas (classes) to tell apart; each epoch draws 16 "
+                                     "fresh images of each")
         self.start_button = QPushButton("Pretrain", self)
-        self.start_button.setToolTip("Masked-autoencoder pretraining on every slice of the "
-                                     "workspace, labels ignored")
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setEnabled(False)
         self.bar = QProgressBar(self)
@@ -73,12 +84,16 @@ class PretrainPanel(QWidget):
         self.plot.setMinimumHeight(100)
 
         grid = QGridLayout()
+        grid.addWidget(QLabel("Source"), 2, 0)
+        grid.addWidget(self.source_combo, 2, 1, 1, 3)
         grid.addWidget(QLabel("Epochs"), 0, 0)
         grid.addWidget(self.epochs_spin, 0, 1)
         grid.addWidget(QLabel("Batch"), 0, 2)
         grid.addWidget(self.batch_spin, 0, 3)
         grid.addWidget(QLabel("Mask ratio"), 1, 0)
         grid.addWidget(self.mask_spin, 1, 1)
+        grid.addWidget(QLabel("Formulas"), 1, 2)
+        grid.addWidget(self.classes_spin, 1, 3)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         row = QHBoxLayout()
@@ -95,14 +110,24 @@ class PretrainPanel(QWidget):
         lay.addWidget(self.plot, 1)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
+        self.source_combo.currentIndexChanged.connect(self.refresh)
         self.refresh()
+
+    @property
+    def formula(self) -> str:
+        """The chosen formula family, or "" for MAE on the workspace's images."""
+        return str(self.source_combo.currentData() or "")
 
     def refresh(self) -> None:
         running = self.is_running()
         self.start_button.setEnabled(bool(self.workspace()) and not running)
         self.cancel_button.setEnabled(running)
+        self.mask_spin.setEnabled(not self.formula and not running)
+        self.classes_spin.setEnabled(bool(self.formula) and not running)
+        self.source_combo.setEnabled(not running)
         if not self.workspace() and not running:
-            self.status.setText("Open a workspace to pretrain on its images.")
+            self.status.setText("Open a workspace: pretraining reads its images (MAE) and "
+                                "writes the encoder into it.")
 
     def is_running(self) -> bool:
         return self.task is not None and self.task.is_running()
@@ -112,10 +137,14 @@ class PretrainPanel(QWidget):
         base = self.settings()
         ws = self.workspace()
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        return {**base, "data": str(ws), "epochs": self.epochs_spin.value(),
+        formula = self.formula
+        extra: dict[str, Any] = (
+            {"formula": formula, "formula_classes": self.classes_spin.value(), "data": ""}
+            if formula else {"data": str(ws), "mask_ratio": round(self.mask_spin.value(), 4)})
+        name = f"{base['model']}-{formula or 'mae'}-{stamp}"
+        return {**base, **extra, "epochs": self.epochs_spin.value(),
                 "batch_size": self.batch_spin.value(),
-                "mask_ratio": round(self.mask_spin.value(), 4),
-                "out": out or str(Path(ws) / "pretrain" / f"{base['model']}-{stamp}")}
+                "out": out or str(Path(ws) / "pretrain" / name)}
 
     def start(self, out: str | None = None) -> Task | None:
         if self.is_running() or not self.workspace():
@@ -128,7 +157,7 @@ class PretrainPanel(QWidget):
         self.plot.reset()
         self.plot.start()
         self.bar.setRange(0, 0)
-        self.status.setText("Loading images…")
+        self.status.setText("Generating formulas…" if self.formula else "Loading images…")
         self._epochs = settings["epochs"]
         task = Task(run_pretrain, settings, name="pretrain")
         task.event.connect(self._on_event)

@@ -220,7 +220,7 @@ class TrainingTab(QWidget):
         self.pages = QTabWidget(self)
         self.pages.addTab(setup, "Setup")
         self.pages.addTab(monitor, "Progress")
-        self.pages.addTab(self.pretrain, "Pretrain (MAE)")
+        self.pages.addTab(self.pretrain, "Pretrain")
 
         # ---- controls (always visible)
         self.start_button = QPushButton("Start", self)

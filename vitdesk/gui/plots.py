@@ -262,7 +262,7 @@ class TrainingPlots(pg.GraphicsLayoutWidget):
 
 
 class LossPlot(pg.PlotWidget):
-    """One live loss curve per step plus a per-epoch mean (MAE pretraining)."""
+    """One live loss curve per step plus a per-epoch mean (pretraining)."""
 
     def __init__(self, parent: QWidget | None = None, title: str = "Reconstruction loss",
                  hz: float = 10.0) -> None:

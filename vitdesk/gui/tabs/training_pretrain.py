@@ -77,23 +77,22 @@ class PretrainPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.bar = QProgressBar(self)
         self.bar.setTextVisible(False)
-        self.status = QLabel("Pretrain the backbone on this workspace's images (no labels "
-                             "needed); the encoder then appears under Weights.", self)
+        self.status = QLabel(self)
         self.status.setWordWrap(True)
-        self.plot = LossPlot(self)
+        self.plot = LossPlot(self, title="Pretraining loss")
         self.plot.setMinimumHeight(100)
 
         grid = QGridLayout()
-        grid.addWidget(QLabel("Source"), 2, 0)
-        grid.addWidget(self.source_combo, 2, 1, 1, 3)
-        grid.addWidget(QLabel("Epochs"), 0, 0)
-        grid.addWidget(self.epochs_spin, 0, 1)
-        grid.addWidget(QLabel("Batch"), 0, 2)
-        grid.addWidget(self.batch_spin, 0, 3)
-        grid.addWidget(QLabel("Mask ratio"), 1, 0)
-        grid.addWidget(self.mask_spin, 1, 1)
-        grid.addWidget(QLabel("Formulas"), 1, 2)
-        grid.addWidget(self.classes_spin, 1, 3)
+        grid.addWidget(QLabel("Source"), 0, 0)
+        grid.addWidget(self.source_combo, 0, 1, 1, 3)
+        grid.addWidget(QLabel("Epochs"), 1, 0)
+        grid.addWidget(self.epochs_spin, 1, 1)
+        grid.addWidget(QLabel("Batch"), 1, 2)
+        grid.addWidget(self.batch_spin, 1, 3)
+        grid.addWidget(QLabel("Mask ratio"), 2, 0)
+        grid.addWidget(self.mask_spin, 2, 1)
+        grid.addWidget(QLabel("Formulas"), 2, 2)
+        grid.addWidget(self.classes_spin, 2, 3)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         row = QHBoxLayout()
@@ -101,8 +100,8 @@ class PretrainPanel(QWidget):
         row.addWidget(self.cancel_button)
         row.addStretch(1)
         lay = QVBoxLayout(self)
-        lay.addWidget(QLabel("Uses the model, image size, window and device of the Setup "
-                             "page.", objectName="overlay", wordWrap=True))
+        lay.addWidget(QLabel("Uses the model, image size, window (MAE) and device of the "
+                             "Setup page.", objectName="overlay", wordWrap=True))
         lay.addLayout(grid)
         lay.addLayout(row)
         lay.addWidget(self.bar)
@@ -110,13 +109,23 @@ class PretrainPanel(QWidget):
         lay.addWidget(self.plot, 1)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
-        self.source_combo.currentIndexChanged.connect(self.refresh)
-        self.refresh()
+        self.source_combo.currentIndexChanged.connect(self._on_source)
+        self._on_source()
 
     @property
     def formula(self) -> str:
         """The chosen formula family, or "" for MAE on the workspace's images."""
         return str(self.source_combo.currentData() or "")
+
+    def _on_source(self) -> None:
+        if not self.is_running():
+            self.status.setText(
+                "Pretrain the backbone on generated formula images (no patient images): it "
+                "learns to tell the formulas apart; the encoder then appears under Weights."
+                if self.formula else
+                "Pretrain the backbone on this workspace's images (no labels needed); the "
+                "encoder then appears under Weights.")
+        self.refresh()
 
     def refresh(self) -> None:
         running = self.is_running()

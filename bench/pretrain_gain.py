@@ -19,6 +19,12 @@ labels; the rest of the pool is unlabelled. Arms:
   (``--distill``), on the labelled slices plus the unlabelled pool labelled by the
   teacher (``vitdesk train --teacher RUN --unlabelled SRC``), ``--kd-share`` of the
   budget. Its CPU time counts the pretraining and the teacher.
+* (d) ``formula``: formula-driven supervised pretraining (``vitdesk pretrain --formula``:
+  the ViT classifies ``--formula-classes`` generated contour or fractal formulas, no
+  data at all) for ``--pretrain-share`` of the budget, then the staged recipe like (b).
+
+``--arms`` picks the arms: ``scratch`` always runs (every comparison needs it), and
+``mae``, ``cnn`` and ``mae+kd`` run together (naming any of them runs all three).
 
 Epoch counts come from one-/three-epoch probes of each kind of work (process CPU
 time; use ``--threads 1``). Held-out slice accuracy and ROC AUC come with 95 %
@@ -108,6 +114,13 @@ def _run_cfg(args, out: Path, kind: str, pretrained: str, epochs: list[int], see
     return cfg
 
 
+def _formula_cfg(args, out: Path, epochs: int, seed: int) -> PretrainConfig:
+    cfg = _pretrain_cfg(args, out, epochs, seed)
+    cfg.formula, cfg.formula_classes = args.formula, args.formula_classes
+    cfg.formula_per_class, cfg.base_lr = args.formula_per_class, args.formula_base_lr
+    return cfg
+
+
 def _pretrain_cfg(args, out: Path, epochs: int, seed: int) -> PretrainConfig:
     return PretrainConfig(
         model=args.model, img_size=args.img_size, window=args.window,
@@ -191,6 +204,12 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher term")
     ap.add_argument("--kd-share", type=float, default=0.5,
                     help="(c)'s distillation fine-tuning, as a share of the arm budget")
+    ap.add_argument("--formula", default="contours", choices=["contours", "fractals"])
+    ap.add_argument("--formula-classes", type=int, default=16)
+    ap.add_argument("--formula-per-class", type=int, default=64)
+    ap.add_argument("--formula-base-lr", type=float, default=1e-2)
+    ap.add_argument("--arms", default="scratch,mae,cnn,mae+kd,formula",
+                    help="comma list; scratch always runs, mae/cnn/mae+kd run together")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -315,7 +334,10 @@ def _paired(preds: dict[str, list]) -> dict:
     out = {}
     for label, new, ref in (("mae - scratch", "mae", "scratch"),
                             ("mae+kd - cnn", "mae+kd", "cnn"),
-                            ("mae+kd - scratch", "mae+kd", "scratch")):
+                            ("mae+kd - scratch", "mae+kd", "scratch"),
+                            ("formula - scratch", "formula", "scratch")):
+        if new not in preds or ref not in preds:
+            continue
         y, p_new, clusters = cat(new)
         y_ref, p_ref, _ = cat(ref)
         assert np.array_equal(y, y_ref)  # the same test slices in the same order
@@ -375,6 +397,8 @@ def _one_seed(args, work: Path, records: list, seed: int) -> tuple[list[dict], d
                 train(_run_cfg(args, out, "full", "none", [n], seed), data=labelled_data())
             elif kind == "mae":
                 pretrain(_pretrain_cfg(args, out, n, seed), data=pdata)
+            elif kind == "formula":
+                pretrain(_formula_cfg(args, out, n, seed))
             elif kind == "cnn":
                 train(_run_cfg(args, out, "full", "none", [n], seed, model=args.teacher_model,
                                lr=args.cnn_lr), data=labelled_data())
@@ -386,8 +410,12 @@ def _one_seed(args, work: Path, records: list, seed: int) -> tuple[list[dict], d
     teacher_probe = work / f"probe-teacher-{seed}"
     train(_run_cfg(args, teacher_probe, "full", "none", [1], seed, model=args.teacher_model,
                    lr=args.cnn_lr), data=labelled_data())
+    arms = set(args.arms.split(","))
+    mae_group = bool(arms & {"mae", "cnn", "mae+kd"})
+    kinds = ["ft", *(["mae", "cnn", "kd"] if mae_group else []),
+             *(["formula"] if "formula" in arms else [])]
     cost = {}
-    for kind in ("ft", "mae", "cnn", "kd"):
+    for kind in kinds:
         probe(kind, 1)  # warm-up: imports and allocator growth
         one, three = probe(kind, 1), probe(kind, 3)
         per = max((three - one) / 2, one / 3)  # marginal epoch; never below a third (noise)
@@ -401,10 +429,7 @@ def _one_seed(args, work: Path, records: list, seed: int) -> tuple[list[dict], d
 
     b = args.budget_s
     e_scratch = epochs("ft", b)
-    e_pre = epochs("mae", b * args.pretrain_share)
     staged = _staged_epochs(epochs("ft", b * (1 - args.pretrain_share), least=3))
-    e_cnn = epochs("cnn", b * args.teacher_share)
-    staged_kd = _staged_epochs(epochs("kd", b * args.kd_share, least=3))
     rows, preds = [], {}
 
     def record(arm: str, run: Path, epochs_text: str, seconds: float, wall: float,
@@ -424,7 +449,27 @@ def _one_seed(args, work: Path, records: list, seed: int) -> tuple[list[dict], d
         train(_run_cfg(args, run_a, "full", "none", [e_scratch], seed), data=labelled_data())
     record("scratch", run_a, str(e_scratch), t_a.seconds, t_a.wall)
 
+    # ---- (d) formula-driven pretraining (no data), then staged fine-tuning ------------
+    if "formula" in arms:
+        e_fml = epochs("formula", b * args.pretrain_share)
+        fml = work / f"formula-{seed}"
+        with _Timer() as t_p:
+            pretrain(_formula_cfg(args, fml, e_fml, seed))
+        card = json.loads((fml / "card.json").read_text())
+        run_d = work / f"formula-ft-{seed}"
+        with _Timer() as t_f:
+            train(_run_cfg(args, run_d, "staged", str(fml), staged, seed), data=labelled_data())
+        record("formula", run_d, f"{e_fml}+{','.join(map(str, staged))}",
+               t_p.seconds + t_f.seconds, t_p.wall + t_f.wall,
+               pretrain_seconds=round(t_p.seconds, 1),
+               formula_loss_first_last=[card["loss_per_epoch"][0], card["loss_per_epoch"][-1]])
+    if not mae_group:
+        return rows, preds
+
     # ---- (b) MAE on the pool, then staged fine-tuning ---------------------------------
+    e_pre = epochs("mae", b * args.pretrain_share)
+    e_cnn = epochs("cnn", b * args.teacher_share)
+    staged_kd = _staged_epochs(epochs("kd", b * args.kd_share, least=3))
     enc = work / f"mae-{seed}"
     with _Timer() as t_p:
         pretrain(_pretrain_cfg(args, enc, e_pre, seed), data=pdata)

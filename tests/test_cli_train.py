@@ -35,6 +35,7 @@ def test_train_random_backbone_switches_staged_to_full_and_writes_the_run(
     assert main(_args(png_data, out, "--epochs", "1,1,1")) == 0
     err = capsys.readouterr().err
     assert "staged fine-tuning of a random backbone is meaningless" in err
+    assert "4x4 grid of 8-px patches" in err  # the coarse-grid notice reaches the console
     cfg = tomllib.loads((out / "config.toml").read_text())
     assert cfg["recipe"]["kind"] == "full"
     assert [s["epochs"] for s in cfg["recipe"]["stages"]] == [3]  # 1+1+1 kept in total

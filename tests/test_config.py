@@ -105,3 +105,14 @@ def test_staged_on_a_random_backbone_switches_to_one_full_stage():
     pretrained = RunConfig()
     pretrained.weights.pretrained = "/some/encoder.safetensors"
     assert not pretrained.staged_on_random_backbone()
+
+
+def test_a_coarse_patch_grid_is_flagged():
+    from vitdesk.config import coarse_grid_warning
+
+    text = coarse_grid_warning("vit_test_tiny", 32)  # 8-px patches: 4x4 tokens
+    assert text and "4x4 grid of 8-px patches" in text and "64 px" in text
+    assert coarse_grid_warning("vit_test_tiny", 64) is None
+    assert coarse_grid_warning("vit_small_patch16_224", 224) is None
+    assert "128 px" in coarse_grid_warning("vit_small_patch16_224", 64)
+    assert coarse_grid_warning("resnet18", 32) is None  # CNNs have no patches

@@ -344,6 +344,26 @@ def patch_size_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+MIN_GRID = 8  # tokens per side below which a ViT's patches swallow small findings
+
+
+def coarse_grid_warning(name: str, img_size: int) -> str | None:
+    """A warning when a ViT at ``img_size`` sees fewer than 8x8 patches (else None).
+
+    With a 4x4 grid, a lesion or a ring's hole lies inside one patch and the ViT must
+    find it through one linear patch embedding. Measured (bench exploration, ring vs
+    disc at 32 px, 40 labels): 8-px patches 0.82-0.88 held-out accuracy, 4-px patches
+    0.96, as good as a small CNN.
+    """
+    patch = patch_size_of(name)
+    if not patch or img_size // patch >= MIN_GRID:  # CNN names carry no patch size
+        return None
+    grid = img_size // patch
+    return (f"{name} at {img_size} px sees a {grid}x{grid} grid of {patch}-px patches: "
+            f"findings smaller than a patch are hard for it to see; use an image size of "
+            f"{patch * MIN_GRID} px or more, or a model with smaller patches")
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read a TOML run configuration (missing fields take their defaults)."""
     p = Path(path)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vitdesk.config import RunConfig, load_config, save_config
+from vitdesk.config import RunConfig, coarse_grid_warning, load_config, save_config
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.events import EpochEnded, TrainingDone
 from vitdesk.engine.models import (
@@ -411,6 +411,9 @@ def train(
     model, report = _build_student(cfg, len(data.classes), resume)
     if not resume:
         _check_backbone_card(cfg, listeners)
+        coarse = coarse_grid_warning(cfg.model.name, cfg.model.img_size)
+        if coarse:
+            emit(list(listeners), Notice("train", coarse))
         if is_distilled(model) and report.source not in ("none",) and report.missing:
             emit(list(listeners), Notice("train", (
                 f"distilled student: {len(report.missing)} tensors start fresh "

@@ -38,6 +38,7 @@ from vitdesk.config import (
     TEST_MODEL_PATCH,
     RunConfig,
     StageConfig,
+    coarse_grid_warning,
     default_stages,
     patch_size_of,
 )
@@ -488,7 +489,9 @@ class TrainingForm(QWidget):
             cfg.seed = int(prefs.get("seed", cfg.seed))
         cfg.out = out or self.out_edit.text().strip() or str(default_run_folder(
             self.workspace()))
-        self.warning = random_backbone_rule(cfg) or ""
+        self.warning = "\n".join(w for w in (
+            random_backbone_rule(cfg), coarse_grid_warning(cfg.model.name, cfg.model.img_size))
+            if w)
         cfg = cfg.resolved()
         if validate:
             cfg.validate()

@@ -12,7 +12,7 @@ from vitdesk.jobs import Progress
 
 TINY = DemoSettings(patients=6, slices=6, size=48, img_size=32, mae_epochs=1, mae_batch=16,
                     epochs=(1, 1, 1), batch_size=8, fractions=(0.5, 0.17, 0.33), n_boot=50,
-                    robustness_cases=6, attention_samples=1, threads=1)
+                    robustness_cases=6, attention_samples=1, threads=1, baseline_epochs=1)
 
 
 def test_demo_writes_sample_backbone_run_and_report(tmp_path):
@@ -38,8 +38,17 @@ def test_demo_writes_sample_backbone_run_and_report(tmp_path):
     assert "Research use only" in html
     assert "mean of its 3 highest slice probabilities per abnormal class" in html
     assert res.report_pdf.read_bytes()[:5] == b"%PDF-"
+    # the CNN baseline: from scratch on the same split, compared slice by slice
+    base_cfg = (res.baseline / "config.toml").read_text()
+    assert 'name = "cnn_test_tiny"' in base_cfg and 'pretrained = "none"' in base_cfg
+    assert json.loads((res.baseline / "split.json").read_text())["splits"]["test"] == \
+        json.loads((res.run / "split.json").read_text())["splits"]["test"]
+    t = m["transfer"]
+    assert t["baseline_model"] == "cnn_test_tiny (weights: none)"
+    assert t["n_slices"] == m["n_slices"] and "paired" in t
+    assert "Transfer effectiveness" in html and "Baseline run" in html
     demo_steps = [e.done for e in events if isinstance(e, Progress) and e.task == "demo"]
-    assert demo_steps == [0, 1, 2, 3, 4, 5]
+    assert demo_steps == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_a_previous_demo_is_replaced_part_by_part(tmp_path):

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.html and report.pdf")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--data", required=True, metavar="SRC")
+    p.add_argument("--baseline", metavar="RUN",
+                   help="a baseline run (e.g. a CNN from scratch) scored on the same slices "
+                        "for the transfer-effectiveness section")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 

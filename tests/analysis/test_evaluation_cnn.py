@@ -7,24 +7,9 @@ import pytest
 import torch
 from pypdf import PdfReader
 
-from tests.evalrun import FRACTIONS, tiny_sample
+from tests.evalrun import tiny_cnn_run, tiny_sample
 from vitdesk.analysis.evaluation import evaluate_run
 from vitdesk.analysis.run_model import attention_overlays
-
-
-def tiny_cnn_run(data, out, epochs: int = 2):
-    """Train cnn_test_tiny (a one-block-per-stage timm ResNet) at 32 px; the run folder."""
-    from vitdesk.config import RunConfig, StageConfig
-    from vitdesk.engine.run import train
-
-    cfg = RunConfig()
-    cfg.model.name, cfg.model.img_size = "cnn_test_tiny", 32
-    cfg.weights.pretrained = "none"
-    cfg.data.source, cfg.data.fractions, cfg.data.batch_size = str(data), FRACTIONS, 8
-    cfg.recipe.kind = "full"
-    cfg.recipe.stages = [StageConfig("full", epochs, 2e-3, "all", 1.0)]
-    cfg.device, cfg.out = "cpu", str(out)
-    return train(cfg)
 
 
 @pytest.fixture(scope="module")

@@ -62,3 +62,36 @@ def test_export_report_action_opens_the_report_tab(qtbot, tmp_path, monkeypatch)
     win.export_action.trigger()
     assert win.tabs.currentIndex() == TAB_ORDER.index("Report")
     assert win.report_tab.out_dir() == tmp_path / "out" and built == [True]
+
+
+def test_report_compares_with_a_baseline_run(qtbot, tiny_run, sample_dir, tmp_path):  # noqa: F811
+    import torch
+
+    from tests.evalrun import tiny_cnn_run
+    from vitdesk.engine.run import load_run
+
+    torch.set_num_threads(1)
+    cnn = tiny_cnn_run(sample_dir, tmp_path / "cnn", epochs=1)
+    session = Session()
+    current = CurrentRun(session, device="cpu")
+    tab = ReportTab(session, current)
+    qtbot.addWidget(tab)
+    current.set_run(load_run(tiny_run, "cpu"))
+    assert tab.baseline() is None and tab.baseline_combo.itemText(0) == "no baseline"
+    tab.set_baseline(cnn)
+    assert tab.baseline() == str(cnn) and "(cnn_test_tiny)" in tab.baseline_combo.currentText()
+    tab.set_baseline(tiny_run)  # the loaded run is never its own baseline
+    assert tab.baseline_combo.findData(str(tiny_run)) < 0
+    tab.baseline_combo.setCurrentIndex(tab.baseline_combo.findData(str(cnn)))
+    tab.out_edit.setText(str(tmp_path / "rep"))
+    tab.robust_check.setChecked(False)
+    tab.shift_check.setChecked(False)
+    tab.att_spin.setValue(0)
+    tab.boot_spin.setValue(50)
+    with qtbot.waitSignal(tab.build().done, timeout=60000):
+        pass
+    assert tab.files is not None, tab.status.text()
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "Baseline run" in html and "cnn_test_tiny (weights: none)" in html
+    assert "Paired accuracy difference" in html
+    session.shutdown()

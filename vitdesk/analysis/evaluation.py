@@ -20,6 +20,7 @@ name only classes and probabilities, and ``to_dict()`` holds no file paths.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -102,6 +103,9 @@ class RunEvaluation:
     settings: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     seconds: float = 0.0
+    # (N,) one opaque key per slice (a hash of file and frame): pairs two runs' scores
+    # of the same slices; kept in memory only, never written
+    keys: np.ndarray = field(default_factory=lambda: np.asarray([], dtype=str))
 
     def to_dict(self) -> dict:
         """JSON-safe summary (NaN and inf become null); no paths, no patient data."""
@@ -204,6 +208,12 @@ def versions() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def slice_keys(records: Sequence[Any]) -> np.ndarray:
+    """An opaque key per slice record (file and frame), equal for the same slice."""
+    return np.asarray([hashlib.sha1(f"{r.path}\0{r.frame}".encode()).hexdigest()[:20]
+                       for r in records])
 
 
 def _same_source(a: str | Path, b: str | Path) -> bool:
@@ -561,7 +571,7 @@ def evaluate_run(
         labels=labels, probs=probs, plain_probs=plain, patients=patients, metrics=ev,
         metrics_plain=ev_plain, tta=tta_info, uncertainty=uncertainty, fairness=fair,
         robustness=rob, shift=shift_res, attention=atts, notes=notes, settings=settings,
-        versions=versions(), seconds=time.perf_counter() - t0,
+        versions=versions(), seconds=time.perf_counter() - t0, keys=slice_keys(records),
     )
     emit(listener, Progress(_TASK, 3, 3, "done"))
     return out

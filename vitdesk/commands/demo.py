@@ -25,7 +25,7 @@ from vitdesk.errors import ConfigError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
 MARKER = "demo.json"
-PARTS = ("sample", "pretrain", "run", "report")
+PARTS = ("sample", "pretrain", "run", "baseline", "report")
 
 
 @dataclass
@@ -69,6 +69,11 @@ class DemoSettings:
     # pinned, not "auto": auto times sdpa against eager on the first batch, and when the
     # two are close machine load flips the choice, so one seed gave different numbers
     attention: str = "sdpa"
+    # the report's transfer section compares the ViT with a small CNN trained from
+    # scratch on the same labels ("" = no baseline)
+    baseline_model: str = "cnn_test_tiny"
+    baseline_epochs: int = 20
+    baseline_lr: float = 3e-3
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = half the cores, 1 to 4
     extra: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides "a.b" -> v
@@ -91,6 +96,8 @@ class DemoResult:
     metrics: Path
     evaluation: Any
     seconds: float
+    baseline: Path | None = None
+    transfer: dict | None = None  # analysis.baseline.compare_with_baseline
 
 
 def _prepare_out(out: Path) -> None:
@@ -131,6 +138,17 @@ def run_config(s: DemoSettings, sample: Path, backbone: Path, out: Path) -> Any:
     return cfg.resolved().validate()
 
 
+def baseline_config(s: DemoSettings, sample: Path, out: Path) -> Any:
+    """The CNN baseline: full training from scratch, same data, split and seed."""
+    from vitdesk.config import StageConfig
+
+    cfg = run_config(s, sample, Path("none"), out)
+    cfg.model.name, cfg.model.drop_path, cfg.weights.pretrained = s.baseline_model, 0.0, "none"
+    cfg.recipe.kind = "full"
+    cfg.recipe.stages = [StageConfig("full", s.baseline_epochs, s.baseline_lr, "all", 1.0)]
+    return cfg.resolved().validate()
+
+
 def run_demo(out: str | Path, settings: DemoSettings | None = None, *,
              cancel: CancelToken = NEVER, listeners: list[Listener] | None = None) -> DemoResult:
     """Run the whole demo into ``out`` and return where everything is."""
@@ -153,7 +171,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *,
 
 def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
          listeners: list[Listener]) -> DemoResult:
-    from vitdesk.analysis.evaluation import evaluate_run
+    from vitdesk.analysis.baseline import evaluate_baseline
+    from vitdesk.analysis.evaluation import evaluate_run, json_safe
     from vitdesk.analysis.tta import TTAConfig
     from vitdesk.commands._common import write_json
     from vitdesk.engine.pretrain import PretrainConfig, pretrain
@@ -167,33 +186,50 @@ def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
     (out / MARKER).write_text(json.dumps({"vitdesk_demo": 1, "settings": settings_doc},
                                          indent=2))
 
-    def step(i: int, text: str) -> None:
-        emit(listeners, Progress("demo", i, 5, text))
+    n_steps = 6 if s.baseline_model else 5
 
-    step(0, "1/5 writing the synthetic CT sample")
+    def step(i: int, text: str) -> None:
+        emit(listeners, Progress("demo", i, n_steps, f"{i + 1}/{n_steps} {text}"
+                                 if i < n_steps else text))
+
+    step(0, "writing the synthetic CT sample")
     info = generate_sample(out / "sample", patients=s.patients, slices=s.slices, size=s.size,
                            seed=s.sample_seed, cancel=cancel, listener=listeners)
-    step(1, "2/5 MAE pretraining on the unlabelled slices")
+    step(1, "MAE pretraining on the unlabelled slices")
     pcfg = PretrainConfig(data=str(info.out_dir), model=s.model, img_size=s.img_size,
                           window=s.window, epochs=s.mae_epochs, batch_size=s.mae_batch,
                           base_lr=s.mae_base_lr, warmup_epochs=max(1.0, s.mae_epochs / 10),
                           seed=s.seed, device="cpu", attention=s.attention,
                           out=str(out / "pretrain"))
     backbone = pretrain(pcfg.validate(), cancel, listeners)
-    step(2, "3/5 staged fine-tuning from the MAE backbone")
+    step(2, "staged fine-tuning from the MAE backbone")
     run_dir = train(run_config(s, info.out_dir, backbone, out / "run"), cancel, listeners)
-    step(3, "4/5 evaluating on the held-out patients")
-    ev = evaluate_run(run_dir, None, tta=TTAConfig() if s.tta else None, n_boot=s.n_boot,
+    base_dir = None
+    if s.baseline_model:
+        step(3, f"CNN baseline ({s.baseline_model}) from scratch on the same labels")
+        base_dir = train(baseline_config(s, info.out_dir, out / "baseline"), cancel, listeners)
+    step(n_steps - 2, "evaluating on the held-out patients")
+    tta = TTAConfig() if s.tta else None
+    ev = evaluate_run(run_dir, None, tta=tta, n_boot=s.n_boot,
                       robustness_cases=s.robustness_cases,
                       patient_score=s.patient_score, topk=s.topk,
                       attention_samples=s.attention_samples, device="cpu", cancel=cancel,
                       listener=lambda e: emit(listeners, e))
-    metrics = write_json(out / "report" / "metrics.json", ev.to_dict())
-    step(4, "5/5 writing the report")
-    files = write_run_report(run_dir, ev, out / "report")
-    step(5, "done")
+    transfer = None
+    if base_dir is not None:
+        transfer = evaluate_baseline(ev, run_dir, base_dir, None, tta=tta, n_boot=s.n_boot,
+                                     device="cpu", cancel=cancel,
+                                     listener=lambda e: emit(listeners, e))
+    doc = ev.to_dict()
+    if transfer is not None:
+        doc["transfer"] = json_safe(transfer)
+    metrics = write_json(out / "report" / "metrics.json", doc)
+    step(n_steps - 1, "writing the report")
+    files = write_run_report(run_dir, ev, out / "report", transfer=transfer)
+    step(n_steps, "done")
     return DemoResult(out, info.out_dir, Path(backbone), Path(run_dir), files.html, files.pdf,
-                      metrics, ev, time.perf_counter() - t0)
+                      metrics, ev, time.perf_counter() - t0,
+                      Path(base_dir) if base_dir is not None else None, transfer)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,10 +245,19 @@ def run(args: argparse.Namespace) -> int:
     ev = res.evaluation
     print(f"\nheld-out patients ({ev.n_patients}), 95% bootstrap CIs:")
     print(summary_table(ev.summary_rows()))
+    t = res.transfer
+    if t:
+        d = t["paired"]
+        print(f"\nViT minus the CNN baseline ({t['baseline_model']}) on the same slices:\n"
+              f"  accuracy {d['accuracy']['value']:+.3f} [{d['accuracy']['lo']:+.3f}, "
+              f"{d['accuracy']['hi']:+.3f}], AUC {d['auc']['value']:+.3f} "
+              f"[{d['auc']['lo']:+.3f}, {d['auc']['hi']:+.3f}]")
     print(f"\nfinished in {res.seconds:.0f} s. Written:")
     for label, p in (("sample", res.sample), ("MAE backbone", res.pretrain), ("run", res.run),
-                     ("metrics", res.metrics), ("report", res.report_html),
-                     ("report (PDF)", res.report_pdf)):
+                     ("CNN baseline", res.baseline), ("metrics", res.metrics),
+                     ("report", res.report_html), ("report (PDF)", res.report_pdf)):
+        if p is None:
+            continue
         print(f"  {label:<13} {p}")
     print(f"\nopen the report in a browser, or the workbench with: vitdesk gui {res.out}")
     sys.stdout.flush()

@@ -330,14 +330,27 @@ def evaluate_job(run: Any, lock: threading.Lock | None, src: str | None = None,
 
 def report_job(run: Any, lock: threading.Lock | None, out_dir: str, src: str | None = None,
                split: str = "test", forbidden: Sequence[str] = (), cancel: CancelToken = NEVER,
-               listener: Listener | None = None, **options: Any) -> Any:
-    """Evaluate the run and write ``report.html`` / ``report.pdf`` into ``out_dir``."""
+               listener: Listener | None = None, baseline: str | None = None,
+               **options: Any) -> Any:
+    """Evaluate the run and write ``report.html`` / ``report.pdf`` into ``out_dir``.
+
+    ``baseline``: a run folder scored on the same slices for the transfer section.
+    """
+    from vitdesk.analysis.baseline import evaluate_baseline
     from vitdesk.report.from_run import write_run_report
 
     ev = evaluate_job(run, lock, src, split, cancel=cancel, listener=listener, **options)
+    transfer = None
+    if baseline:
+        cancel.check()
+        emit(listener, Notice("report", f"Scoring the baseline {Path(baseline).name}"))
+        transfer = evaluate_baseline(
+            ev, run.run_dir, baseline, src or None, split=split, tta=options.get("tta"),
+            n_boot=options.get("n_boot", 1000), device=_device(run).type, cancel=cancel,
+            listener=listener)
     cancel.check()
     emit(listener, Notice("report", "Writing report.html and report.pdf"))
-    return write_run_report(run.run_dir, ev, out_dir, forbidden=forbidden)
+    return write_run_report(run.run_dir, ev, out_dir, forbidden=forbidden, transfer=transfer)
 
 
 # --------------------------------------------------------------------------- fairness

@@ -139,8 +139,10 @@ def model_card(run_dir: str | Path, evaluation: Any = None) -> ModelCard:
     )
 
 
-def report_data_from_run(run_dir: str | Path, evaluation: Any) -> ReportData:
-    """ReportData for a run and its :class:`~vitdesk.analysis.evaluation.RunEvaluation`."""
+def report_data_from_run(run_dir: str | Path, evaluation: Any,
+                         transfer: dict | None = None) -> ReportData:
+    """ReportData for a run and its :class:`~vitdesk.analysis.evaluation.RunEvaluation`
+    (``transfer``: :func:`~vitdesk.analysis.baseline.compare_with_baseline`'s figures)."""
     run = Path(run_dir)
     ev = evaluation
     card = model_card(run, ev)
@@ -169,11 +171,14 @@ def report_data_from_run(run_dir: str | Path, evaluation: Any) -> ReportData:
         robustness=list(ev.robustness) or None,
         shift=ev.shift,
         attention=attention or None,
+        transfer=transfer,
         notes=notes,
     )
 
 
 def write_run_report(run_dir: str | Path, evaluation: Any, out_dir: str | Path,
-                     forbidden: Iterable[str] = ()) -> ReportFiles:
+                     forbidden: Iterable[str] = (), transfer: dict | None = None
+                     ) -> ReportFiles:
     """Write ``out_dir/report.html`` and ``report.pdf`` for a run and its evaluation."""
-    return write_report(report_data_from_run(run_dir, evaluation), out_dir, forbidden)
+    return write_report(report_data_from_run(run_dir, evaluation, transfer), out_dir,
+                        forbidden)

@@ -167,16 +167,34 @@ def _extra_section(data: ReportData) -> Section | None:
     if data.transfer:
         t = data.transfer
         fc, bc = t.get("finetuned_curve", {}), t.get("baseline_curve", {})
-        rows = [["Fine-tuned accuracy", fmt(t.get("accuracy"))],
-                ["From-scratch baseline accuracy", fmt(t.get("baseline_accuracy"))],
-                ["Absolute improvement", fmt(t.get("absolute_improvement"))],
-                ["Gain over chance (acc-chance)/(base-chance)", fmt(t.get("gain_over_chance"))],
-                ["Relative error reduction (acc-base)/(1-base)",
-                 fmt(t.get("relative_error_reduction"))],
-                ["Epoch reaching 95% of best (fine-tuned / baseline)",
-                 f"{fmt(fc.get('epoch_to_fraction'))} / {fmt(bc.get('epoch_to_fraction'))}"],
-                ["Overfitting onset (fine-tuned / baseline)",
-                 f"{fmt(fc.get('overfit_onset'))} / {fmt(bc.get('overfit_onset'))}"]]
+        rows = []
+        if t.get("baseline_model"):
+            rows += [["This run", t.get("model", "")], ["Baseline run", t["baseline_model"]],
+                     ["Compared on", f"the same {t.get('n_slices')} slices of "
+                                     f"{t.get('n_patients')} patients"]]
+        rows += [["Fine-tuned accuracy", fmt(t.get("accuracy"))],
+                 ["Baseline accuracy", fmt(t.get("baseline_accuracy"))],
+                 ["Absolute improvement", fmt(t.get("absolute_improvement"))]]
+        paired = t.get("paired") or {}
+        for key, label in (("accuracy", "accuracy"), ("auc", "ROC AUC")):
+            e = paired.get(key)
+            if e:
+                rows.append([f"Paired {label} difference, run - baseline (95% CI)",
+                             f"{fmt(e.get('value'))} ({fmt(e.get('lo'))} to {fmt(e.get('hi'))})"])
+        if t.get("auc") is not None:
+            rows.append(["Slice ROC AUC (run / baseline)",
+                         f"{fmt(t.get('auc'))} / {fmt(t.get('baseline_auc'))}"])
+        if t.get("patient_auc") is not None:
+            rows.append(["Patient ROC AUC (run / baseline)",
+                         f"{fmt(t.get('patient_auc'))} / {fmt(t.get('baseline_patient_auc'))}"])
+        rows += [
+                 ["Gain over chance (acc-chance)/(base-chance)", fmt(t.get("gain_over_chance"))],
+                 ["Relative error reduction (acc-base)/(1-base)",
+                  fmt(t.get("relative_error_reduction"))],
+                 ["Epoch reaching 95% of best (fine-tuned / baseline)",
+                  f"{fmt(fc.get('epoch_to_fraction'))} / {fmt(bc.get('epoch_to_fraction'))}"],
+                 ["Overfitting onset (fine-tuned / baseline)",
+                  f"{fmt(fc.get('overfit_onset'))} / {fmt(bc.get('overfit_onset'))}"]]
         s.tables.append(Table(["Transfer", ""], rows, "Transfer effectiveness"))
     if data.shift is not None:
         sh = plain(data.shift)

@@ -18,6 +18,7 @@ from PySide6.QtCore import QUrl
 from PySide6.QtGui import QDesktopServices, QImage, QTextDocument
 from PySide6.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
@@ -33,7 +34,7 @@ from PySide6.QtWidgets import (
 
 from vitdesk.gui.analysis_jobs import report_job
 from vitdesk.gui.dialogs import show_error
-from vitdesk.gui.run_state import CurrentRun, RunPicker
+from vitdesk.gui.run_state import CurrentRun, RunPicker, find_runs
 from vitdesk.gui.session import Session
 from vitdesk.gui.tabs.analysis_common import SourceChooser, hint, run_or_cancel, scroll_layout
 from vitdesk.gui.worker import Task
@@ -88,6 +89,17 @@ class ReportTab(QWidget):
         self.boot_spin.setRange(50, 5000)
         self.boot_spin.setSingleStep(100)
         self.boot_spin.setValue(500)
+        self.baseline_combo = QComboBox(self)
+        self.baseline_combo.setToolTip(
+            "A baseline run, e.g. a CNN trained from scratch on the same labels: scored on "
+            "the same slices, it fills the report's transfer-effectiveness table (paired "
+            "accuracy and AUC differences with 95% intervals)")
+        self.baseline_button = QPushButton("Browse…", self)
+        self.baseline_button.clicked.connect(self._browse_baseline)
+        self._baseline_extra: list[str] = []
+        base_row = QHBoxLayout()
+        base_row.addWidget(self.baseline_combo, 1)
+        base_row.addWidget(self.baseline_button)
         self.out_edit = QLineEdit(self)
         self.out_edit.setPlaceholderText("the run's report/ folder")
         self.out_button = QPushButton("Browse…", self)
@@ -104,6 +116,7 @@ class ReportTab(QWidget):
         form.addRow(checks)
         form.addRow("Attention samples", self.att_spin)
         form.addRow("Bootstrap resamples", self.boot_spin)
+        form.addRow("Compare with", base_row)
         form.addRow("Folder", out_row)
 
         self.build_button = QPushButton("Build report", self)
@@ -139,9 +152,50 @@ class ReportTab(QWidget):
         lay.addWidget(self.status)
         lay.addWidget(self.preview, 1)
         current.changed.connect(self._on_run)
+        self.refresh_baselines()
 
     # ----------------------------------------------------------------- options
+    def refresh_baselines(self) -> None:
+        """Offer every known run but the loaded one (keeps the choice when still there)."""
+        from vitdesk.config import load_config
+        from vitdesk.errors import ConfigError
+
+        chosen = self.baseline()
+        loaded = self.current.run_dir
+        self.baseline_combo.blockSignals(True)
+        self.baseline_combo.clear()
+        self.baseline_combo.addItem("no baseline", "")
+        for p in find_runs(self.session, self._baseline_extra):
+            if loaded is not None and p.resolve() == Path(loaded).resolve():
+                continue
+            try:
+                model = load_config(p / "config.toml").model.name
+            except ConfigError:
+                continue
+            self.baseline_combo.addItem(f"{p.name} ({model})", str(p))
+        i = self.baseline_combo.findData(chosen) if chosen else 0
+        self.baseline_combo.setCurrentIndex(max(i, 0))
+        self.baseline_combo.blockSignals(False)
+
+    def baseline(self) -> str | None:
+        """The chosen baseline run folder, or None."""
+        return self.baseline_combo.currentData() or None
+
+    def set_baseline(self, folder: str | Path) -> None:
+        if str(folder) not in self._baseline_extra:
+            self._baseline_extra.append(str(folder))
+        self.refresh_baselines()
+        i = self.baseline_combo.findData(str(folder))
+        if i >= 0:
+            self.baseline_combo.setCurrentIndex(i)
+
+    def _browse_baseline(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Baseline run folder")
+        if folder:
+            self.set_baseline(folder)
+
     def _on_run(self, run: Any) -> None:
+        self.refresh_baselines()
         self.files = None
         for b in (self.open_html_button, self.open_pdf_button):
             b.setEnabled(False)
@@ -191,7 +245,7 @@ class ReportTab(QWidget):
         out = self.out_dir()
         src, split = self.source.value()
         task = Task(report_job, self.current.run, self.current.lock, str(out), src, split,
-                    self.forbidden_markers(), name="report",
+                    self.forbidden_markers(), name="report", baseline=self.baseline(),
                     tta=TTAConfig() if self.tta_check.isChecked() else None,
                     robustness=self.robust_check.isChecked(),
                     shift=self.shift_check.isChecked(),

@@ -20,13 +20,28 @@ from vitdesk.jobs import NEVER, CancelToken, Listener
 
 
 def _describe_run(run_dir: str | Path) -> str:
-    """``model (weights)`` of a run folder, without paths (they may name people)."""
-    from vitdesk.config import load_config
+    """``model (weights), N epochs in S s`` of a run folder, without paths (they may name
+    people): readers must see what each side was given before comparing them."""
+    import json
 
-    cfg = load_config(Path(run_dir) / "config.toml")
+    from vitdesk.config import load_config
+    from vitdesk.engine.history import read_history
+
+    run = Path(run_dir)
+    cfg = load_config(run / "config.toml")
     src = str(cfg.weights.pretrained).strip()
     weights = src if src.lower() in ("none", "hub") else f"'{Path(src).name}'"
-    return f"{cfg.model.name} (weights: {weights})"
+    text = f"{cfg.model.name} (weights: {weights})"
+    epochs = len(read_history(run))
+    if epochs:
+        text += f", {epochs} epoch{'s' if epochs != 1 else ''}"
+    try:
+        seconds = float(json.loads((run / "env.json").read_text(encoding="utf-8"))
+                        ["train_seconds"])
+        text += f" in {seconds:.0f} s"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # an older run without timings: the model and weights still say a lot
+    return text
 
 
 def _level_value(ev: Any, level: str, key: str) -> float | None:

@@ -82,7 +82,7 @@ class DemoSettings:
 def quick_settings() -> DemoSettings:
     """A demo that finishes in under three minutes on a 2-core laptop CPU."""
     return DemoSettings(patients=64, slices=12, size=64, mae_epochs=6, epochs=(2, 4, 60),
-                        n_boot=500, robustness_cases=32, baseline_epochs=6)
+                        n_boot=500, robustness_cases=32, baseline_epochs=10)
 
 
 @dataclass(frozen=True)

@@ -134,9 +134,10 @@ def test_cli_formula_pretraining_and_its_errors(tmp_path, capsys):
     base = ["pretrain", "--model", "vit_test_tiny", "--img-size", "32", "--epochs", "1",
             "--batch-size", "16", "--device", "cpu"]
     assert main([*base, "--formula", "fractals", "--formula-classes", "3",
-                 "--formula-per-class", "4", "--out", str(out)]) == 0
+                 "--formula-per-class", "4", "--base-lr", "0.01", "--out", str(out)]) == 0
     card = json.loads((out / "card.json").read_text())
     assert card["formula"]["kind"] == "fractals" and card["data"]["n_images"] == 12
+    assert card["base_lr"] == 0.01 and card["lr"] == pytest.approx(0.01 * 16 / 256)
     assert "formula pretraining (fractals)" in capsys.readouterr().err
     assert main([*base, "--formula", "contours", "--data", str(tmp_path),
                  "--out", str(tmp_path / "x")]) == 2

@@ -14,7 +14,7 @@ from vitdesk.engine.checkpoint import load_checkpoint
 from vitdesk.engine.events import EpochEnded, StageStarted, StepDone, TrainingDone
 from vitdesk.engine.run import TrainData, load_run, train
 from vitdesk.errors import Cancelled, CheckpointError, ConfigError, DataError, ModelError
-from vitdesk.jobs import CancelToken
+from vitdesk.jobs import CancelToken, Notice
 
 
 def _history(run):
@@ -34,7 +34,10 @@ def test_tiny_vit_learns_the_synthetic_finding(tmp_path):
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
     assert hist[-1]["val_acc"] >= 0.85  # chance is 0.5
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
-    kinds = [type(e) for e in events]
+    # notices come first (here: 8-px patches at 32 px are a coarse 4x4 grid)
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    assert any("4x4 grid" in n for n in notes)
+    kinds = [type(e) for e in events if not isinstance(e, Notice)]
     assert kinds[0] is StageStarted and kinds[-1] is TrainingDone
     steps = [e for e in events if isinstance(e, StepDone)]
     assert steps and all(isinstance(e.loss, float) and e.images_per_s > 0 for e in steps)

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-ratio", type=float, help="fraction of patches hidden (0.75)")
     p.add_argument("--base-lr", type=float, metavar="LR",
                    help="learning rate per 256 images (1.5e-4; the rate is scaled by the batch)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="DataLoader worker processes (0: load in the main process)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int)

@@ -134,7 +134,8 @@ def test_cli_formula_pretraining_and_its_errors(tmp_path, capsys):
     base = ["pretrain", "--model", "vit_test_tiny", "--img-size", "32", "--epochs", "1",
             "--batch-size", "16", "--device", "cpu"]
     assert main([*base, "--formula", "fractals", "--formula-classes", "3",
-                 "--formula-per-class", "4", "--base-lr", "0.01", "--out", str(out)]) == 0
+                 "--formula-per-class", "4", "--base-lr", "0.01", "--workers", "1",
+                 "--out", str(out)]) == 0
     card = json.loads((out / "card.json").read_text())
     assert card["formula"]["kind"] == "fractals" and card["data"]["n_images"] == 12
     assert card["base_lr"] == 0.01 and card["lr"] == pytest.approx(0.01 * 16 / 256)

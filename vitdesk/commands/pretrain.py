@@ -18,7 +18,8 @@ from vitdesk.errors import ConfigError
 _FLAGS = {"model": "model", "img_size": "img_size", "window": "window", "epochs": "epochs",
           "batch_size": "batch_size", "device": "device", "seed": "seed",
           "formula": "formula", "formula_classes": "formula_classes",
-          "formula_per_class": "formula_per_class", "base_lr": "base_lr"}
+          "formula_per_class": "formula_per_class", "base_lr": "base_lr",
+          "workers": "workers"}
 
 
 def config_from_args(args: argparse.Namespace) -> Any:

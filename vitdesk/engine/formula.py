@@ -176,7 +176,8 @@ def render_fractal(f: FractalFormula, size: int, rng: np.random.Generator) -> np
     import cv2
 
     jitter = FractalFormula(f.a * rng.uniform(0.9, 1.1, size=f.a.shape), f.b)
-    pts = _chaos_game(jitter, rng, 256, 40)
+    # enough points for a filled attractor at any size (FractalDB renders ~100k at 362 px)
+    pts = _chaos_game(jitter, rng, max(256, size * size // 32), 40)
     pts = pts @ _rotation(rng.choice([0, 0.5, 1.0, 1.5]) * np.pi).T
     if rng.random() < 0.5:
         pts[:, 0] = -pts[:, 0]

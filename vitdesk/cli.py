@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--data", required=True, metavar="SRC")
     p.add_argument("--tta", action="store_true")
+    p.add_argument("--baseline", metavar="RUN",
+                   help="also score this run on the same slices and write the paired "
+                        "differences under 'transfer' in metrics.json")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 

@@ -92,6 +92,8 @@ def test_report_with_a_cnn_baseline(runs, tmp_path, capsys):
     # the paired difference is exactly the two runs' accuracies apart on these slices
     assert t["paired"]["accuracy"]["value"] == pytest.approx(
         t["accuracy"] - t["baseline_accuracy"])
+    printed = capsys.readouterr().out
+    assert "minus the baseline cnn_test_tiny (weights: none)" in printed
     html = (out / "report.html").read_text()
     assert "Transfer effectiveness" in html and "Baseline run" in html
     assert "cnn_test_tiny (weights: none)" in html
@@ -101,3 +103,15 @@ def test_report_with_a_cnn_baseline(runs, tmp_path, capsys):
                  "--out", str(bad), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("vitdesk: error: --baseline") and not bad.exists()
+
+
+def test_evaluate_with_a_baseline_writes_the_paired_block(runs, tmp_path, capsys):
+    data, vit, cnn = runs
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(vit), "--data", str(data), "--baseline", str(cnn),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    d = json.loads((out / "metrics.json").read_text())
+    t = d["transfer"]
+    assert t["n_slices"] == d["n_slices"]
+    assert t["accuracy"] == pytest.approx(d["metrics"]["slice"]["metrics"]["accuracy"]["value"])
+    assert "AUC" in capsys.readouterr().out

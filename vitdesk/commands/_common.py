@@ -49,3 +49,39 @@ def summary_table(rows: list[tuple[str, str]]) -> str:
     """Two aligned columns."""
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def check_baseline(baseline: str | None) -> Path | None:
+    """The ``--baseline`` run folder, or None; a ConfigError names a folder that is no run
+    (checked before any work, so a typo costs no evaluation)."""
+    from vitdesk.errors import ConfigError
+
+    if not baseline:
+        return None
+    p = Path(baseline).expanduser()
+    if not (p / "config.toml").is_file() or not (p / "checkpoints").is_dir():
+        raise ConfigError(f"--baseline {baseline}: not a vitdesk run folder (no config.toml "
+                          "and checkpoints/): give the folder of a finished run")
+    return p
+
+
+def metrics_doc(ev: Any, transfer: dict | None) -> dict:
+    """``metrics.json``: the evaluation, plus the baseline comparison when there is one."""
+    from vitdesk.analysis.evaluation import json_safe
+
+    doc = ev.to_dict()
+    if transfer is not None:
+        doc["transfer"] = json_safe(transfer)
+    return doc
+
+
+def transfer_lines(t: dict) -> str:
+    """Console lines for a baseline comparison (run minus baseline, paired CIs)."""
+    d = t["paired"]
+
+    def ci(e: dict) -> str:
+        return f"{e['value']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]"
+
+    return (f"{t['model']}\n  minus the baseline {t['baseline_model']}, on the same "
+            f"{t['n_slices']} slices (95% patient-bootstrap CIs):\n"
+            f"  accuracy {ci(d['accuracy'])}, AUC {ci(d['auc'])}")

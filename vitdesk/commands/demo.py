@@ -172,9 +172,9 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *,
 def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
          listeners: list[Listener]) -> DemoResult:
     from vitdesk.analysis.baseline import evaluate_baseline
-    from vitdesk.analysis.evaluation import evaluate_run, json_safe
+    from vitdesk.analysis.evaluation import evaluate_run
     from vitdesk.analysis.tta import TTAConfig
-    from vitdesk.commands._common import write_json
+    from vitdesk.commands._common import metrics_doc, write_json
     from vitdesk.engine.pretrain import PretrainConfig, pretrain
     from vitdesk.engine.run import train
     from vitdesk.imaging.synthetic import generate_sample
@@ -220,10 +220,7 @@ def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
         transfer = evaluate_baseline(ev, run_dir, base_dir, None, tta=tta, n_boot=s.n_boot,
                                      device="cpu", cancel=cancel,
                                      listener=lambda e: emit(listeners, e))
-    doc = ev.to_dict()
-    if transfer is not None:
-        doc["transfer"] = json_safe(transfer)
-    metrics = write_json(out / "report" / "metrics.json", doc)
+    metrics = write_json(out / "report" / "metrics.json", metrics_doc(ev, transfer))
     step(n_steps - 1, "writing the report")
     files = write_run_report(run_dir, ev, out / "report", transfer=transfer)
     step(n_steps, "done")
@@ -233,7 +230,7 @@ def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitdesk.commands._common import sigint_cancels, summary_table
+    from vitdesk.commands._common import sigint_cancels, summary_table, transfer_lines
     from vitdesk.console import ConsoleProgress
 
     settings = quick_settings() if args.quick else DemoSettings()
@@ -245,13 +242,8 @@ def run(args: argparse.Namespace) -> int:
     ev = res.evaluation
     print(f"\nheld-out patients ({ev.n_patients}), 95% bootstrap CIs:")
     print(summary_table(ev.summary_rows()))
-    t = res.transfer
-    if t:
-        d = t["paired"]
-        print(f"\nViT minus the CNN baseline ({t['baseline_model']}) on the same slices:\n"
-              f"  accuracy {d['accuracy']['value']:+.3f} [{d['accuracy']['lo']:+.3f}, "
-              f"{d['accuracy']['hi']:+.3f}], AUC {d['auc']['value']:+.3f} "
-              f"[{d['auc']['lo']:+.3f}, {d['auc']['hi']:+.3f}]")
+    if res.transfer:
+        print("\n" + transfer_lines(res.transfer))
     print(f"\nfinished in {res.seconds:.0f} s. Written:")
     for label, p in (("sample", res.sample), ("MAE backbone", res.pretrain), ("run", res.run),
                      ("CNN baseline", res.baseline), ("metrics", res.metrics),

@@ -1,4 +1,5 @@
-"""``vitdesk evaluate RUN --data SRC [--tta] [--out DIR]``: metrics.json and a summary."""
+"""``vitdesk evaluate RUN --data SRC [--tta] [--baseline RUN] [--out DIR]``: metrics.json
+and a summary."""
 
 from __future__ import annotations
 
@@ -7,18 +8,35 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitdesk.analysis.baseline import evaluate_baseline
     from vitdesk.analysis.evaluation import evaluate_run
     from vitdesk.analysis.tta import TTAConfig
-    from vitdesk.commands._common import sigint_cancels, summary_table, write_json
+    from vitdesk.commands._common import (
+        check_baseline,
+        metrics_doc,
+        sigint_cancels,
+        summary_table,
+        transfer_lines,
+        write_json,
+    )
     from vitdesk.console import ConsoleProgress
 
+    baseline = check_baseline(getattr(args, "baseline", None))
     out = Path(args.out) if args.out else Path(args.run) / "eval"
+    device = getattr(args, "device", "auto") or "auto"
+    tta = TTAConfig() if args.tta else None
+    transfer = None
     with sigint_cancels() as token:
-        ev = evaluate_run(args.run, args.data, tta=TTAConfig() if args.tta else None,
-                          device=getattr(args, "device", "auto") or "auto", cancel=token,
+        ev = evaluate_run(args.run, args.data, tta=tta, device=device, cancel=token,
                           listener=ConsoleProgress())
-    path = write_json(out / "metrics.json", ev.to_dict())
+        if baseline is not None:
+            transfer = evaluate_baseline(ev, args.run, baseline, args.data, tta=tta,
+                                         device=device, cancel=token,
+                                         listener=ConsoleProgress())
+    path = write_json(out / "metrics.json", metrics_doc(ev, transfer))
     print(f"evaluated run {ev.run_id} on the {ev.split} split (95% bootstrap CIs):")
     print(summary_table(ev.summary_rows()))
+    if transfer is not None:
+        print(transfer_lines(transfer))
     print(path)
     return 0

@@ -515,7 +515,7 @@ class TrainingForm(QWidget):
         if self.known_models is not None and name not in self.known_models:
             close = difflib.get_close_matches(name, sorted(self.known_models), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"model.name='{name}' is not a known ViT/DeiT model{hint}")
+            raise ConfigError(f"model.name='{name}' is not a known ViT, DeiT or CNN model{hint}")
 
     def refresh(self) -> None:
         """Re-derive the plan text, the window line, warnings and problems."""

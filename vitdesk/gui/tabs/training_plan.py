@@ -17,8 +17,12 @@ from vitdesk.commands.train import STAGED_RANDOM_WARNING
 from vitdesk.config import RunConfig, StageConfig
 from vitdesk.engine.events import EpochEnded, StageStarted, StepDone, TrainingDone
 
+# the ViTs, DeiT students for distillation, and CNN baselines / teachers (any other timm
+# name can be typed in)
 MODELS = ("vit_test_tiny", "vit_tiny_patch16_224", "vit_small_patch16_224",
-          "vit_base_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224")
+          "vit_base_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224",
+          "vit_test_tiny_distilled", "deit_tiny_distilled_patch16_224", "cnn_test_tiny",
+          "resnet18", "resnet50")
 # = vitdesk.engine.pretrain.CARD_FORMAT (that module imports torch)
 CARD_FORMAT = "vitdesk-mae-card-1"
 

@@ -12,6 +12,17 @@ from vitdesk.gui.tabs.report_tab import ReportTab
 from vitdesk.report.data import NOTICE
 
 
+def _build_small(qtbot, tab: ReportTab, out, attention: int) -> None:
+    """Build a quick report into ``out`` (no robustness or shift, 50 resamples)."""
+    tab.out_edit.setText(str(out))
+    tab.robust_check.setChecked(False)
+    tab.shift_check.setChecked(False)
+    tab.att_spin.setValue(attention)
+    tab.boot_spin.setValue(50)
+    with qtbot.waitSignal(tab.build().done, timeout=60000):
+        pass
+
+
 def test_report_export_and_preview(qtbot, tiny_run, tmp_path):  # noqa: F811
     from vitdesk.engine.run import load_run
 
@@ -26,13 +37,7 @@ def test_report_export_and_preview(qtbot, tiny_run, tmp_path):  # noqa: F811
     session.viewer.set_volume(make_volume(phi={"PatientName": "DOE^JANE", "PatientID": "X123"}))
     assert tab.forbidden_markers() == ["DOE^JANE", "X123"]
 
-    tab.out_edit.setText(str(tmp_path / "rep"))
-    tab.robust_check.setChecked(False)
-    tab.shift_check.setChecked(False)
-    tab.att_spin.setValue(1)
-    tab.boot_spin.setValue(50)
-    with qtbot.waitSignal(tab.build().done, timeout=60000):
-        pass
+    _build_small(qtbot, tab, tmp_path / "rep", attention=1)
     assert tab.files is not None, tab.status.text()
     html = (tmp_path / "rep" / "report.html").read_text()
     assert NOTICE in html
@@ -83,13 +88,7 @@ def test_report_compares_with_a_baseline_run(qtbot, tiny_run, sample_dir, tmp_pa
     tab.set_baseline(tiny_run)  # the loaded run is never its own baseline
     assert tab.baseline_combo.findData(str(tiny_run)) < 0
     tab.baseline_combo.setCurrentIndex(tab.baseline_combo.findData(str(cnn)))
-    tab.out_edit.setText(str(tmp_path / "rep"))
-    tab.robust_check.setChecked(False)
-    tab.shift_check.setChecked(False)
-    tab.att_spin.setValue(0)
-    tab.boot_spin.setValue(50)
-    with qtbot.waitSignal(tab.build().done, timeout=60000):
-        pass
+    _build_small(qtbot, tab, tmp_path / "rep", attention=0)
     assert tab.files is not None, tab.status.text()
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "Baseline run" in html and "cnn_test_tiny (weights: none)" in html

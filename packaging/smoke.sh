@@ -95,6 +95,21 @@ else
     fail "pylibjpeg plugin metadata: $EP of 3 dist-info folders in the bundle"
 fi
 
+# Files whose absence shows no error: Qt draws a blank icon for a missing SVG or plugin.
+I="$BUNDLE/_internal"
+MISSING=""
+for p in vitdesk/resources/style.qss vitdesk/resources/presets.csv \
+    vitdesk/resources/icons/app.svg PySide6/Qt/plugins/platforms/libqoffscreen.so \
+    PySide6/Qt/plugins/platforms/libqxcb.so PySide6/Qt/plugins/imageformats/libqsvg.so \
+    PySide6/Qt/plugins/iconengines/libqsvgicon.so matplotlib/mpl-data/matplotlibrc; do
+    [ -e "$I/$p" ] || MISSING="$MISSING $p"
+done
+if [ -z "$MISSING" ]; then
+    pass "bundle holds vitdesk resources, Qt platform/SVG plugins, matplotlib data"
+else
+    fail "bundle lacks:$MISSING"
+fi
+
 # 4. the whole demo: sample -> MAE -> fine-tune -> CNN baseline -> evaluate -> report
 if [ "${SKIP_DEMO:-0}" = 1 ]; then
     echo "SKIP  demo --quick (SKIP_DEMO=1)"

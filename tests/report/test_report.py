@@ -39,6 +39,12 @@ def _parse(doc: str) -> _Collect:
 
 def test_full_report_html_and_pdf(tmp_path, report_data):
     files = write_report(report_data, tmp_path)
+    # readable like any file the user writes (mkstemp alone would leave 0600)
+    from vitdesk.fileio import file_mode
+
+    assert file_mode() & 0o600 == 0o600
+    for f in (files.html, files.pdf):
+        assert f.stat().st_mode & 0o777 == file_mode()
     doc = files.html.read_text(encoding="utf-8")
     parsed = _parse(doc)
     assert doc.count(NOTICE) >= 2  # header and footer

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vitdesk.errors import CheckpointError
+from vitdesk.fileio import finish_temp_file
 
 
 @dataclass
@@ -58,6 +59,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        finish_temp_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

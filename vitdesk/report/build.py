@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitdesk.fileio import finish_temp_file
 from vitdesk.report.data import ReportData, check_no_phi
 from vitdesk.report.html import render_html
 from vitdesk.report.pdf import render_pdf
@@ -58,6 +59,8 @@ def write_report(
     os.close(fd)
     try:
         pages = render_pdf(data, sections, Path(tmp_pdf))
+        for tmp in (tmp_html, tmp_pdf):
+            finish_temp_file(tmp)
         os.replace(tmp_html, html_path)
         os.replace(tmp_pdf, pdf_path)
     finally:

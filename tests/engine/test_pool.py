@@ -57,3 +57,4 @@ def test_bad_pool_is_refused(tmp_path):
     cfg.model.pool = "max"
     with pytest.raises(ConfigError, match="model.pool"):
         cfg.validate()
+

@@ -157,12 +157,12 @@ def _warmup_steps(cfg: PretrainConfig, steps_per_epoch: int, total: int) -> int:
     return max(0, min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1))
 
 
-def _build_optim(cfg: PretrainConfig, mae: MaskedAutoencoder, steps_per_epoch: int):
+def _build_optim(cfg: PretrainConfig, net: torch.nn.Module, steps_per_epoch: int):
     """AdamW (no decay on norms, biases, pos/cls embeddings, mask token) + per-step cosine."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
-    opt = create_optimizer_v2(mae, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+    opt = create_optimizer_v2(net, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
                               betas=tuple(cfg.betas))
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = _warmup_steps(cfg, steps_per_epoch, total)
@@ -284,13 +284,13 @@ def pretrain(
     if n == 0:
         raise DataError("no images to pretrain on: check --data")
     torch.manual_seed(cfg.seed)
-    mae: MaskedAutoencoder | FormulaClassifier
+    net: MaskedAutoencoder | FormulaClassifier
     if cfg.formula:
         # mean-token pooling, as fine-tuning from a card folder uses (model.pool = auto)
-        mae = FormulaClassifier(create_model(cfg.model, cfg.formula_classes, cfg.img_size,
+        net = FormulaClassifier(create_model(cfg.model, cfg.formula_classes, cfg.img_size,
                                              pool="avg"))
     else:
-        mae = MaskedAutoencoder(create_model(cfg.model, 1, cfg.img_size), cfg.decoder_dim,
+        net = MaskedAutoencoder(create_model(cfg.model, 1, cfg.img_size), cfg.decoder_dim,
                                 cfg.decoder_depth, cfg.decoder_heads, cfg.mask_ratio,
                                 cfg.norm_pix_loss)
     st = PretrainState()
@@ -299,7 +299,7 @@ def pretrain(
         cp = ckpt.load_checkpoint(out / "checkpoints", "last")
         _check_resume(cp, cfg, data.fingerprint, out)
         try:
-            mae.load_state_dict({**{f"encoder.{k}": v for k, v in cp.weights.items()},
+            net.load_state_dict({**{f"encoder.{k}": v for k, v in cp.weights.items()},
                                  **cp.state["decoder"]}, strict=True)
         except (RuntimeError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
@@ -312,10 +312,10 @@ def pretrain(
             raise CheckpointError(f"{out}/checkpoints/last.json is corrupt ({exc}): start a "
                                   "new --out") from None
     # ---- everything is valid: now write -------------------------------------------------
-    mae.to(device)
+    net.to(device)
     bs = cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
-    opt, sched = _build_optim(cfg, mae, steps_per_epoch)
+    opt, sched = _build_optim(cfg, net, steps_per_epoch)
     if cp is not None and cp.state.get("optimizer") is not None:
         opt.load_state_dict(cp.state["optimizer"])
     amp = _amp_dtype(cfg.amp, device)
@@ -324,31 +324,31 @@ def pretrain(
     if cfg.resume:
         _truncate_history(history, st.global_step)
     sample = torch.stack([torch.as_tensor(data.dataset[i][0]) for i in range(min(bs, n))])
-    attention = choose_attention_backend(mae.encoder if cfg.formula else mae, sample.to(device),
+    attention = choose_attention_backend(net.encoder if cfg.formula else net, sample.to(device),
                                          cfg.attention, amp)
     opt.zero_grad(set_to_none=True)
     base_meta = {"pretrain": CARD_FORMAT, "model": cfg.model, "img_size": cfg.img_size,
                  "window": window.to_dict(), "fingerprint": data.fingerprint,
                  "config": cfg.recorded()}
 
-    encoder_keys = {f"encoder.{k}" for k in mae.encoder_state_dict()}
+    encoder_keys = {f"encoder.{k}" for k in net.encoder_state_dict()}
 
     def save_last() -> None:
         # "decoder": everything but the saved encoder (MAE decoder, or the formula head)
         state = {"optimizer": opt.state_dict(),
-                 "decoder": {k: v for k, v in mae.state_dict().items()
+                 "decoder": {k: v for k, v in net.state_dict().items()
                              if k not in encoder_keys}}
         meta = dict(base_meta, pretrain_state=asdict(st), global_step=st.global_step)
-        path = ckpt.save_checkpoint(out / "checkpoints", "last", mae.encoder_state_dict(),
+        path = ckpt.save_checkpoint(out / "checkpoints", "last", net.encoder_state_dict(),
                                     meta, state)
         emit(listeners, CheckpointSaved(str(path), "last"))
 
-    emit(listeners, PretrainStarted(cfg.epochs, st.epoch, n, count_trainable(mae), cfg.lr,
+    emit(listeners, PretrainStarted(cfg.epochs, st.epoch, n, count_trainable(net), cfg.lr,
                                     cfg.mask_ratio, cfg.formula))
     session_t0 = time.perf_counter()
     seconds_before = st.seconds
     sched.step_update(st.global_step)
-    mae.train()
+    net.train()
     try:
         while st.epoch < cfg.epochs:
             t0 = time.perf_counter()
@@ -363,12 +363,12 @@ def pretrain(
                 x = x.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     if cfg.formula:
-                        loss = mae(x, y.to(device))
+                        loss = net(x, y.to(device))
                     else:
-                        loss = mae(x, _mask_generator(cfg.seed, st.global_step, device))
+                        loss = net(x, _mask_generator(cfg.seed, st.global_step, device))
                 loss.backward()
                 if cfg.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(mae.parameters(), cfg.clip_grad)
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 st.global_step += 1
@@ -410,15 +410,15 @@ def pretrain(
         emit(listeners, TrainingFailed(f"{type(exc).__name__}: {exc}"))
         raise
     # ---- results ----------------------------------------------------------------------
-    enc = mae.encoder
+    enc = net.encoder
     card = {
         "format": CARD_FORMAT,
         "objective": "formula" if cfg.formula else "mae",
         "encoder": ENCODER,
         "model": cfg.model,
         "img_size": cfg.img_size,
-        "patch_size": mae.patch,
-        "in_chans": mae.in_chans,
+        "patch_size": net.patch,
+        "in_chans": net.in_chans,
         "embed_dim": int(enc.embed_dim),
         "depth": len(enc.blocks),
         # formula images are not CT: no window to keep identical at fine-tuning
@@ -448,7 +448,7 @@ def pretrain(
         "software": _versions(),
         "finished": True,
     }
-    save_encoder(out / ENCODER, mae.encoder_state_dict(),
+    save_encoder(out / ENCODER, net.encoder_state_dict(),
                  {"format": CARD_FORMAT, "model": cfg.model, "img_size": str(cfg.img_size)})
     ckpt.atomic_write_text(out / CARD, json.dumps(card, indent=2))
     emit(listeners, PretrainDone(str(out), st.losses[-1], st.epoch, st.seconds))

@@ -109,6 +109,7 @@ def _run_cfg(args, out: Path, kind: str, pretrained: str, epochs: list[int], see
             # backbones barely move them in the epochs the budget allows
             stage.epochs, stage.lr = n, args.ft_lr
     cfg.device = args.device
+    cfg.data.workers = args.workers
     cfg.seed = seed
     cfg.out = str(out)
     return cfg
@@ -127,7 +128,8 @@ def _pretrain_cfg(args, out: Path, epochs: int, seed: int) -> PretrainConfig:
         epochs=epochs, batch_size=args.batch_size, base_lr=args.mae_base_lr,
         warmup_epochs=max(1.0, epochs / 10), decoder_dim=args.decoder_dim,
         decoder_depth=args.decoder_depth, decoder_heads=4, seed=seed, device=args.device,
-        attention="eager" if args.device == "cpu" else "auto", out=str(out),
+        attention="eager" if args.device == "cpu" else "auto", workers=args.workers,
+        out=str(out),
     )
 
 
@@ -224,6 +226,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="DataLoader workers (a GPU starves on one process's augmentation)")
     ap.add_argument("--quick", action="store_true", help="small data, 45 s per arm, 1 seed")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pretrain_gain.json"))
     args = ap.parse_args()

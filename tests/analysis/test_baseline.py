@@ -60,6 +60,13 @@ def test_the_difference_is_paired_by_slice(pair):
     assert t["paired"]["auc"]["value"] > 0
     assert t["baseline_model"] == "cnn_test_tiny (weights: none)"
     assert t["n_slices"] == 60 and t["n_patients"] == 20
+    # patients: scored from the paired slices, the baseline's put back in the run's order
+    y, s_run, _ = M.aggregate_by_patient(ev.labels, ev.probs, ev.patients)
+    idx = {k: i for i, k in enumerate(b.keys.tolist())}
+    b_probs = b.probs[[idx[k] for k in ev.keys.tolist()]]
+    _, s_base, _ = M.aggregate_by_patient(ev.labels, b_probs, ev.patients)
+    assert t["paired"]["patient_auc"]["value"] == pytest.approx(
+        M.roc_auc(y, s_run) - M.roc_auc(y, s_base))
 
 
 def test_other_slices_or_classes_are_refused(pair):

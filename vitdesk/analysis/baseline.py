@@ -58,7 +58,8 @@ def compare_with_baseline(ev: Any, base: Any, run_dir: str | Path, baseline_dir:
     (any order). Returns :func:`~vitdesk.analysis.metrics.transfer_effectiveness`'s
     figures on slice accuracy, plus both runs' slice and patient AUC, the baseline's
     description and ``paired``: the run-minus-baseline slice accuracy and AUC with
-    95 % intervals from a patient bootstrap of the paired predictions.
+    95 % intervals from a patient bootstrap of the paired predictions, and the paired
+    patient AUC difference (patients scored as the run's evaluation scored them).
 
     Raises:
         DataError: the runs have other classes or were scored on other slices.
@@ -93,6 +94,15 @@ def compare_with_baseline(ev: Any, base: Any, run_dir: str | Path, baseline_dir:
 
     paired = M.bootstrap({"accuracy": acc_diff, "auc": auc_diff}, ev.labels, both,
                          clusters=ev.patients, n_boot=n_boot, seed=seed)
+    # patients, scored the way the run's evaluation scored them (e.g. top-3 slices)
+    opts = getattr(ev, "settings", None) or {}
+    agg = (opts.get("patient_rule", "majority"), opts.get("patient_score", "mean"),
+           opts.get("topk", 3))
+    y_pat, s_run, _ = M.aggregate_by_patient(ev.labels, ev.probs, ev.patients, *agg)
+    _, s_base, _ = M.aggregate_by_patient(ev.labels, b_probs, ev.patients, *agg)
+    paired.update({"patient_auc": M.bootstrap(
+        {"auc": auc_diff}, y_pat, np.concatenate([s_run, s_base], axis=1), n_boot=n_boot,
+        seed=seed)["auc"]})
     out = M.transfer_effectiveness(
         {"history": read_history(run_dir),
          "metrics": {"accuracy": _level_value(ev, "slice", "accuracy")}},

@@ -84,4 +84,5 @@ def transfer_lines(t: dict) -> str:
 
     return (f"{t['model']}\n  minus the baseline {t['baseline_model']}, on the same "
             f"{t['n_slices']} slices (95% patient-bootstrap CIs):\n"
-            f"  accuracy {ci(d['accuracy'])}, AUC {ci(d['auc'])}")
+            f"  accuracy {ci(d['accuracy'])}, AUC {ci(d['auc'])}"
+            + (f", patient AUC {ci(d['patient_auc'])}" if "patient_auc" in d else ""))

@@ -176,7 +176,8 @@ def _extra_section(data: ReportData) -> Section | None:
                  ["Baseline accuracy", fmt(t.get("baseline_accuracy"))],
                  ["Absolute improvement", fmt(t.get("absolute_improvement"))]]
         paired = t.get("paired") or {}
-        for key, label in (("accuracy", "accuracy"), ("auc", "ROC AUC")):
+        for key, label in (("accuracy", "accuracy"), ("auc", "ROC AUC"),
+                           ("patient_auc", "patient ROC AUC")):
             e = paired.get(key)
             if e:
                 rows.append([f"Paired {label} difference, run - baseline (95% CI)",

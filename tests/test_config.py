@@ -116,3 +116,14 @@ def test_a_coarse_patch_grid_is_flagged():
     assert coarse_grid_warning("vit_small_patch16_224", 224) is None
     assert "128 px" in coarse_grid_warning("vit_small_patch16_224", 64)
     assert coarse_grid_warning("resnet18", 32) is None  # CNNs have no patches
+
+
+def test_run_folder_problem_names_what_is_missing(tmp_path):
+    from vitdesk.config import run_folder_problem
+
+    assert "not found" in run_folder_problem(tmp_path / "nope", "--baseline")
+    assert "no config.toml" in run_folder_problem(tmp_path, "teacher run")
+    (tmp_path / "config.toml").write_text("")
+    assert "no checkpoints/" in run_folder_problem(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    assert run_folder_problem(tmp_path) is None

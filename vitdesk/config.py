@@ -344,6 +344,20 @@ def patch_size_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def run_folder_problem(folder: str | Path, what: str = "run") -> str | None:
+    """Why ``folder`` is not a trained run folder (``config.toml`` + ``checkpoints/``),
+    or None. ``what`` names its role in the message (``teacher run``, ``--baseline``)."""
+    p = Path(folder).expanduser()
+    if not p.is_dir():
+        return f"{what} '{p}' not found: choose a trained run folder"
+    if not (p / "config.toml").is_file():
+        return (f"{what} '{p}' is not a run folder (no config.toml): choose a folder that a "
+                "training run wrote")
+    if not (p / "checkpoints").is_dir():
+        return f"{what} '{p}' has no checkpoints/: choose a run that finished training"
+    return None
+
+
 MIN_GRID = 8  # tokens per side below which a ViT's patches swallow small findings
 
 

@@ -54,15 +54,15 @@ def summary_table(rows: list[tuple[str, str]]) -> str:
 def check_baseline(baseline: str | None) -> Path | None:
     """The ``--baseline`` run folder, or None; a ConfigError names a folder that is no run
     (checked before any work, so a typo costs no evaluation)."""
+    from vitdesk.config import run_folder_problem
     from vitdesk.errors import ConfigError
 
     if not baseline:
         return None
-    p = Path(baseline).expanduser()
-    if not (p / "config.toml").is_file() or not (p / "checkpoints").is_dir():
-        raise ConfigError(f"--baseline {baseline}: not a vitdesk run folder (no config.toml "
-                          "and checkpoints/): give the folder of a finished run")
-    return p
+    problem = run_folder_problem(baseline, "--baseline")
+    if problem:
+        raise ConfigError(problem)
+    return Path(baseline).expanduser()
 
 
 def metrics_doc(ev: Any, transfer: dict | None) -> dict:

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from vitdesk.config import run_folder_problem
 from vitdesk.gui.resources import icon
 from vitdesk.gui.session import Session
 from vitdesk.gui.worker import Task
@@ -69,7 +70,7 @@ def find_runs(session: Session, extra: list[str] | None = None) -> list[Path]:
     out = []
     for p in found:
         key = str(p.resolve())
-        if key in seen or not ((p / "config.toml").is_file() and (p / "checkpoints").is_dir()):
+        if key in seen or run_folder_problem(p) is not None:
             continue
         seen.add(key)
         out.append(p)

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vitdesk.config import RunConfig, TeacherConfig, load_config
+from vitdesk.config import RunConfig, TeacherConfig, load_config, run_folder_problem
 from vitdesk.errors import ConfigError, VitdeskError
 from vitdesk.gui.run_state import find_runs
 from vitdesk.gui.tabs.training_widgets import dspin_box
@@ -61,15 +61,7 @@ def effective_mode(mode: str, model: str) -> str:
 
 def run_problem(folder: str | Path) -> str | None:
     """Why ``folder`` cannot be a teacher (not a trained run folder), or None."""
-    p = Path(folder).expanduser()
-    if not p.is_dir():
-        return f"teacher run '{p}' not found: choose a trained run folder"
-    if not (p / "config.toml").is_file():
-        return (f"'{p}' is not a run folder (no config.toml): choose a folder that a "
-                "training run wrote")
-    if not (p / "checkpoints").is_dir():
-        return f"teacher run '{p}' has no checkpoints/: choose a run that finished training"
-    return None
+    return run_folder_problem(folder, "teacher run")
 
 
 @functools.lru_cache(maxsize=32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -10,6 +11,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Hospital machines are offline; so are the tests: nothing may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_OFFLINE", "1")
+# Keyed patient hashes use a per-installation secret: tests get their own, in a
+# session temp folder (inherited by CLI subprocesses), never the user's real one.
+_SECRET_DIR = tempfile.mkdtemp(prefix="vitdesk-secret-")
+os.environ["VITDESK_SECRET_FILE"] = os.path.join(_SECRET_DIR, "secret.key")
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,10 @@ def test_parse_sex():
 def test_safe_key_matches_imaging_definition():
     import hashlib
 
-    assert safe_key("PID-1") == hashlib.sha256(b"PID-1").hexdigest()[:12]
+    from vitdesk.imaging import deid
+
+    assert safe_key("PID-1") == deid.safe_key("PID-1")
+    assert safe_key("PID-1") != hashlib.sha256(b"PID-1").hexdigest()[:12]  # keyed, not plain
     assert len(safe_key("x")) == 12
 
 

@@ -370,3 +370,41 @@ def test_load_records_reads_a_workspace(tmp_path):
     assert len(records) == 6
     assert sum(r.label == "lesion" for r in records) == info.n_positive_slices
     assert len({r.patient for r in records}) == 2
+
+
+def test_keys_made_with_another_secret_or_plain_hashes_are_refused(tmp_path, monkeypatch):
+    from vitdesk.imaging import deid
+
+    ours = deid.secret_path()
+    folder = tmp_path / "ws"
+    with Workspace.open(folder) as ws:
+        ws.import_scan(_fake_scan(tmp_path / "data"))
+        ws.add_class("normal")
+        ws.set_series_label("series000000", "normal")
+    stored = sqlite3.connect(folder / DB_NAME).execute(
+        "SELECT value FROM info WHERE key = 'key_id'").fetchone()[0]
+    assert stored == deid.key_id()
+    with Workspace.open(folder, create=False) as ws:  # same installation: opens as before
+        assert ws.series_label("series000000") == "normal"
+    # another installation's secret: its keys would not match this one's scans
+    monkeypatch.setenv(deid.SECRET_ENV, str(tmp_path / "other" / "secret.key"))
+    with pytest.raises(DataError, match="another vitdesk installation.*VITDESK_SECRET_FILE"):
+        Workspace.open(folder, create=False)
+    monkeypatch.setenv(deid.SECRET_ENV, str(ours))
+    # a workspace written before keyed hashes (no key_id, series present) is refused too
+    conn = sqlite3.connect(folder / DB_NAME)
+    conn.execute("DELETE FROM info WHERE key = 'key_id'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DataError, match="older vitdesk.*re-import"):
+        Workspace.open(folder, create=False)
+    # an empty workspace simply adopts the current key id
+    empty = tmp_path / "empty"
+    Workspace.open(empty).close()
+    conn = sqlite3.connect(empty / DB_NAME)
+    conn.execute("DELETE FROM info WHERE key = 'key_id'")
+    conn.commit()
+    conn.close()
+    with Workspace.open(empty, create=False) as ws:
+        assert ws._connect().execute(
+            "SELECT value FROM info WHERE key = 'key_id'").fetchone()[0] == deid.key_id()

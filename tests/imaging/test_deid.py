@@ -66,3 +66,28 @@ def test_deidentify_basic_profile(tmp_path):
     out.save_as(tmp_path / "anon.dcm", enforce_file_format=True)
     again = pydicom.dcmread(tmp_path / "anon.dcm")
     assert again.PatientSex == "F"
+
+
+def test_safe_key_is_keyed_by_the_installation_secret(tmp_path, monkeypatch):
+    import hashlib
+    import os
+    import stat
+
+    from vitdesk.imaging import deid
+
+    plain = hashlib.sha256(b"12345678").hexdigest()
+    k = safe_key("12345678")
+    assert not any(plain[:n] == k[:n] for n in range(8, 13))  # no plain-hash prefix
+    first = tmp_path / "a" / "secret.key"
+    monkeypatch.setenv(deid.SECRET_ENV, str(first))
+    ka = safe_key("12345678")
+    assert first.is_file() and stat.S_IMODE(os.stat(first).st_mode) == 0o600
+    assert len(first.read_bytes().strip()) == 64
+    assert safe_key("12345678") == ka  # stable on one installation
+    id_a = deid.key_id()
+    assert id_a.startswith(deid.KEY_SCHEME + ":")
+    monkeypatch.setenv(deid.SECRET_ENV, str(tmp_path / "b" / "secret.key"))
+    assert safe_key("12345678") != ka and deid.key_id() != id_a  # another secret
+    monkeypatch.setenv(deid.SECRET_ENV, str(first))
+    assert safe_key("12345678") == ka and deid.key_id() == id_a
+    assert "secret" not in id_a and first.read_text().strip() not in id_a

@@ -35,7 +35,7 @@ from typing import Any
 from vitdesk.data.records import parse_age, parse_sex
 from vitdesk.data.workspace_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from vitdesk.errors import DataError
-from vitdesk.imaging.deid import PHI_KEYWORDS
+from vitdesk.imaging.deid import PHI_KEYWORDS, key_id, secret_path
 
 DB_NAME = "workspace.sqlite"
 _PHI = frozenset(PHI_KEYWORDS)
@@ -124,6 +124,9 @@ class Workspace:
         ws = cls(folder.resolve())
         try:
             ws._init_schema()
+        except DataError:
+            ws.close()
+            raise
         except sqlite3.DatabaseError as exc:
             ws.close()
             raise DataError(
@@ -185,6 +188,36 @@ class Workspace:
                     c.execute(MIGRATIONS[step])
                 # one row, as in a fresh workspace
                 c.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            self._check_keys(c)
+
+    def _check_keys(self, c: sqlite3.Connection) -> None:
+        """Refuse keys made with another secret or scheme: they would silently mis-join.
+
+        The workspace records :func:`~vitdesk.imaging.deid.key_id` (scheme + a tag of
+        the secret, not the secret); an empty workspace adopts the current one.
+        """
+        try:
+            current = key_id()
+        except OSError as exc:
+            raise DataError(f"cannot read or create the vitdesk secret {secret_path()} "
+                            f"({exc.strerror or exc}): check that folder's permissions, or "
+                            "set VITDESK_SECRET_FILE to a writable file") from None
+        row = c.execute("SELECT value FROM info WHERE key = 'key_id'").fetchone()
+        stored = row[0] if row else None
+        if stored == current:
+            return
+        if stored is None and c.execute("SELECT COUNT(*) FROM series").fetchone()[0] == 0:
+            c.execute("INSERT OR REPLACE INTO info (key, value) VALUES ('key_id', ?)",
+                      (current,))
+            return
+        origin = ("an older vitdesk (unkeyed hashes)" if stored is None
+                  else "another vitdesk installation (another secret)")
+        raise DataError(
+            f"workspace '{self.folder}' holds patient/series keys made by {origin}: its "
+            "labels cannot be matched to the images safely here; use that installation's "
+            f"secret (copy it to {secret_path()} or set VITDESK_SECRET_FILE), or re-import "
+            "the folders and labels into a new workspace"
+        )
 
     @property
     def schema_version(self) -> int:

@@ -1,7 +1,9 @@
 """Patient-safe keys, the safe/PHI metadata split and DICOM de-identification.
 
 ``safe_key`` is the only way identifiers (UIDs, patient IDs) reach anything a
-user can export: a truncated SHA-256, stable across runs and machines.
+user can export: a truncated HMAC-SHA256 keyed with a per-installation secret
+(see :func:`secret_path`), stable across runs on one installation. A plain hash
+would not do: an 8-digit MRN space is reversed by brute force in about 80 s.
 ``deidentify`` implements the Basic Application Level Confidentiality Profile of
 DICOM PS3.15 Annex E (table E.1-1, basic profile column) for the attributes a CT
 file carries, keeping PatientSex and PatientAge (Retain Patient Characteristics
@@ -12,6 +14,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import hmac
+import os
+import secrets
+import sys
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -94,9 +101,81 @@ _UIDS: tuple[str, ...] = (
 _UID_ROOT = "2.25."
 
 
+SECRET_ENV = "VITDESK_SECRET_FILE"
+# Stored next to keys (workspaces) so keys made another way are never joined silently.
+KEY_SCHEME = "hmac-sha256/1"
+_secret_cache: dict[str, bytes] = {}
+
+
+def config_dir() -> Path:
+    """The user's vitdesk configuration folder (never inside a run folder)."""
+    if os.environ.get(SECRET_ENV):
+        return Path(os.environ[SECRET_ENV]).expanduser().parent
+    if sys.platform == "win32" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "vitdesk"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "vitdesk"
+
+
+def secret_path() -> Path:
+    """Where the installation secret lives: ``$VITDESK_SECRET_FILE``, else the config dir."""
+    env = os.environ.get(SECRET_ENV)
+    return Path(env).expanduser() if env else config_dir() / "secret.key"
+
+
+def _read_or_create_secret(path: Path) -> bytes:
+    try:
+        data = path.read_bytes().strip()
+    except FileNotFoundError:
+        data = b""
+    if len(data) >= 32:
+        return data
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fresh = secrets.token_hex(32).encode("ascii")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(fresh)
+    try:
+        os.link(tmp, path)  # fails if another process created it first: use theirs
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links (some file systems): last writer wins, once
+        if not path.exists():
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path.read_bytes().strip()
+
+
+def installation_secret() -> bytes:
+    """The per-installation secret (created 0600 on first use), cached per path.
+
+    Raises OSError when it cannot be read or created; callers at the edge turn that
+    into one line for the user.
+    """
+    path = secret_path()
+    key = str(path)
+    if key not in _secret_cache:
+        _secret_cache[key] = _read_or_create_secret(path)
+    return _secret_cache[key]
+
+
+def key_id() -> str:
+    """Names the scheme and the secret (not reversible): equal iff keys are comparable."""
+    tag = hmac.new(installation_secret(), b"vitdesk key id", hashlib.sha256).hexdigest()[:12]
+    return f"{KEY_SCHEME}:{tag}"
+
+
 def safe_key(text: str) -> str:
-    """Return a 12-hex-digit, non-identifying, stable key for ``text`` (sha256)."""
-    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:12]
+    """Return a 12-hex-digit, non-identifying key for ``text``.
+
+    HMAC-SHA256 under the installation secret: the same text gives the same key on
+    this installation; without the secret the key cannot be brute-forced back.
+    """
+    digest = hmac.new(installation_secret(), str(text).encode("utf-8"), hashlib.sha256)
+    return digest.hexdigest()[:12]
 
 
 def _plain(value: Any) -> Any:

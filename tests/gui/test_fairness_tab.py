@@ -75,3 +75,79 @@ def test_fairness_table_gaps_and_bars(qtbot, tiny_run, sample_dir, tmp_path):  #
     np.testing.assert_allclose(tab.bar_heights(),
                                [r.metrics["positive_rate"].value for r in rep.rows])
     session.shutdown()
+
+
+def test_switching_run_after_evaluation_clears_the_chart_and_paints(
+        qtbot, tiny_run, sample_dir, tmp_path):  # noqa: F811
+    """Issue 16 #1: evaluate, then switch run (or a training finishes): the cleared error
+    bars once kept stale arrays and crashed in boundingRect/paint."""
+    import shutil
+
+    from PySide6.QtGui import QImage
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    session = Session()
+    current = CurrentRun(session, device="cpu")
+    tab = FairnessTab(session, current)
+    qtbot.addWidget(tab)
+    tab.resize(700, 900)
+    tab.show()
+    from vitdesk.engine.run import load_run
+
+    current.set_run(load_run(tiny_run, "cpu"))
+    tab.source.set_source(str(_manifest(sample_dir, tmp_path)))
+    tab.boot_spin.setValue(60)
+    with qtbot.waitSignal(tab.run().done, timeout=30000):
+        pass
+    assert tab.outcome is not None, tab.summary.text()
+    n_groups = len(tab.report()[0].rows)
+    assert len(tab.bar_heights()) == n_groups >= 2
+    assert len(tab.errors.opts["x"]) == len(tab.errors.opts["top"]) > 0
+    tab.plot.grab()  # paints the bars: boundingRect and paint run
+
+    # switch run the way the picker does (a background load), then paint again
+    with qtbot.waitSignal(current.changed, timeout=30000):
+        current.load(other)
+    assert tab.outcome is None and tab.table.rowCount() == 0
+    assert len(tab.bar_heights()) == 0
+    assert len(tab.errors.opts["x"]) == len(tab.errors.opts["y"]) == 0
+    assert tab.errors.opts["top"] is None and tab.errors.opts["bottom"] is None
+    assert tab.errors.boundingRect().isEmpty()
+    image: QImage = tab.plot.grab().toImage()
+    assert image.width() > 0
+    qtbot.wait(50)  # let a queued repaint run too
+
+    # a finished training run loads the same way: evaluate again, then a new run arrives
+    with qtbot.waitSignal(tab.run().done, timeout=30000):
+        pass
+    assert tab.outcome is not None
+    tab.plot.grab()
+    current.set_run(load_run(tiny_run, "cpu"))  # what Training's run_finished leads to
+    tab.plot.grab()
+    tab.attr_combo.setCurrentIndex(1)  # redraw with nothing evaluated: stays empty
+    tab.metric_combo.setCurrentIndex(2)
+    assert len(tab.bar_heights()) == 0 and len(tab.errors.opts["x"]) == 0
+    tab.plot.grab()
+    session.shutdown()
+
+
+def test_error_bar_helper_replaces_every_array(qtbot):
+    import pyqtgraph as pg
+
+    from vitdesk.gui.plots import clear_error_bars, set_error_bars
+
+    w = pg.PlotWidget()
+    qtbot.addWidget(w)
+    item = pg.ErrorBarItem(beam=0.2)
+    w.getPlotItem().addItem(item)
+    set_error_bars(item, [0, 1], [0.5, 0.6], top=[0.1, 0.2], bottom=[0.1, np.nan])
+    assert item.opts["bottom"].tolist() == [0.1, 0.0]  # a NaN arm draws nothing
+    rect = item.boundingRect()
+    assert rect.top() == pytest.approx(0.4) and rect.bottom() == pytest.approx(0.8)
+    clear_error_bars(item)
+    assert item.opts["top"] is None and len(item.opts["x"]) == 0
+    assert item.boundingRect().isEmpty()
+    w.grab()
+    with pytest.raises(ValueError, match="2 x values but 1 y"):
+        set_error_bars(item, [0, 1], [0.5])

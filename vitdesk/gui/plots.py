@@ -32,6 +32,35 @@ def nice_ceiling(x: float) -> float:
     return 10.0 * exp
 
 
+def set_error_bars(item: pg.ErrorBarItem, x=(), y=(), top=None, bottom=None) -> None:
+    """Give an ``ErrorBarItem`` new vertical bars, replacing every array it holds.
+
+    ``ErrorBarItem.setData`` merges its keywords into the old ones: ``setData(x=[], y=[])``
+    keeps the previous ``top``/``bottom`` arrays, and the next ``boundingRect`` fails to
+    broadcast them against the empty x (a ValueError inside ``paintEvent``, then a crash).
+    Every error-bar update in the GUI goes through here so all arrays change together.
+    """
+    xs = np.asarray(x, dtype=float).ravel()
+    ys = np.asarray(y, dtype=float).ravel()
+    n = len(xs)
+    if len(ys) != n:
+        raise ValueError(f"error bars: {n} x values but {len(ys)} y values")
+
+    def arm(v) -> np.ndarray | None:
+        if v is None:
+            return None
+        a = np.broadcast_to(np.asarray(v, dtype=float), (n,)).copy()
+        return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+
+    item.setData(x=xs, y=ys, top=arm(top), bottom=arm(bottom), height=None, width=None,
+                 left=None, right=None)
+
+
+def clear_error_bars(item: pg.ErrorBarItem) -> None:
+    """Remove every bar of an ``ErrorBarItem`` (see :func:`set_error_bars`)."""
+    set_error_bars(item)
+
+
 class GrowingXY:
     """x/y values appended one at a time (capacity doubling, no copy per append)."""
 

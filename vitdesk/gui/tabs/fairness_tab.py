@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from vitdesk.gui.analysis_jobs import FairnessOutcome, fairness_job
 from vitdesk.gui.dialogs import show_error
+from vitdesk.gui.plots import clear_error_bars, set_error_bars
 from vitdesk.gui.run_state import CurrentRun, RunPicker
 from vitdesk.gui.session import Session
 from vitdesk.gui.tabs.analysis_common import (
@@ -114,8 +115,8 @@ class FairnessTab(QWidget):
             pi.getAxis(ax).setPen(AXIS)
             pi.getAxis(ax).setTextPen(AXIS)
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.6, brush=ACCENT)
-        self.errors = pg.ErrorBarItem(x=np.array([]), y=np.array([]), pen=pg.mkPen("#e8e8e8"),
-                                      beam=0.2)
+        self.errors = pg.ErrorBarItem(pen=pg.mkPen("#e8e8e8"), beam=0.2)
+        clear_error_bars(self.errors)
         pi.addItem(self.bars)
         pi.addItem(self.errors)
         chart_head = QHBoxLayout()
@@ -163,8 +164,7 @@ class FairnessTab(QWidget):
     def _clear(self) -> None:
         self.outcome = None
         self.table.setRowCount(0)
-        self.bars.setOpts(x=[], height=[])
-        self.errors.setData(x=np.array([]), y=np.array([]))
+        self._clear_chart()
         for lab in self.gap_labels.values():
             lab.setText("–")
 
@@ -194,6 +194,7 @@ class FairnessTab(QWidget):
         rep, ci = self.report()
         if rep is None:
             self.table.setRowCount(0)
+            self._clear_chart()
             return
         # Metrics down, groups across: two-line cells (value, interval) keep it narrow.
         groups = [r.group + (" ⚠" if r.small else "") for r in rep.rows]
@@ -234,11 +235,17 @@ class FairnessTab(QWidget):
         brushes = [pg.mkBrush(AMBER if r.small else ACCENT) for r in rep.rows]
         self.bars.setOpts(x=x, height=heights, width=0.6, brushes=brushes)
         ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(vals)
-        self.errors.setData(x=x[ok], y=vals[ok], top=(hi - vals)[ok], bottom=(vals - lo)[ok])
+        set_error_bars(self.errors, x[ok], vals[ok], top=(hi - vals)[ok],
+                       bottom=(vals - lo)[ok])
         ax = self.plot.getPlotItem().getAxis("bottom")
         ax.setTicks([[(float(i), f"{r.group} (n={r.n})") for i, r in enumerate(rep.rows)]])
         self.plot.getPlotItem().setXRange(-0.6, len(rep.rows) - 0.4, padding=0)
         self.plot.getPlotItem().setLabel("left", self.metric_combo.currentText())
+
+    def _clear_chart(self) -> None:
+        self.bars.setOpts(x=[], height=[])
+        clear_error_bars(self.errors)
+        self.plot.getPlotItem().getAxis("bottom").setTicks(None)
 
     def bar_heights(self) -> np.ndarray:
         """Heights of the bars as drawn (tests)."""

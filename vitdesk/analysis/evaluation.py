@@ -149,7 +149,10 @@ class RunEvaluation:
                          f"{_fmt(self.tta.get('accuracy_plain'))} -> "
                          f"{_fmt(self.tta.get('accuracy_tta'))}"))
         if self.shift is not None:
-            rows.append(("shift: share beyond threshold", _fmt(self.shift.fraction_above)))
+            sh = self.shift
+            rows.append(("shift alarm rate (observed / expected)",
+                         f"{_fmt(sh.fraction_above)} / {_fmt(sh.expected_rate)}"))
+            rows.append(("shift AUROC vs held-out in-distribution", _fmt(sh.auroc)))
         return rows
 
 
@@ -614,24 +617,44 @@ def _robustness(lr: Any, ds: Any, records: list, labels: np.ndarray,
 def _shift(lr: Any, ds: Any, train_records: list, k: int, batch_size: int, seed: int,
            dev: torch.device, cancel: CancelToken, listener: Listener | None,
            notes: list[str]) -> Any:
-    from vitdesk.analysis.shift import MahalanobisDetector, extract_features
+    """Shift of the scored slices: Gaussian fitted on training features, alarm threshold
+    on the validation patients' features (unseen by the weights, like the scored ones),
+    or on training patients held out of the fit when validation is too small."""
+    from vitdesk.analysis.shift import MIN_REFERENCE, MahalanobisDetector, extract_features
 
     present = [r for r in train_records if os.path.isfile(r.path)]
-    if len(present) < 2:
+    if len(present) < 4:
         notes.append("distribution shift was skipped: the run's training slices are not "
                      "available (split.json missing or data moved)")
         return None
-    train_ds = _make_dataset(lr, [dataclasses.replace(r, label=None) for r in present])
-    tidx = _subsample(len(train_ds), k, seed)
-    tf = extract_features(lr.model, _batches(train_ds, tidx, batch_size, False), device=dev,
-                          total=math.ceil(len(tidx) / batch_size), cancel=cancel,
-                          listener=listener)
+
+    def features(records: list) -> tuple[np.ndarray, np.ndarray]:
+        sub_ds = _make_dataset(lr, [dataclasses.replace(r, label=None) for r in records])
+        idx = _subsample(len(sub_ds), k, seed)
+        f = extract_features(lr.model, _batches(sub_ds, idx, batch_size, False), device=dev,
+                             total=math.ceil(len(idx) / batch_size), cancel=cancel,
+                             listener=listener)
+        return f, np.asarray([records[int(i)].patient for i in idx])
+
+    tf, groups = features(present)
+    vf = None
+    try:
+        val = [r for r in _split_records(Path(lr.run_dir), "val").get("val", [])
+               if os.path.isfile(r.path)]
+    except DataError:
+        val = []
+    if len(val) >= MIN_REFERENCE:
+        vf, _ = features(val)
     ef = extract_features(lr.model, _batches(ds, np.arange(len(ds)), batch_size, False),
                           device=dev, total=math.ceil(len(ds) / batch_size), cancel=cancel,
                           listener=listener)
-    # Ledoit-Wolf shrinkage: a subsample of a few hundred slices in 192+ dimensions
-    # gives a singular covariance whose pseudo-inverse calls everything an outlier
-    return MahalanobisDetector(percentile=95.0, shrinkage=True).fit(tf).score(ef)
+    det = MahalanobisDetector(percentile=95.0, shrinkage=True, seed=seed).fit(
+        tf, vf, groups=groups)
+    res = det.score(ef)
+    if res.n_reference < 1 / res.expected_rate:
+        notes.append(f"the shift threshold was set on only {res.n_reference} held-out slices: "
+                     f"too few to hold a {res.expected_rate:.0%} alarm rate")
+    return res
 
 
 __all__ = [

@@ -2,14 +2,22 @@
 
 Features are the model's pooled pre-logit vector
 (``forward_head(forward_features(x), pre_logits=True)``). A Gaussian is fitted to
-the training features (covariance inverted with a pseudo-inverse, so a singular
-covariance from few cases still works; optional Ledoit-Wolf shrinkage). The
-threshold is a high percentile of the training cases' own distances; new cases
-above it are outliers.
+the training features (Ledoit-Wolf shrinkage covariance by default; the plain sample
+covariance is inverted with a pseudo-inverse, so a singular one still works).
+
+The alarm threshold is a percentile of *held-out* distances: of validation cases
+when there are enough of them, else of a part of the training features that the
+Gaussian was not fitted on (split by patient when patients are given). A case's
+distance to a mean and covariance fitted on itself is biased low when the feature
+dimension is not small against the number of cases, so an in-sample threshold
+raises the alarm on far more than the nominal share of new in-distribution cases.
+The threshold is the split-conformal quantile of the held-out distances, so a new
+exchangeable case exceeds it with probability at most ``1 - percentile/100``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +27,9 @@ from torch import nn
 
 from vitdesk.errors import DataError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
+
+# fewer held-out cases than this cannot place a 95th-percentile threshold
+MIN_REFERENCE = 20
 
 
 @torch.no_grad()
@@ -45,57 +56,151 @@ def extract_features(
     return torch.cat(feats).numpy().astype(np.float64)
 
 
+def ood_auroc(in_distances: np.ndarray, out_distances: np.ndarray) -> float:
+    """AUROC of telling ``out_distances`` from ``in_distances`` by distance (0.5: no shift)."""
+    from vitdesk.analysis.metrics import binary_auc
+
+    a, b = np.asarray(in_distances, float), np.asarray(out_distances, float)
+    return binary_auc(np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)], np.r_[a, b])
+
+
+def conformal_threshold(reference: np.ndarray, percentile: float) -> float:
+    """The ceil((n+1) q)-th smallest reference distance (the largest when n is too small).
+
+    A new case exchangeable with the ``n`` reference cases exceeds it with probability
+    at most ``1 - q`` (and, for continuous distances, at least ``1 - q - 1/(n+1)``).
+    """
+    d = np.sort(np.asarray(reference, dtype=np.float64))
+    if len(d) == 0:
+        raise DataError("shift: no held-out distances to set the threshold on")
+    k = math.ceil((len(d) + 1) * percentile / 100.0)
+    return float(d[min(k, len(d)) - 1])
+
+
 @dataclass(frozen=True)
 class ShiftResult:
     """Shift score of a set of cases against the training distribution."""
 
     threshold: float
     percentile: float
-    fraction_above: float  # share of cases beyond the threshold (expected ~ 1 - pct/100)
-    median_ratio: float  # median distance of the cases / median training distance
+    fraction_above: float  # share of cases beyond the threshold = the observed alarm rate
+    median_ratio: float  # median distance of the cases / median held-out reference distance
     outliers: np.ndarray  # indices of cases above the threshold
     distances: np.ndarray
+    expected_rate: float = float("nan")  # 1 - percentile/100: the in-distribution alarm rate
+    auroc: float = float("nan")  # cases vs held-out in-distribution reference distances
+    n_reference: int = 0  # held-out cases the threshold was set on
+    reference: str = ""  # "validation" | "held-out training split"
+    covariance: str = ""  # "ledoit-wolf" | "sample"
+
+    @property
+    def observed_rate(self) -> float:
+        """Share of the scored cases that raise the alarm."""
+        return self.fraction_above
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "percentile": self.percentile,
                 "fraction_above": self.fraction_above, "median_ratio": self.median_ratio,
+                "expected_rate": self.expected_rate, "observed_rate": self.fraction_above,
+                "auroc": self.auroc, "reference": self.reference,
+                "n_reference": self.n_reference, "covariance": self.covariance,
                 "n": int(len(self.distances)), "n_outliers": int(len(self.outliers)),
                 "outliers": self.outliers.tolist()}
 
 
-class MahalanobisDetector:
-    """Mahalanobis distance to training features, thresholded at a percentile."""
+def _split(n: int, groups: np.ndarray | None, holdout: float, seed: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, held-out rows): whole groups (patients) held out when given."""
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        g = np.asarray(groups)
+        if len(g) != n:
+            raise DataError(f"shift: {len(g)} groups for {n} feature rows")
+        uniq = rng.permutation(np.unique(g))
+        if len(uniq) >= 2:
+            n_out = min(max(1, round(len(uniq) * holdout)), len(uniq) - 1)
+            out = np.isin(g, uniq[:n_out])
+            return np.flatnonzero(~out), np.flatnonzero(out)
+    perm = rng.permutation(n)
+    n_out = min(max(1, round(n * holdout)), n - 2)
+    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
 
-    def __init__(self, percentile: float = 95.0, shrinkage: bool = False) -> None:
+
+class MahalanobisDetector:
+    """Mahalanobis distance to training features, thresholded on held-out cases."""
+
+    def __init__(self, percentile: float = 95.0, shrinkage: bool = True,
+                 holdout: float = 0.5, seed: int = 0) -> None:
         if not 0 < percentile < 100:
             raise DataError(f"shift: percentile must be in (0, 100), got {percentile}")
+        if not 0 < holdout < 1:
+            raise DataError(f"shift: holdout must be in (0, 1), got {holdout}")
         self.percentile = percentile
         self.shrinkage = shrinkage
+        self.holdout = holdout
+        self.seed = seed
         self.mean: np.ndarray | None = None
         self.precision: np.ndarray | None = None
         self.threshold = float("nan")
-        self.train_median = float("nan")
+        self.reference_distances = np.zeros(0)
+        self.reference = ""
 
-    def fit(self, train_features: np.ndarray) -> MahalanobisDetector:
-        """Fit mean and (pseudo-)inverse covariance; set the threshold."""
+    @property
+    def expected_rate(self) -> float:
+        """Alarm rate on new in-distribution cases that the threshold is set for."""
+        return 1.0 - self.percentile / 100.0
+
+    @property
+    def train_median(self) -> float:
+        """Median held-out reference distance (what a typical in-distribution case scores)."""
+        d = self.reference_distances
+        return float(np.median(d)) if len(d) else float("nan")
+
+    def fit(self, train_features: np.ndarray, holdout_features: np.ndarray | None = None,
+            *, groups: np.ndarray | None = None) -> MahalanobisDetector:
+        """Fit mean and covariance, and set the threshold on held-out distances.
+
+        Args:
+            train_features: (N, D) in-distribution features.
+            holdout_features: (M, D) in-distribution features the Gaussian is not fitted
+                on (e.g. validation patients); the threshold is set on them. When None
+                (or fewer than ``MIN_REFERENCE`` rows), ``train_features`` is split:
+                the Gaussian is fitted on one part and the threshold set on the other.
+            groups: (N,) patient of each training row, so a patient is never on both
+                sides of that split.
+        """
         f = np.asarray(train_features, dtype=np.float64)
         if f.ndim != 2 or f.shape[0] < 2:
             raise DataError(f"shift: need at least 2 training feature rows, got {f.shape}")
+        h = None if holdout_features is None else np.asarray(holdout_features, np.float64)
+        if h is not None and (h.ndim != 2 or h.shape[1] != f.shape[1]):
+            raise DataError(f"shift: held-out features {h.shape} do not match training "
+                            f"features {f.shape}")
+        if h is not None and len(h) >= MIN_REFERENCE:
+            fit_rows, ref, self.reference = f, h, "validation"
+        else:
+            if f.shape[0] < 4:
+                raise DataError(f"shift: need at least 4 training feature rows to hold some "
+                                f"out for the threshold, got {f.shape[0]}")
+            a, b = _split(len(f), groups, self.holdout, self.seed)
+            fit_rows, ref, self.reference = f[a], f[b], "held-out training split"
+        self._fit_gaussian(fit_rows)
+        self.reference_distances = self.distances(ref)
+        self.threshold = conformal_threshold(self.reference_distances, self.percentile)
+        return self
+
+    def _fit_gaussian(self, f: np.ndarray) -> None:
+        from scipy.linalg import pinvh
+
         self.mean = f.mean(axis=0)
-        if self.shrinkage:
+        if self.shrinkage and len(f) >= 2:
             from sklearn.covariance import LedoitWolf
 
             cov = LedoitWolf().fit(f).covariance_
         else:
             cov = np.cov(f, rowvar=False)
         # pinvh: symmetric pseudo-inverse, well defined when cov is singular (N < D)
-        from scipy.linalg import pinvh
-
         self.precision = pinvh(np.atleast_2d(cov))
-        d = self.distances(f)
-        self.threshold = float(np.percentile(d, self.percentile))
-        self.train_median = float(np.median(d))
-        return self
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row to the training mean."""
@@ -105,10 +210,19 @@ class MahalanobisDetector:
         sq = np.einsum("nd,de,ne->n", diff, self.precision, diff)
         return np.sqrt(np.clip(sq, 0.0, None))
 
+    def auroc(self, in_features: np.ndarray, out_features: np.ndarray) -> float:
+        """AUROC of in- vs out-of-distribution features by their distance."""
+        return ood_auroc(self.distances(in_features), self.distances(out_features))
+
     def score(self, features: np.ndarray) -> ShiftResult:
-        """Share of cases above threshold, median distance ratio and outlier indices."""
+        """Observed alarm rate, median distance ratio, AUROC against the held-out
+        reference and the outlier indices of ``features``."""
         d = self.distances(features)
         above = np.flatnonzero(d > self.threshold)
-        ratio = float(np.median(d) / self.train_median) if self.train_median > 0 else float("nan")
-        return ShiftResult(self.threshold, self.percentile, float(len(above) / max(len(d), 1)),
-                           ratio, above, d)
+        med = self.train_median
+        ratio = float(np.median(d) / med) if med > 0 else float("nan")
+        return ShiftResult(
+            self.threshold, self.percentile, float(len(above) / max(len(d), 1)), ratio, above,
+            d, expected_rate=self.expected_rate,
+            auroc=ood_auroc(self.reference_distances, d), n_reference=len(self.reference_distances),
+            reference=self.reference, covariance="ledoit-wolf" if self.shrinkage else "sample")

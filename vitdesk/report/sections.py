@@ -199,11 +199,17 @@ def _extra_section(data: ReportData) -> Section | None:
         s.tables.append(Table(["Transfer", ""], rows, "Transfer effectiveness"))
     if data.shift is not None:
         sh = plain(data.shift)
+        ref = sh.get("reference") or "held-out"
+        n_ref = sh.get("n_reference")
         rows = [["Cases checked", fmt(sh.get("n"))],
-                [f"Threshold ({fmt(sh.get('percentile'), 0)}th pct of training distances)",
-                 fmt(sh.get("threshold"))],
-                ["Share of cases beyond threshold", fmt(sh.get("fraction_above"))],
-                ["Median distance / training median", fmt(sh.get("median_ratio"))],
+                [f"Threshold ({fmt(sh.get('percentile'), 0)}th pct of {ref} distances"
+                 + (f", {n_ref} slices)" if n_ref else ")"), fmt(sh.get("threshold"))],
+                ["Alarm rate: expected on in-distribution data",
+                 fmt(sh.get("expected_rate", 1 - float(sh.get("percentile", 95)) / 100))],
+                ["Alarm rate: observed (share beyond threshold)", fmt(sh.get("fraction_above"))],
+                ["AUROC, these cases vs held-out in-distribution (0.5: no shift)",
+                 fmt(sh.get("auroc"))],
+                ["Median distance / held-out median", fmt(sh.get("median_ratio"))],
                 ["Outlier cases", fmt(sh.get("n_outliers"))]]
         s.tables.append(Table(["Shift check", ""], rows,
                               "Distribution shift (Mahalanobis distance of features)"))
@@ -211,7 +217,7 @@ def _extra_section(data: ReportData) -> Section | None:
         expected = 1 - float(sh.get("percentile", 95)) / 100
         if frac > 2 * expected + 0.05:
             s.paragraphs.append(
-                f"Warning: {frac:.0%} of cases lie beyond the training threshold (about "
+                f"Warning: {frac:.0%} of cases lie beyond the shift threshold (about "
                 f"{expected:.0%} expected): these data may differ from the training data.")
     return s if s.tables else None
 

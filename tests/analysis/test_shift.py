@@ -1,0 +1,162 @@
+"""Shift alarm: held-out threshold holds its nominal rate; shifted data raise it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
+
+from vitdesk.analysis.shift import (
+    MahalanobisDetector,
+    conformal_threshold,
+    ood_auroc,
+)
+from vitdesk.errors import DataError
+
+N, D = 300, 120  # feature dimension comparable to the number of cases
+
+
+def _gauss(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
+    # anisotropic: a few strong directions, like pooled ViT features
+    scale = np.linspace(0.3, 3.0, D)
+    return (rng.normal(size=(n, D)) + shift) * scale
+
+
+def test_in_sample_threshold_is_biased_the_held_out_one_is_not():
+    # the bug this replaces: threshold from the fit cases' own distances
+    rng = np.random.default_rng(0)
+    train, new = _gauss(rng, N), _gauss(rng, 4000)
+    det = MahalanobisDetector(percentile=95).fit(train)
+    naive = np.percentile(det.distances(train[det_rows(det, train)]), 95)
+    assert (det.distances(new) > naive).mean() > 0.15  # in-sample: several times 5 %
+    assert abs(det.score(new).fraction_above - 0.05) < 0.04
+
+
+def det_rows(det: MahalanobisDetector, train: np.ndarray) -> np.ndarray:
+    """Rows of ``train`` the Gaussian was fitted on (their mean is ``det.mean``)."""
+    from vitdesk.analysis.shift import _split
+
+    fit, _ = _split(len(train), None, det.holdout, det.seed)
+    assert np.allclose(train[fit].mean(0), det.mean)
+    return fit
+
+
+@pytest.mark.parametrize("use_validation", [False, True])
+def test_alarm_rate_holds_nominal_over_seeds(use_validation):
+    rates, rates_shifted = [], []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        train, val = _gauss(rng, N), _gauss(rng, 150)
+        det = MahalanobisDetector(percentile=95, seed=seed).fit(
+            train, val if use_validation else None)
+        assert det.reference == ("validation" if use_validation else "held-out training split")
+        res = det.score(_gauss(rng, 2000))
+        assert res.expected_rate == pytest.approx(0.05)
+        assert res.observed_rate == res.fraction_above
+        assert abs(res.fraction_above - 0.05) < 0.06, seed  # each seed reasonably close
+        assert 0.35 < res.auroc < 0.65  # new in-distribution cases look like held-out ones
+        rates.append(res.fraction_above)
+        rates_shifted.append(det.score(_gauss(rng, 500, shift=1.0)).fraction_above)
+    print(f"alarm rate mean {np.mean(rates):.4f} (nominal 0.05), shifted "
+          f"{np.mean(rates_shifted):.3f}")
+    assert abs(np.mean(rates) - 0.05) < 0.03
+    assert np.mean(rates_shifted) > 0.5
+    assert min(rates_shifted) > max(rates)
+
+
+def test_shrinkage_is_ledoit_wolf_and_auroc_matches_sklearn():
+    rng = np.random.default_rng(3)
+    train, inn, out = _gauss(rng, N), _gauss(rng, 200), _gauss(rng, 200, shift=1.0)
+    det = MahalanobisDetector().fit(train)
+    fit = det_rows(det, train)
+    ref = LedoitWolf().fit(train[fit])
+    diff = inn - ref.location_
+    expected = np.sqrt(np.einsum("nd,de,ne->n", diff, ref.precision_, diff))
+    np.testing.assert_allclose(det.distances(inn), expected, rtol=1e-6)
+    d_in, d_out = det.distances(inn), det.distances(out)
+    sk = roc_auc_score(np.r_[np.zeros(200), np.ones(200)], np.r_[d_in, d_out])
+    assert det.auroc(inn, out) == pytest.approx(sk)
+    assert ood_auroc(d_in, d_out) == pytest.approx(sk) and sk > 0.9
+    d = det.score(out).to_dict()
+    for key in ("percentile", "fraction_above", "threshold", "expected_rate", "observed_rate",
+                "auroc", "n_reference"):
+        assert key in d
+    assert d["covariance"] == "ledoit-wolf" and d["n_reference"] == len(train) - len(fit)
+
+
+def test_split_by_patient_keeps_patients_on_one_side():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 10)
+    det = MahalanobisDetector().fit(_gauss(rng, 300), groups=groups)
+    from vitdesk.analysis.shift import _split
+
+    a, b = _split(300, groups, 0.5, 0)
+    assert not set(groups[a]) & set(groups[b])
+    assert len(det.reference_distances) == 150 and det.reference == "held-out training split"
+
+
+def test_conformal_threshold_order_statistic():
+    d = np.arange(1.0, 101.0)  # 100 reference distances
+    assert conformal_threshold(d, 95) == 96.0  # ceil(101 * 0.95) = 96th smallest
+    assert conformal_threshold(d[:5], 95) == 5.0  # too few: the largest
+    with pytest.raises(DataError):
+        conformal_threshold(np.zeros(0), 95)
+    with pytest.raises(DataError, match="held-out features"):
+        MahalanobisDetector().fit(np.zeros((10, 3)), np.zeros((30, 4)))
+
+
+# --------------------------------------------------------------------------- on a run
+
+
+def _hu_copy(src, dst, offset: float, noise: float, seed: int = 0):
+    """Copy a DICOM sample folder with every slice's HU offset and/or noised."""
+    import shutil
+
+    import pydicom
+
+    shutil.copytree(src, dst)
+    rng = np.random.default_rng(seed)
+    for p in sorted(dst.rglob("*.dcm")):
+        ds = pydicom.dcmread(p)
+        ds.RescaleIntercept = float(ds.RescaleIntercept) + offset
+        if noise:
+            arr = ds.pixel_array.astype(np.int32)
+            slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+            arr = arr + np.rint(rng.normal(0, noise / slope, arr.shape)).astype(np.int32)
+            info = np.iinfo(ds.pixel_array.dtype)
+            ds.PixelData = np.clip(arr, info.min, info.max).astype(
+                ds.pixel_array.dtype).tobytes()
+        ds.save_as(p)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def shift_run(tmp_path_factory):
+    from tests.evalrun import tiny_run, tiny_sample
+
+    root = tmp_path_factory.mktemp("shiftrun")
+    data = tiny_sample(root / "sample", patients=12)
+    other = tiny_sample(root / "other", patients=6, seed=7)  # new in-distribution patients
+    return tiny_run(data, root / "run", epochs=3), other, root
+
+
+def test_shifted_ct_copy_raises_the_alarm(shift_run):
+    from vitdesk.analysis.evaluation import evaluate_run
+
+    run, other, root = shift_run
+    kw = dict(robustness=False, fairness=False, attention_samples=0, n_boot=20,
+              shift_train_cases=256, device="cpu")
+    base = evaluate_run(run, other, **kw).shift
+    offset = evaluate_run(run, _hu_copy(other, root / "offset", 300.0, 0.0), **kw).shift
+    noisy = evaluate_run(run, _hu_copy(other, root / "noisy", 0.0, 250.0), **kw).shift
+    print(f"CT alarm rate in-dist {base.fraction_above:.3f} (auroc {base.auroc:.2f}), "
+          f"+300 HU {offset.fraction_above:.3f} ({offset.auroc:.2f}), "
+          f"noise 250 HU {noisy.fraction_above:.3f} ({noisy.auroc:.2f}); "
+          f"reference {base.reference} n={base.n_reference}")
+    assert base.expected_rate == pytest.approx(0.05)
+    assert base.reference == "held-out training split" and base.n_reference >= 12
+    assert base.fraction_above <= 0.25
+    for res in (offset, noisy):
+        assert res.fraction_above >= base.fraction_above + 0.3
+        assert res.auroc > 0.8 and res.auroc > base.auroc

@@ -149,6 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        # a write that no atomic writer guarded (a plot, an overlay PNG): still one line
+        from vitdesk.fileio import NO_SPACE_ERRNOS
+
+        if exc.errno not in NO_SPACE_ERRNOS:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"vitdesk: error: disk full{where}: free some space or write to another disk",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -394,8 +394,104 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write ``cfg`` as TOML (readable by :func:`load_config`)."""
-    Path(path).write_text(dumps_toml(cfg.to_dict()), encoding="utf-8")
+    """Write ``cfg`` as TOML (readable by :func:`load_config`), atomically."""
+    from vitdesk.fileio import atomic_write_text
+
+    atomic_write_text(path, dumps_toml(cfg.to_dict()))
+
+
+# ---- resume ------------------------------------------------------------------------------
+# Fields a resumed run may take from the command instead of its config.toml: where the
+# data and the run live and which device runs it do not change what is trained.
+RESUME_FREE = frozenset({"data.source", "data.val_source", "out", "device", "model.pool",
+                         "data.workers", "log_every"})
+_PATH_FIELDS = frozenset({"weights.pretrained", "teacher.run", "teacher.unlabelled"})
+_STAGE_KEYS = ("name", "lr", "unfreeze", "layer_decay")
+
+
+def epochs_match(stages: list[StageConfig], text: str) -> bool:
+    """True when ``--epochs text`` describes ``stages``: per stage, or as their total.
+
+    The total form covers a staged recipe that was switched to one full stage (random
+    backbone): ``--epochs 1,1,1`` then trained one stage of 3 epochs.
+    """
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        return False
+    have = [s.epochs for s in stages]
+    if not values:
+        return False
+    if values == have or (len(values) == 1 and all(h == values[0] for h in have)):
+        return True
+    return sum(values) == sum(have)
+
+
+def resume_differences(stored: RunConfig, requested: RunConfig,
+                       fields: set[str] | None = None, epochs: str | None = None) -> list[str]:
+    """How the command's configuration differs from a run's stored one, one phrase per field.
+
+    Args:
+        stored: the run's ``config.toml``.
+        requested: the configuration the command would start a fresh run with (its epochs
+            are ignored: ``epochs`` is compared with :func:`epochs_match` instead).
+        fields: dotted fields the command set (None: every field); ``recipe.stages``
+            compares the stage plan without epochs.
+        epochs: the ``--epochs`` text, if given.
+    """
+    a, b = _flat(stored.to_dict()), _flat(requested.to_dict())
+    out: list[str] = []
+    for key in sorted(a):
+        if key in RESUME_FREE or key == "recipe.stages" or (fields is not None
+                                                            and key not in fields):
+            continue
+        if not _same(key, a[key], b.get(key)):
+            out.append(f"{key} is {_show(a[key])} in the run but {_show(b.get(key))} here")
+    if fields is None or "recipe.stages" in fields:
+        plan_a = [[s[k] for k in _STAGE_KEYS] for s in a["recipe.stages"]]
+        plan_b = [[s[k] for k in _STAGE_KEYS] for s in b["recipe.stages"]]
+        if not _same("recipe.stages", plan_a, plan_b):
+            out.append(f"recipe.stages is {_plan(a['recipe.stages'])} in the run but "
+                       f"{_plan(b['recipe.stages'])} here")
+    if epochs is not None and not epochs_match(stored.stage_plan(), epochs):
+        have = [s.epochs for s in stored.stage_plan()]
+        out.append(f"epochs are {','.join(map(str, have))} ({sum(have)} in total) in the run "
+                   f"but --epochs {epochs} here")
+    return out
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(_flat(v, name))
+        else:
+            out[name] = v
+    return out
+
+
+def _same(key: str, x: Any, y: Any) -> bool:
+    if key in _PATH_FIELDS and isinstance(x, str) and isinstance(y, str):
+        if x.strip().lower() in ("", "none", "hub") or y.strip().lower() in ("", "none", "hub"):
+            return x.strip().lower() == y.strip().lower()
+        return Path(x).expanduser().resolve() == Path(y).expanduser().resolve()
+    if isinstance(x, float) or isinstance(y, float):
+        try:
+            return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_same("", p, q) for p, q in zip(x, y, strict=True))
+    return x == y
+
+
+def _show(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _plan(stages: list[dict[str, Any]]) -> str:
+    return "[" + ", ".join(f"{s['name']} ({s['unfreeze']}, lr {s['lr']:g})" for s in stages) + "]"
 
 
 # ---- internals -----------------------------------------------------------------------

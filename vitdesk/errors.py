@@ -34,6 +34,10 @@ class ModelError(VitdeskError):
     """A model name or model option is invalid."""
 
 
+class DiskFullError(VitdeskError):
+    """A write found the disk (or quota) full; its temp files were removed."""
+
+
 class Cancelled(VitdeskError):
     """The user cancelled a long operation (exit 130)."""
 

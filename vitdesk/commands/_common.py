@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -37,12 +35,20 @@ def sigint_cancels() -> Iterator[CancelToken]:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    """Write JSON atomically (a crash never leaves half a metrics file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write JSON atomically (a crash or a full disk never leaves half a metrics file)."""
+    from vitdesk.fileio import atomic_write_json
+
+    return atomic_write_json(path, data, allow_nan=False)
+
+
+def load_run_for(args: Any) -> Any:
+    """Load ``args.run`` once, up front, with its notices (a corrupt ``best`` checkpoint
+    replaced by ``last``) printed to the console; the analysis functions take it as is."""
+    from vitdesk.console import ConsoleProgress
+    from vitdesk.engine.run import load_run
+
+    return load_run(args.run, device=getattr(args, "device", "auto") or "auto",
+                    listener=ConsoleProgress())
 
 
 def summary_table(rows: list[tuple[str, str]]) -> str:

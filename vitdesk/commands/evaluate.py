@@ -13,6 +13,7 @@ def run(args: argparse.Namespace) -> int:
     from vitdesk.analysis.tta import TTAConfig
     from vitdesk.commands._common import (
         check_baseline,
+        load_run_for,
         metrics_doc,
         sigint_cancels,
         summary_table,
@@ -20,14 +21,18 @@ def run(args: argparse.Namespace) -> int:
         write_json,
     )
     from vitdesk.console import ConsoleProgress
+    from vitdesk.fileio import check_output_path
 
-    baseline = check_baseline(getattr(args, "baseline", None))
+    # every input and output is checked before the evaluation runs
     out = Path(args.out) if args.out else Path(args.run) / "eval"
+    if args.out or Path(args.run).is_dir():  # no run folder: load_run names the problem
+        check_output_path(out, "--out", folder=True, files=("metrics.json",))
+    baseline = check_baseline(getattr(args, "baseline", None))
     device = getattr(args, "device", "auto") or "auto"
     tta = TTAConfig() if args.tta else None
     transfer = None
     with sigint_cancels() as token:
-        ev = evaluate_run(args.run, args.data, tta=tta, device=device, cancel=token,
+        ev = evaluate_run(load_run_for(args), args.data, tta=tta, device=device, cancel=token,
                           listener=ConsoleProgress())
         if baseline is not None:
             transfer = evaluate_baseline(ev, args.run, baseline, args.data, tta=tta,

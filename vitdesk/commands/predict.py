@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
-from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
     from vitdesk.analysis.evaluation import predict_input
     from vitdesk.analysis.tta import TTAConfig
-    from vitdesk.commands._common import sigint_cancels
+    from vitdesk.commands._common import load_run_for, sigint_cancels
     from vitdesk.console import ConsoleProgress
+    from vitdesk.fileio import atomic_write_text, check_output_path
 
+    # every output is checked before the prediction runs
+    out = check_output_path(args.out, "--out", folder=False) if args.out else None
+    if args.attention:
+        check_output_path(args.attention, "--attention", folder=True)
     with sigint_cancels() as token:
-        res = predict_input(args.run, args.input, tta=TTAConfig() if args.tta else None,
+        res = predict_input(load_run_for(args), args.input,
+                            tta=TTAConfig() if args.tta else None,
                             attention_dir=args.attention,
                             device=getattr(args, "device", "auto") or "auto", cancel=token,
                             listener=ConsoleProgress())
     for err in res.errors:
         print(f"warning: skipped {err}", file=sys.stderr)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="", encoding="utf-8") as fh:
-            _write(fh, res)
+    if out is not None:
+        buf = io.StringIO()
+        _write(buf, res)
+        atomic_write_text(out, buf.getvalue())  # a full disk leaves no half (or empty) CSV
         print(f"{len(res.rows)} slices -> {out}", file=sys.stderr)
     else:
         _write(sys.stdout, res)

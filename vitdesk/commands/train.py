@@ -17,27 +17,44 @@ STAGED_RANDOM_WARNING = (
 )
 
 
-def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
-    """The run configuration: ``--config`` (or the run's own config on ``--resume``) + flags."""
-    from vitdesk.engine.models import is_cnn_name
+_SIMPLE = {
+    "val": "data.val_source", "model": "model.name", "pretrained": "weights.pretrained",
+    "img_size": "model.img_size", "window": "data.window", "batch_size": "data.batch_size",
+    "device": "device", "seed": "seed", "teacher": "teacher.run",
+    "temperature": "teacher.temperature", "alpha": "teacher.alpha",
+    "unlabelled": "teacher.unlabelled",
+}
 
+
+def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
+    """The run configuration: ``--config`` + flags; on ``--resume`` the run's own config.
+
+    A resumed run keeps its ``config.toml``. The command may repeat the flags that
+    started it (``--epochs 1,1,1`` that a random backbone turned into one stage of 3 is
+    accepted per stage or as the total); a flag that would change what is trained is
+    refused naming the field and both values. Data paths and the device may change.
+    """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     out = getattr(args, "out", None)
-    if args.config:
-        cfg = load_config(args.config)
-    elif args.resume and out and (Path(out) / "config.toml").is_file():
-        cfg = load_config(Path(out) / "config.toml")
-    else:
-        cfg = RunConfig()
+    stored_path = Path(out).expanduser() / "config.toml" if out else None
+    if args.resume and stored_path is not None and stored_path.is_file():
+        return _resume_config(args, load_config(stored_path), warn)
+    cfg = load_config(args.config) if args.config else RunConfig()
+    cfg = _apply_flags(cfg, args, warn, with_epochs=True)
+    if out:
+        cfg.out = out
+    elif not args.config:
+        cfg.out = str(Path("runs") / f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return cfg.resolved().validate()
+
+
+def _apply_flags(cfg: RunConfig, args: argparse.Namespace, warn: Any,
+                 with_epochs: bool) -> RunConfig:
+    """``cfg`` with the flags applied as a fresh run applies them."""
+    from vitdesk.engine.models import is_cnn_name
+
     cfg.data.source = args.data
-    simple = {
-        "val": "data.val_source", "model": "model.name", "pretrained": "weights.pretrained",
-        "img_size": "model.img_size", "window": "data.window", "batch_size": "data.batch_size",
-        "device": "device", "seed": "seed", "teacher": "teacher.run",
-        "temperature": "teacher.temperature", "alpha": "teacher.alpha",
-        "unlabelled": "teacher.unlabelled",
-    }
-    for attr, dotted in simple.items():
+    for attr, dotted in _SIMPLE.items():
         value = getattr(args, attr, None)
         if value is not None:
             cfg.set(dotted, value)
@@ -49,14 +66,14 @@ def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
     if getattr(args, "recipe", None) and args.recipe != cfg.recipe.kind:
         cfg.recipe.kind = args.recipe
         cfg.recipe.stages = []  # the new recipe's default plan
-    elif (not args.config and not args.resume and not getattr(args, "recipe", None)
+    elif (not args.config and not getattr(args, "recipe", None)
           and is_cnn_name(cfg.model.name) and cfg.recipe.kind == "staged"):
         # CNNs default to the full recipe (there are no ViT blocks to unfreeze in stages)
         cfg.recipe.kind, cfg.recipe.stages = "full", []
     if getattr(args, "force_staged", False):
         cfg.recipe.force_staged = True
     epochs = getattr(args, "epochs", None)
-    if not args.resume and cfg.staged_on_random_backbone():
+    if cfg.staged_on_random_backbone():
         warn(STAGED_RANDOM_WARNING)
         total = None
         if epochs:
@@ -67,12 +84,43 @@ def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
         cfg.switch_to_full()
         if total is not None:
             epochs = str(total)
-    if epochs:
+    if epochs and with_epochs:
         cfg.set_epochs(epochs)
-    if out:
-        cfg.out = out
-    elif not args.config:
-        cfg.out = str(Path("runs") / f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return cfg
+
+
+def _resume_config(args: argparse.Namespace, stored: RunConfig, warn: Any) -> RunConfig:
+    """The stored config of the run in ``--out``, once the flags agree with it."""
+    from vitdesk.config import resume_differences
+    from vitdesk.errors import ConfigError
+
+    base = load_config(args.config) if args.config else RunConfig()
+    said: list[str] = []
+    requested = _apply_flags(base, args, said.append, with_epochs=False).resolved()
+    if args.config:
+        fields = None  # the same config file: every field must agree
+    else:  # only what the flags set: the rest of a fresh config is defaults, not a request
+        fields = {d for a, d in _SIMPLE.items() if getattr(args, a, None) is not None}
+        if getattr(args, "distill", None):
+            fields.add("teacher.mode")
+        if getattr(args, "recipe", None) or STAGED_RANDOM_WARNING in said:
+            fields.add("recipe.kind")  # a random backbone switched staged to full
+        if getattr(args, "force_staged", False):
+            fields.add("recipe.force_staged")
+    epochs = getattr(args, "epochs", None)
+    diffs = resume_differences(stored, requested, fields, str(epochs) if epochs else None)
+    if diffs:
+        raise ConfigError(
+            f"cannot resume {args.out}: {'; '.join(diffs)}: repeat the run's settings (see "
+            "its config.toml), or start a new run with another --out"
+        )
+    cfg = stored
+    cfg.data.source = args.data
+    if getattr(args, "val", None) is not None:
+        cfg.data.val_source = args.val
+    if getattr(args, "device", None) is not None:
+        cfg.device = args.device
+    cfg.out = args.out
     return cfg.resolved().validate()
 
 

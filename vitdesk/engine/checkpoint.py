@@ -6,17 +6,17 @@ scaler, EMA and RNG states: plain tensors, numbers and containers only, read bac
 with ``weights_only=True``) and ``KIND.json`` (metadata naming those files). Every
 file is written to a temp file in the same folder, fsynced and ``os.replace``d; the
 JSON is written last and is the commit point, so a kill at any moment leaves the
-previous complete checkpoint loadable.
+previous complete checkpoint loadable. A write that fails (a full disk) removes the
+files of the checkpoint it was writing, so the folder holds only complete checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
 import random
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,10 @@ import numpy as np
 import torch
 
 from vitdesk.errors import CheckpointError
-from vitdesk.fileio import finish_temp_file
+from vitdesk.fileio import atomic_write_bytes, atomic_write_text
+
+__all__ = ["Checkpoint", "atomic_write_bytes", "atomic_write_text", "checkpoint_exists",
+           "load_checkpoint", "load_best_or_last", "save_checkpoint"]
 
 
 @dataclass
@@ -35,41 +38,6 @@ class Checkpoint:
     meta: dict[str, Any]
     weights: dict[str, torch.Tensor]
     state: dict[str, Any]
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via ``write(file_path)`` into a temp file next to ``path``, fsync, replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        finish_temp_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 def rng_state() -> dict[str, Any]:
@@ -114,20 +82,56 @@ def save_checkpoint(
     wname = f"{kind}-{tag}.safetensors"
     # safetensors wants contiguous, unshared CPU tensors
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
-    atomic_write_bytes(folder / wname, lambda p: save_file(flat, p, metadata={"kind": kind}))
-    meta = dict(meta, weights=wname, format="vitdesk-checkpoint-1")
-    if state is not None:
-        sname = f"{kind}-{tag}.state.pt"
-        atomic_write_bytes(folder / sname, lambda p: torch.save(state, p))
-        meta["state"] = sname
-    json_path = folder / f"{kind}.json"
-    atomic_write_text(json_path, json.dumps(meta, indent=2, sort_keys=True))
+    committed = _committed_files(folder, kind)
+    written: list[Path] = []
+    try:
+        atomic_write_bytes(folder / wname,
+                           lambda p: save_file(flat, p, metadata={"kind": kind}),
+                           size_hint=_nbytes(flat) + 64 * 1024)
+        written.append(folder / wname)
+        meta = dict(meta, weights=wname, format="vitdesk-checkpoint-1")
+        if state is not None:
+            sname = f"{kind}-{tag}.state.pt"
+            atomic_write_bytes(folder / sname, lambda p: torch.save(state, p),
+                               size_hint=_nbytes(state) + 64 * 1024)
+            written.append(folder / sname)
+            meta["state"] = sname
+        json_path = folder / f"{kind}.json"
+        atomic_write_text(json_path, json.dumps(meta, indent=2, sort_keys=True))
+    except BaseException:
+        # the JSON still names the previous files: drop the new ones it does not name
+        # (a same-step rewrite replaced a committed file in place: that one stays)
+        for p in written:
+            if p.name not in committed:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        raise
     keep = {wname, meta.get("state")}
     for old in folder.glob(f"{kind}-*"):
         if old.name not in keep:
             with contextlib.suppress(OSError):
                 old.unlink()
     return json_path
+
+
+def _committed_files(folder: Path, kind: str) -> set[str]:
+    """The files the current ``KIND.json`` names (empty when missing or unreadable)."""
+    try:
+        meta = json.loads((folder / f"{kind}.json").read_text(encoding="utf-8"))
+        return {str(meta.get("weights")), str(meta.get("state"))}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested container (the size of the file they make)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 8
 
 
 def checkpoint_exists(folder: str | Path, kind: str = "last") -> bool:
@@ -162,3 +166,34 @@ def load_checkpoint(folder: str | Path, kind: str = "last", with_state: bool = T
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint state {spath} is corrupt ({exc})") from None
     return Checkpoint(meta=meta, weights=weights, state=state)
+
+
+def load_best_or_last(
+    folder: str | Path, with_state: bool = False, notice: Callable[[str], None] | None = None,
+) -> tuple[Checkpoint, str]:
+    """The ``best`` checkpoint, else ``last``; returns it and its kind.
+
+    A corrupt ``best`` falls back to an intact ``last`` and says so through ``notice``
+    (the model is then the run's latest, not its best-by-validation one). Both corrupt or
+    missing: one :class:`CheckpointError` naming both.
+    """
+    folder = Path(folder)
+    if not checkpoint_exists(folder, "best"):
+        return load_checkpoint(folder, "last", with_state), "last"
+    try:
+        return load_checkpoint(folder, "best", with_state), "best"
+    except CheckpointError as exc:
+        if not checkpoint_exists(folder, "last"):
+            raise
+        why = str(exc)  # ``exc`` is unbound after the except block
+        try:
+            cp = load_checkpoint(folder, "last", with_state)
+        except CheckpointError as last_exc:
+            raise CheckpointError(
+                f"both checkpoints of {folder.parent} are unusable (best: {why}; last: "
+                f"{last_exc}): train the run again"
+            ) from None
+    if notice is not None:
+        notice(f"the best checkpoint of {folder.parent} is unusable ({why}): using "
+               f"the last one (step {cp.meta.get('global_step', '?')}) instead")
+    return cp, "last"

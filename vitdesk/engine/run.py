@@ -15,6 +15,7 @@ import os
 import platform
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 from vitdesk.config import RunConfig, coarse_grid_warning, load_config, save_config
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.events import EpochEnded, TrainingDone
+from vitdesk.engine.history import read_history
 from vitdesk.engine.models import (
     adapt_state_dict,
     choose_attention_backend,
@@ -45,6 +47,7 @@ from vitdesk.engine.weights import (
     resolve_weights_path,
 )
 from vitdesk.errors import CheckpointError, ConfigError, DataError
+from vitdesk.fileio import atomic_write_text
 from vitdesk.imaging.windowing import WindowSpec
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, emit
 
@@ -78,20 +81,22 @@ class LoadedRun:
 
 # ---- listeners ---------------------------------------------------------------------------
 class HistoryWriter:
-    """Appends one JSON line per epoch to ``history.jsonl``."""
+    """Keeps ``history.jsonl`` at one JSON line per epoch, rewritten atomically each epoch
+    (a kill or a full disk mid-write leaves the previous epochs intact)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lines = [json.dumps(r) for r in read_history(path.parent)] if path.is_file() \
+            else []
 
     def __call__(self, ev: Any) -> None:
         if isinstance(ev, EpochEnded):
             line = {"stage": ev.stage, "epoch": ev.epoch, "step": ev.global_step,
                     "train_loss": _num(ev.train_loss), "val_loss": _num(ev.val_loss),
                     "val_acc": _num(ev.val_acc), "lr": ev.lr, "seconds": round(ev.seconds, 3)}
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(line) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            lines = [*self.lines, json.dumps(line)]
+            atomic_write_text(self.path, "".join(x + "\n" for x in lines))
+            self.lines = lines
 
 
 class MetricsWriter:
@@ -104,8 +109,10 @@ class MetricsWriter:
         self.epochs: list[EpochEnded] = []
         if path.is_file():  # resumed run: keep what was recorded
             try:
-                self.previous = json.loads(path.read_text())
-            except ValueError:
+                self.previous = json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, OSError):
+                self.previous = {}
+            if not isinstance(self.previous, dict):
                 self.previous = {}
         else:
             self.previous = {}
@@ -133,7 +140,7 @@ class MetricsWriter:
         if best is not None:
             data["best_val_acc"] = _num(best.best_val_acc)
             data["best_val_loss"] = _num(best.best_val_loss)
-        ckpt.atomic_write_text(self.path, json.dumps(data, indent=2))
+        atomic_write_text(self.path, json.dumps(data, indent=2))
 
 
 def _num(v: float) -> float | None:
@@ -263,19 +270,64 @@ def _check_data(data: TrainData) -> None:
         )
 
 
-def check_out_folder(out: Path, resume: bool) -> None:
-    """Refuse a used output folder unless resuming, and a resume without a checkpoint."""
+# What a training run writes into its folder before its first checkpoint.
+RUN_FILES = ("config.toml", "split.json", "history.jsonl", "metrics.json", "env.json")
+
+
+def dead_end_folder(out: Path) -> bool:
+    """True for a run folder that a run left before its first checkpoint.
+
+    It holds only what a run writes (a ``config.toml``, maybe the split, history and
+    metrics) and no ``last`` or ``best`` checkpoint: nothing trained is in it, so a new
+    run may take its place.
+    """
+    if not (out / "config.toml").is_file():
+        return False
+    folder = out / "checkpoints"
+    if ckpt.checkpoint_exists(folder, "last") or ckpt.checkpoint_exists(folder, "best"):
+        return False
+    for p in out.iterdir():
+        if p.name == "checkpoints" and p.is_dir():
+            continue
+        if p.name not in RUN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")):
+            return False  # something the user put there: not ours to replace
+    return True
+
+
+def check_out_folder(out: Path, resume: bool) -> str:
+    """What to do with the output folder: ``new``, ``restart`` (a dead end) or ``resume``.
+
+    Refuses a used folder unless resuming, and a resume of a folder that is no run. A
+    folder left before its first checkpoint (:func:`dead_end_folder`) is started again
+    in place, with or without ``--resume``.
+    """
+    if out.exists() and out.is_dir() and dead_end_folder(out):
+        return "restart"
     if resume:
         if not ckpt.checkpoint_exists(out / "checkpoints", "last"):
             raise CheckpointError(
                 f"cannot resume: {out} has no checkpoints/last.json; start without --resume"
             )
-        return
+        return "resume"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(
             f"output folder {out} already exists and is not empty: choose a new --out, or add "
             "--resume to continue it"
         )
+    return "new"
+
+
+def _clear_dead_end(out: Path) -> None:
+    """Remove what a run left before its first checkpoint (see :func:`dead_end_folder`)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for p in out.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+    folder = out / "checkpoints"
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and (p.name.startswith(("last-", "best-", "."))):
+                p.unlink(missing_ok=True)
 
 
 def _env_info(cfg: RunConfig, device: torch.device, attention: dict, dist: DistInfo,
@@ -395,7 +447,12 @@ def train(
     cfg = cfg.resolved()
     cfg.validate()
     out = Path(cfg.out).expanduser()
-    check_out_folder(out, resume)
+    folder_mode = check_out_folder(out, resume)
+    if folder_mode == "restart":
+        emit(list(listeners), Notice("train", (
+            f"{out} holds no checkpoint (its run stopped before the first one): "
+            + ("nothing to resume, " if resume else "") + "starting it again in place")))
+        resume = False
     cfg.model.pool = _recorded_pool(out) if resume else resolve_pool(cfg)
     dist = _dist_from_env()
     device = resolve_device(cfg.device, dist)
@@ -451,6 +508,8 @@ def train(
         run_listeners: list[Listener] = []
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
+            if folder_mode == "restart":
+                _clear_dead_end(out)
             if resume:
                 _truncate_history(out / "history.jsonl", resume_cp.meta["global_step"])
             else:
@@ -471,13 +530,13 @@ def train(
             env = _env_info(cfg, device, attention, dist, report.to_dict(), _amp_name(trainer))
             env["resumed"] = resume
             env.update(extra)
-            ckpt.atomic_write_text(out / "env.json", json.dumps(env, indent=2))
+            atomic_write_text(out / "env.json", json.dumps(env, indent=2))
         seed_everything(cfg.seed)  # the attention timing must not shift the run's RNG
         t0 = time.perf_counter()
         trainer.fit()
         if dist.main:
             env["train_seconds"] = round(time.perf_counter() - t0, 2)
-            ckpt.atomic_write_text(out / "env.json", json.dumps(env, indent=2))
+            atomic_write_text(out / "env.json", json.dumps(env, indent=2))
     finally:
         if created_pg:
             import torch.distributed as tdist
@@ -513,7 +572,7 @@ def _truncate_history(path: Path, global_step: int) -> None:
                 keep.append(line)
         except (ValueError, KeyError):
             continue
-    ckpt.atomic_write_text(path, "".join(k + "\n" for k in keep))
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 def _write_split(path: Path, data: TrainData) -> None:
@@ -527,7 +586,7 @@ def _write_split(path: Path, data: TrainData) -> None:
             pass
     sizes = {"train": len(data.train), "val": len(data.val) if data.val is not None else 0,
              "test": len(data.test) if data.test is not None else 0}
-    ckpt.atomic_write_text(path, json.dumps({"sizes": sizes, "classes": data.classes,
+    atomic_write_text(path, json.dumps({"sizes": sizes, "classes": data.classes,
                                              "fingerprint": data.fingerprint}, indent=2))
 
 
@@ -599,17 +658,30 @@ def _load_teacher(cfg: RunConfig, classes: list[str], device: torch.device) -> n
     return t.model
 
 
-def load_run(run_dir: str | Path, device: str = "cpu", kind: str = "best") -> LoadedRun:
-    """Load a trained run (best checkpoint, else last) in eval mode."""
+def load_run(run_dir: str | Path, device: str = "cpu", kind: str = "best",
+             listener: Listener | None = None) -> LoadedRun:
+    """Load a trained run (best checkpoint, else last) in eval mode.
+
+    A corrupt ``best`` falls back to an intact ``last`` with a ``Notice`` to ``listener``
+    (a warning when there is none); ``kind="last"`` loads ``last`` only.
+    """
     run = Path(run_dir).expanduser()
     cfg_path = run / "config.toml"
     if not cfg_path.is_file():
         raise CheckpointError(f"{run} is not a vitdesk run folder (no config.toml)")
     cfg = load_config(cfg_path)
     folder = run / "checkpoints"
-    if not ckpt.checkpoint_exists(folder, kind):
-        kind = "last"
-    cp = ckpt.load_checkpoint(folder, kind, with_state=False)
+
+    def notice(msg: str) -> None:
+        if listener is None:
+            warnings.warn(msg, stacklevel=3)
+        else:
+            emit(listener, Notice("load run", msg))
+
+    if kind == "best":
+        cp, kind = ckpt.load_best_or_last(folder, with_state=False, notice=notice)
+    else:
+        cp = ckpt.load_checkpoint(folder, kind, with_state=False)
     classes = list(cp.meta.get("classes") or [])
     if len(classes) < 1:
         raise CheckpointError(f"{folder}/{kind}.json names no classes: the run is incomplete")

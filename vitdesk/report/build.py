@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitdesk.fileio import finish_temp_file
+from vitdesk.fileio import disk_full_error, finish_temp_file, is_disk_full
 from vitdesk.report.data import ReportData, check_no_phi
 from vitdesk.report.html import render_html
 from vitdesk.report.pdf import render_pdf
@@ -52,19 +53,34 @@ def write_report(
     doc = render_html(data, sections)
     check_no_phi(None, forbidden, [doc])
     html_path, pdf_path = out / "report.html", out / "report.pdf"
-    fd, tmp_html = tempfile.mkstemp(dir=out, suffix=".html.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(doc)
-    fd, tmp_pdf = tempfile.mkstemp(dir=out, suffix=".pdf.tmp")
-    os.close(fd)
+    data_html = doc.encode("utf-8")
+    tmps: list[str] = []
+    target = html_path  # the file being written, for a full-disk message
     try:
-        pages = render_pdf(data, sections, Path(tmp_pdf))
-        for tmp in (tmp_html, tmp_pdf):
+        for suffix in (".html.tmp", ".pdf.tmp"):
+            fd, tmp = tempfile.mkstemp(prefix=".report.", dir=out, suffix=suffix)
+            os.close(fd)
+            tmps.append(tmp)
+        Path(tmps[0]).write_bytes(data_html)
+        target = pdf_path
+        pages = render_pdf(data, sections, Path(tmps[1]))
+        for tmp in tmps:
             finish_temp_file(tmp)
-        os.replace(tmp_html, html_path)
-        os.replace(tmp_pdf, pdf_path)
+        os.replace(tmps[0], html_path)
+        os.replace(tmps[1], pdf_path)
+    except Exception as exc:
+        written = sum(os.path.getsize(t) for t in tmps if os.path.exists(t))
+        if is_disk_full(exc, out, None, written):
+            _remove(tmps)
+            # the PDF's size is not known before it is drawn: at least the HTML's
+            raise disk_full_error(target, max(written, len(data_html))) from None
+        raise
     finally:
-        for tmp in (tmp_html, tmp_pdf):
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _remove(tmps)
     return ReportFiles(html_path, pdf_path, pages)
+
+
+def _remove(paths: Iterable[str]) -> None:
+    for tmp in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, pixel_array
+from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from vitdesk.errors import LoadError
+from vitdesk.errors import Cancelled, LoadError
 from vitdesk.imaging.deid import safe_key, split_meta
-from vitdesk.imaging.scan import FileHeader, SeriesInfo, ds_floats
-from vitdesk.imaging.volume import Volume
+from vitdesk.imaging.scan import FileHeader, SeriesInfo, ds_floats, read_file_header
+from vitdesk.imaging.volume import FileError, Volume
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
 PADDING_HU = -1024.0
@@ -77,7 +77,7 @@ class _Frame:
     bits_stored: int
     slope: float
     intercept: float
-    ds: Dataset | None  # set only when a Modality LUT Sequence must be applied
+    lut: tuple[np.ndarray, int] | None  # valid Modality LUT: (table, first stored value)
     pad_range: tuple[float, float] | None
     ipp: np.ndarray | None
     iop: np.ndarray | None
@@ -89,6 +89,7 @@ class _Frame:
     file: str
     frame: int
     instance: int
+    notes: tuple[str, ...] = ()  # warnings about this file (shown once per series)
 
 
 def _first(value: Any) -> Any:
@@ -145,15 +146,18 @@ def _ts_name(ds: Dataset | None, path: str) -> str:
             )
         except Exception:  # any read problem just means "unknown" here
             ts = None
-    return UID(ts).name if ts else "unknown transfer syntax"
+    try:
+        return UID(ts).name if ts else "unknown transfer syntax"
+    except Exception:  # noqa: BLE001 - a garbled UID is still "unknown"
+        return "unknown transfer syntax"
 
 
-def _read_pixels(path: str) -> tuple[Dataset, np.ndarray]:
-    """Read the needed header elements and decode all frames of one file."""
+def _read_pixels(path: str, frame: int | None) -> tuple[Dataset, np.ndarray]:
+    """Read the needed header elements and decode all frames (or only ``frame``)."""
     ds = Dataset()
     try:
         # Fast path: reads group 0028 and _PIXEL_TAGS only, then decodes.
-        arr = pixel_array(path, ds_out=ds, specific_tags=_PIXEL_TAGS)
+        arr = pixel_array(path, ds_out=ds, specific_tags=_PIXEL_TAGS, index=frame)
         return ds, arr
     except AttributeError:
         pass  # no file meta (no preamble / raw data set): read it all below
@@ -169,7 +173,10 @@ def _read_pixels(path: str) -> tuple[Dataset, np.ndarray]:
         ds.file_meta.TransferSyntaxUID = ts
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise LoadError(f"{path}: no pixel data in this DICOM file; it is not an image")
-    return ds, ds.pixel_array
+    arr = ds.pixel_array
+    if frame is not None and int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[frame]
+    return ds, arr
 
 
 def _padding_range(ds: Dataset) -> tuple[float, float] | None:
@@ -192,6 +199,42 @@ def _padding_range(ds: Dataset) -> tuple[float, float] | None:
     return (float(min(ppv, lim)), float(max(ppv, lim)))
 
 
+def modality_lut(ds: Dataset) -> tuple[np.ndarray, int] | str | None:
+    """The (0028,3000) Modality LUT Sequence of ``ds`` as (table, first stored value).
+
+    Returns None when there is no sequence, and a reason (str) when its first item
+    lacks a usable (0028,3002) LUT Descriptor (entries, first stored value mapped,
+    bits) or (0028,3006) LUT Data with at least that many entries (PS3.3 C.11.1);
+    callers then fall back to Rescale Slope/Intercept and warn.
+    """
+    seq = ds.get("ModalityLUTSequence")
+    if not seq:
+        return None
+    try:
+        item = seq[0]
+        desc = item.get("LUTDescriptor")
+        if desc is None or isinstance(desc, bytes | str) or len(desc) != 3:
+            return "its item has no valid LUT Descriptor"
+        n = int(desc[0]) or 65536  # 0 means 2^16 entries
+        first = int(desc[1])
+        if "LUTData" not in item:
+            return "its item has no LUT Data"
+        data = item["LUTData"].value
+        if isinstance(data, bytes):
+            big = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == str(
+                ExplicitVRBigEndian)
+            table = np.frombuffer(data[: 2 * n], dtype=">u2" if big else "<u2")
+        elif isinstance(data, int):
+            table = np.asarray([data])
+        else:
+            table = np.asarray(list(data or []))
+        if table.ndim != 1 or table.size < n or table.dtype.kind not in "iuf":
+            return f"its LUT Data holds {table.size} entries, the descriptor says {n}"
+        return table[:n].astype(np.float32), first
+    except Exception as exc:  # noqa: BLE001 - any oddity: fall back to the rescale tags
+        return f"it cannot be read ({type(exc).__name__})"
+
+
 def _native_layout(known: FileHeader) -> tuple[np.dtype, int] | None:
     """(dtype, offset) of native little-endian pixels the scan located, or None.
 
@@ -202,10 +245,15 @@ def _native_layout(known: FileHeader) -> tuple[np.dtype, int] | None:
     ds = known.header
     if known.pixel_offset < 0 or ds is None:
         return None
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1:
+    # NumberOfFrames present means a multi-frame IOD (enhanced CT keeps its rescale in
+    # per-frame groups the scan does not read): pydicom's path handles those.
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or "NumberOfFrames" in ds:
         return None
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         return None
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper() not in (
+            "MONOCHROME1", "MONOCHROME2"):
+        return None  # palette colour: pydicom's path converts it
     bits = int(ds.get("BitsAllocated", 0) or 0)
     if bits not in (8, 16, 32) or "Rows" not in ds or "Columns" not in ds:
         return None
@@ -249,50 +297,122 @@ def _correct_unused_bits(arr: np.ndarray, stored: int) -> np.ndarray:
     return arr
 
 
-def _decode_file(path: str, known: FileHeader | None = None) -> list[_Frame]:
-    """Decode one file into frames (stored values plus the geometry of each)."""
-    ds: Dataset | None = None
-    layout = None
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of (..., 3) RGB values, float32 in the input's range."""
+    rgb = rgb.astype(np.float32, copy=False)
+    return (np.float32(0.299) * rgb[..., 0] + np.float32(0.587) * rgb[..., 1]
+            + np.float32(0.114) * rgb[..., 2])
+
+
+def _greyscale(path: str, ds: Dataset, arr: np.ndarray, frame: int | None
+               ) -> tuple[np.ndarray, str | None]:
+    """Stored greyscale values of ``arr``; colour images become luminance with a note.
+
+    (0028,0004) Photometric Interpretation RGB / YBR (pydicom returns RGB) and
+    PALETTE COLOR (mapped through its palette first) are reduced to luminance;
+    anything else that is not one sample per pixel is refused with the reason.
+    """
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
+    multi = frame is None and int(ds.get("NumberOfFrames", 1) or 1) > 1
+    if spp == 3 and arr.ndim == (4 if multi else 3) and arr.shape[-1] == 3:
+        return _luminance(arr), (f"colour image ({photometric or 'RGB'}): loaded as "
+                                 "luminance, not Hounsfield units")
+    if spp != 1:
+        raise LoadError(
+            f"{path}: colour image ({spp} samples per pixel, {photometric or '?'}) that "
+            "cannot be reduced to greyscale; convert it to a greyscale DICOM"
+        )
+    if photometric == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(arr, ds)
+        except Exception as exc:  # noqa: BLE001 - a broken palette is this file's problem
+            raise LoadError(f"{path}: palette colour image whose palette cannot be read "
+                            f"({type(exc).__name__}); convert it to greyscale") from None
+        return _luminance(rgb), "colour image (PALETTE COLOR): loaded as luminance, not HU"
+    return arr, None
+
+
+def _decode_file(
+    path: str, known: FileHeader | None = None, frame: int | None = None
+) -> list[_Frame]:
+    """Decode one file into frames (stored values plus the geometry of each).
+
+    ``frame`` decodes only that frame of a multi-frame file. The header's pixel
+    claims are checked against the file size first (see
+    :func:`~vitdesk.imaging.scan.pixel_claims_problem`), so a corrupt header never
+    makes the decoder allocate what the file cannot hold.
+
+    Raises:
+        LoadError: one line naming the file, what is wrong and what to do.
+    """
     try:
-        layout = _native_layout(known) if known is not None else None
+        return _decode_checked(path, known, frame)
+    except LoadError:
+        raise
+    except (Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's problem
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise LoadError(f"{path}: cannot read this image ({type(exc).__name__}: {reason}); "
+                        f"{_CORRUPT_HINT}") from None
+
+
+def _decode_checked(path: str, known: FileHeader | None, frame: int | None) -> list[_Frame]:
+    if known is None:
+        known = read_file_header(path)  # raises LoadError when the claims do not fit
+    ds: Dataset | None = None
+    try:
+        layout = _native_layout(known)
         if layout is not None:
-            ds = known.header  # type: ignore[union-attr]
+            ds = known.header
             arr = None  # read later, straight into the volume
+            if frame not in (None, 0):
+                raise LoadError(f"{path}: frame {frame} asked of a single-frame file; "
+                                "rebuild the dataset")
         else:
-            ds, arr = _read_pixels(path)
+            ds, arr = _read_pixels(path, frame)
     except LoadError:
         raise
     except FileNotFoundError:
         raise LoadError(f"{path}: file not found; rescan the folder") from None
+    except (Cancelled, KeyboardInterrupt):
+        raise
     except Exception as exc:  # codec plugins raise many types; all mean "cannot decode"
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        missing = isinstance(exc, NotImplementedError) or "plugin" in reason.lower() and (
-            "missing" in reason.lower() or "no " in reason.lower()
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        low = reason.lower()
+        missing = isinstance(exc, NotImplementedError) or "plugin" in low and (
+            "missing" in low or "no " in low
         )
+        if isinstance(exc, IndexError | ValueError) and frame is not None and "index" in low:
+            raise LoadError(f"{path}: has no frame {frame}; rebuild the dataset") from None
         hint = _CODEC_HINT if missing else _CORRUPT_HINT
         raise LoadError(
             f"{path}: cannot decode pixel data ({_ts_name(ds, path)}): {reason}; {hint}"
         ) from None
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if spp != 1:
-        raise LoadError(
-            f"{path}: colour image ({spp} samples per pixel, "
-            f"{ds.get('PhotometricInterpretation', '?')}); vitdesk loads greyscale CT/MR only"
-        )
+    notes: list[str] = []
     bits_stored = int(ds.get("BitsStored", 0) or 0)
     if arr is None:  # lazy: one native frame, read when converted
         n_frames, shape = 1, (int(ds.Rows), int(ds.Columns))
+        first_index = 0
     else:
         arr = _correct_unused_bits(arr, bits_stored)
+        arr, note = _greyscale(path, ds, arr, frame)
+        if note:
+            notes.append(note)
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         if arr.ndim == 2:
             arr = arr[np.newaxis]
-        if arr.ndim != 3 or (n_frames > 1 and arr.shape[0] != n_frames):
+        if arr.ndim != 3 or (frame is None and n_frames > 1 and arr.shape[0] != n_frames):
             raise LoadError(f"{path}: pixel data shape {arr.shape} does not match its header")
+        first_index = frame or 0
         n_frames, shape = arr.shape[0], (arr.shape[1], arr.shape[2])
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2")
-    pad = _padding_range(ds)
-    use_lut = bool(ds.get("ModalityLUTSequence"))
+    pad = _padding_range(ds) if not notes else None  # padding is defined on grey values
+    lut = modality_lut(ds)
+    if isinstance(lut, str):
+        notes.append(f"Modality LUT Sequence ignored ({lut}): Rescale Slope/Intercept used")
+        lut = None
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     ps = _vec(ds_floats(ds, "PixelSpacing"), 2)
     wc, ww = _float(ds_floats(ds, "WindowCenter")), _float(ds_floats(ds, "WindowWidth"))
@@ -301,7 +421,7 @@ def _decode_file(path: str, known: FileHeader | None = None) -> list[_Frame]:
     # Legacy multi-frame (one position for the whole file): frames are stacked
     # along the normal every SpacingBetweenSlices (else SliceThickness) mm.
     step_mm = None
-    if n_frames > 1 and not enhanced:
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1 and not enhanced:
         step_mm = _float(ds_floats(ds, "SpacingBetweenSlices")) or _float(
             ds_floats(ds, "SliceThickness")
         )
@@ -312,7 +432,8 @@ def _decode_file(path: str, known: FileHeader | None = None) -> list[_Frame]:
     top_iop = _vec(ds_floats(ds, "ImageOrientationPatient"), 6)
     top_thick = _float(ds_floats(ds, "SliceThickness"))
     frames = []
-    for i in range(n_frames):
+    for k in range(n_frames):
+        i = first_index + k  # the frame's index in the file
         slope, intercept, ipp, iop = top_slope, top_intercept, top_ipp, top_iop
         f_ps, thick = ps, top_thick
         f_wc, f_ww = wc, ww
@@ -336,16 +457,16 @@ def _decode_file(path: str, known: FileHeader | None = None) -> list[_Frame]:
             f_ww = _float(_group(ds, i, "FrameVOILUTSequence", "WindowWidth"), ww)
         frames.append(
             _Frame(
-                stored=arr[i] if arr is not None else None,
+                stored=arr[k] if arr is not None else None,
                 shape=shape,
                 lazy=layout if arr is None else None,
                 bits_stored=bits_stored,
-                slope=slope if slope is not None else 1.0,
-                intercept=intercept if intercept is not None else 0.0,
-                ds=ds if use_lut else None,
+                slope=slope if slope is not None and np.isfinite(slope) else 1.0,
+                intercept=intercept if intercept is not None and np.isfinite(intercept) else 0.0,
+                lut=lut,
                 pad_range=pad,
-                ipp=ipp,
-                iop=iop,
+                ipp=ipp if ipp is not None and np.isfinite(ipp).all() else None,
+                iop=iop if iop is not None and np.isfinite(iop).all() else None,
                 pixel_spacing=(float(f_ps[0]), float(f_ps[1])) if f_ps is not None else None,
                 thickness=thick,
                 window=(f_ww, f_wc) if f_ww and f_wc is not None and f_ww > 0 else None,
@@ -354,16 +475,25 @@ def _decode_file(path: str, known: FileHeader | None = None) -> list[_Frame]:
                 file=path,
                 frame=i,
                 instance=instance,
+                notes=tuple(notes),
             )
         )
     return frames
 
 
 def _to_hu(fr: _Frame, out: np.ndarray) -> np.ndarray | None:
-    """Write the HU of ``fr`` into ``out`` (float32); return its padding mask."""
+    """Write the HU of ``fr`` into ``out`` (float32); return its padding mask.
+
+    HU = stored x Rescale Slope + Rescale Intercept, or the valid Modality LUT's
+    entry for the stored value (clipped to the table, PS3.3 C.11.1.1). Padding
+    voxels ((0028,0120) Pixel Padding Value up to (0028,0121) Range Limit) are
+    set to :data:`PADDING_HU` and returned as a mask.
+    """
     stored = fr.stored if fr.stored is not None else _read_lazy(fr)
-    if fr.ds is not None:
-        out[...] = apply_modality_lut(stored, fr.ds)
+    if fr.lut is not None:
+        table, first = fr.lut
+        idx = np.clip(stored.astype(np.int64) - first, 0, table.size - 1)
+        out[...] = table[idx]
     else:
         # Same maths as pydicom's apply_modality_lut, in float32 and in place;
         # slope 1 (nearly all CT) needs a single pass over the slice.
@@ -381,21 +511,52 @@ def _to_hu(fr: _Frame, out: np.ndarray) -> np.ndarray | None:
     return mask
 
 
-def read_slice_hu(path: str | Path) -> np.ndarray:
-    """Return one 2-D float32 HU slice from a single-frame DICOM file (padding -> -1024)."""
-    frames = _decode_file(str(path))
-    if len(frames) != 1:
-        raise LoadError(
-            f"{path}: {len(frames)} frames in one file; read it with load_series instead"
-        )
+def read_frame_hu(path: str | Path, frame: int = 0) -> np.ndarray:
+    """One 2-D float32 HU slice: frame ``frame`` of any DICOM file (padding -> -1024).
+
+    The same conversion as :func:`load_series` (legacy rescale tags, per-frame and
+    shared functional groups of enhanced multi-frame files, a valid Modality LUT),
+    decoding only the frame asked for. This is what training, evaluation and
+    prediction read.
+
+    Raises:
+        LoadError: one line naming the file, the problem and what to do.
+    """
+    frames = _decode_file(str(path), None, int(frame))
+    if not frames:
+        raise LoadError(f"{path}: no image frame {frame}; rebuild the dataset")
     fr = frames[0]
     out = np.empty(fr.shape, np.float32)
-    _to_hu(fr, out)
+    try:
+        _to_hu(fr, out)
+    except LoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one file's problem, in one line
+        raise LoadError(f"{path}: cannot convert frame {frame} to HU "
+                        f"({type(exc).__name__}); {_CORRUPT_HINT}") from None
     return out
+
+
+def read_slice_hu(path: str | Path) -> np.ndarray:
+    """Return one 2-D float32 HU slice from a single-frame DICOM file (padding -> -1024)."""
+    known = read_file_header(path)
+    n = int(_float(ds_floats(known.header, "NumberOfFrames"), 1) or 1)
+    if n != 1:
+        raise LoadError(
+            f"{path}: {n} frames in one file; read it with load_series instead"
+        )
+    return read_frame_hu(path, 0)
 
 
 def _workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def _file_error(exc: LoadError, path: str) -> FileError:
+    """A FileError from a LoadError whose message starts with "<path>: "."""
+    text = str(exc)
+    prefix = f"{path}: "
+    return FileError(path, text[len(prefix):] if text.startswith(prefix) else text)
 
 
 def _decode_all(
@@ -403,24 +564,36 @@ def _decode_all(
     headers: Sequence[FileHeader | None],
     cancel: CancelToken,
     listener: Listener | None,
-) -> list[_Frame]:
+) -> tuple[list[_Frame], list[FileError]]:
+    """Decode every file; a file that fails becomes a FileError, the rest go on."""
     frames: list[_Frame] = []
+    skipped: list[FileError] = []
     n = len(files)
+
+    def one(i: int) -> list[_Frame]:
+        return _decode_file(files[i], headers[i])
+
     if n == 1:
-        return _decode_file(files[0], headers[0])
+        try:
+            return one(0), skipped
+        except LoadError as exc:
+            return [], [_file_error(exc, files[0])]
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        futures = [pool.submit(_decode_file, f, h) for f, h in zip(files, headers, strict=True)]
+        futures = [pool.submit(one, i) for i in range(n)]
         try:
             for i, fut in enumerate(futures, 1):
                 cancel.check()
-                frames.extend(fut.result())
+                try:
+                    frames.extend(fut.result())
+                except LoadError as exc:  # _decode_file turns everything into LoadError
+                    skipped.append(_file_error(exc, files[i - 1]))
                 if i % 16 == 0 or i == n:
                     emit(listener, Progress("load", i, n, "slices"))
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
-    return frames
+    return frames, skipped
 
 
 def _orientation_normal(iop: np.ndarray) -> np.ndarray:
@@ -436,9 +609,14 @@ def load_series(
 ) -> Volume:
     """Load one DICOM series (a :class:`SeriesInfo` or its file paths) in HU.
 
+    Files that cannot be decoded are left out and listed in ``Volume.skipped``
+    (path and reason), with a warning that the volume has a gap; the series
+    fails only when no file decodes.
+
     Raises:
-        LoadError: a file cannot be read or decoded (the message names the file
-            and its transfer syntax), or the slices differ in size.
+        LoadError: no file of the series can be decoded (the message names the
+            first file, its problem and what to do).
+        Cancelled: ``cancel`` was triggered.
     """
     headers: list[FileHeader | None]
     if isinstance(series, SeriesInfo):
@@ -453,31 +631,56 @@ def load_series(
     if not files:
         raise LoadError("empty series: no files to load; rescan the folder")
     emit(listener, Progress("load", 0, len(files), "slices"))
-    frames = _decode_all(files, headers, cancel, listener)
+    frames, skipped = _decode_all(files, headers, cancel, listener)
     if not frames:
+        if skipped:
+            first = skipped[0]
+            more = f" (and {len(skipped) - 1} more file(s))" if len(skipped) > 1 else ""
+            raise LoadError(f"{first.path}: {first.reason}{more}")
         raise LoadError(f"{files[0]}: no image frames found")
     if not key:
+        good = frames[0].file
         try:
-            head = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)
+            head = pydicom.dcmread(good, stop_before_pixels=True, force=True)
             meta, phi = split_meta(head)
             uid = str(head.get("SeriesInstanceUID", "") or "")
         except Exception:  # header already decoded once; meta is a nicety here
             uid = ""
-        key = safe_key(uid or f"file:{files[0]}")
-    return _assemble(frames, meta, phi, key, cancel)
+        key = safe_key(uid or f"file:{good}")
+    return _assemble(frames, meta, phi, key, cancel, skipped)
+
+
+def _drop_odd_sizes(frames: list[_Frame], skipped: list[FileError]) -> list[_Frame]:
+    """Keep the slices of the most common size; the others are skipped files."""
+    counts: dict[tuple[int, int], int] = {}
+    for fr in frames:
+        counts[fr.shape] = counts.get(fr.shape, 0) + 1
+    if len(counts) == 1:
+        return frames
+    keep = max(counts, key=lambda s: (counts[s], s == frames[0].shape))
+    odd: dict[str, tuple[int, int]] = {}
+    for fr in frames:
+        if fr.shape != keep:
+            odd.setdefault(fr.file, fr.shape)
+    for file, (r, c) in odd.items():
+        skipped.append(FileError(file, f"slice size {c}x{r} differs from the series' "
+                                       f"{keep[1]}x{keep[0]}; move it to its own folder"))
+    return [fr for fr in frames if fr.file not in odd]
 
 
 def _assemble(
-    frames: list[_Frame], meta: dict, phi: dict, key: str, cancel: CancelToken
+    frames: list[_Frame], meta: dict, phi: dict, key: str, cancel: CancelToken,
+    skipped: list[FileError] | None = None,
 ) -> Volume:
+    skipped = list(skipped or [])
+    frames = _drop_odd_sizes(frames, skipped)
     warnings: list[str] = []
-    shapes = {fr.shape for fr in frames}
-    if len(shapes) > 1:
-        odd = [fr.file for fr in frames if fr.shape != frames[0].shape]
-        sizes = ", ".join(f"{c}x{r}" for r, c in sorted(shapes))
-        raise LoadError(
-            f"{odd[0]}: slices of one series have different sizes ({sizes}); "
-            "move the odd files to their own folder"
+    for note in dict.fromkeys(n for fr in frames for n in fr.notes):
+        warnings.append(note)
+    if skipped:
+        warnings.append(
+            f"{len(skipped)} file(s) of this series could not be read and were left out "
+            "(listed as skipped); the volume has a gap where they were"
         )
 
     iops = [fr.iop for fr in frames if fr.iop is not None]
@@ -534,6 +737,8 @@ def _assemble(
                 )
     else:
         dz = float(thickness or 1.0)
+    if not np.isfinite(dz) or dz == 0:
+        dz = 1.0
     tilts = {fr.tilt for fr in frames if fr.tilt}
     if tilts and not any("gantry tilt" in w for w in warnings):
         warnings.append(f"gantry tilt of {max(tilts, key=abs):g} degrees (GantryDetectorTilt)")
@@ -541,9 +746,16 @@ def _assemble(
     rows, cols = frames[0].shape
     hu = np.empty((len(frames), rows, cols), np.float32)
     masks: list[np.ndarray | None] = [None] * len(frames)
+    failed: dict[str, str] = {}
 
     def convert(k: int) -> None:
-        masks[k] = _to_hu(frames[k], hu[k])
+        try:
+            masks[k] = _to_hu(frames[k], hu[k])
+        except LoadError as exc:  # e.g. a file truncated since the scan
+            failed.setdefault(frames[k].file, _file_error(exc, frames[k].file).reason)
+        except Exception as exc:  # noqa: BLE001 - one file's problem, not the series'
+            failed.setdefault(frames[k].file, f"cannot convert to HU ({type(exc).__name__}); "
+                                              f"{_CORRUPT_HINT}")
 
     cancel.check()
     if len(frames) > 8:
@@ -552,6 +764,13 @@ def _assemble(
     else:
         for k in range(len(frames)):
             convert(k)
+    if failed:
+        left = [fr for fr in frames if fr.file not in failed]
+        skipped += [FileError(f, r) for f, r in failed.items()]
+        if not left:
+            first = skipped[0]
+            raise LoadError(f"{first.path}: {first.reason}")
+        return _assemble(left, meta, phi, key, cancel, skipped)
     padding = None
     if any(m is not None for m in masks):
         padding = np.zeros(hu.shape, bool)
@@ -582,4 +801,5 @@ def _assemble(
         invert_display=frames[0].photometric.upper() == "MONOCHROME1",
         slice_positions=pos.astype(np.float64),
         source_files=[fr.file for fr in frames],
+        skipped=skipped,
     )

@@ -19,7 +19,11 @@ from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
 @dataclass
 class LoadResult:
-    """Volumes that loaded and one :class:`FileError` per file or series that did not."""
+    """Volumes that loaded and one :class:`FileError` per file or series that did not.
+
+    ``errors`` also lists the files left out of a series that loaded (its
+    ``Volume.skipped``), so a caller shows every unused file once.
+    """
 
     volumes: list[Volume] = field(default_factory=list)
     errors: list[FileError] = field(default_factory=list)
@@ -49,6 +53,8 @@ def load_path(
             result.volumes.append(load_sitk(p))
         except LoadError as exc:
             result.errors.append(FileError(str(p), _reason(exc, str(p))))
+        except Exception as exc:  # noqa: BLE001 - reported as this file's problem
+            result.errors.append(FileError(str(p), _unexpected(exc)))
         return result
     scan: ScanResult = scan_path(p, cancel=cancel, listener=listener)
     result.errors.extend(scan.errors)
@@ -58,20 +64,28 @@ def load_path(
     for info in scan.series:
         cancel.check()
         try:
-            result.volumes.append(load_series(info, cancel=cancel, listener=listener))
-        except Cancelled:
+            vol = load_series(info, cancel=cancel, listener=listener)
+            result.volumes.append(vol)
+            result.errors.extend(vol.skipped)  # files left out of a series that loaded
+        except (Cancelled, KeyboardInterrupt):
             raise
         except LoadError as exc:
             where = _error_path(str(exc), info.files[0])
             result.errors.append(FileError(where, _reason(exc, where)))
+        except Exception as exc:  # noqa: BLE001 - one series never stops the others
+            result.errors.append(FileError(info.files[0], _unexpected(exc)))
         done += 1
         emit(listener, Progress("series", done, n))
     for vf in scan.volume_files:
         cancel.check()
         try:
             result.volumes.append(load_sitk(vf))
+        except (Cancelled, KeyboardInterrupt):
+            raise
         except LoadError as exc:
             result.errors.append(FileError(vf, _reason(exc, vf)))
+        except Exception as exc:  # noqa: BLE001 - one file never stops the others
+            result.errors.append(FileError(vf, _unexpected(exc)))
         done += 1
         emit(listener, Progress("series", done, n))
     if p.is_file() and not result.volumes and not result.errors:
@@ -88,3 +102,9 @@ def _reason(exc: Exception, path: str) -> str:
     text = str(exc)
     prefix = f"{path}: "
     return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _unexpected(exc: Exception) -> str:
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return (f"cannot be loaded ({type(exc).__name__}: {reason}); "
+            "check the file is a complete image, or report this as a bug")

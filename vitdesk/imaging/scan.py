@@ -11,7 +11,6 @@ NRRD) are listed in ``ScanResult.volume_files`` for :func:`vitdesk.imaging.io.lo
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +19,13 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.datadict import tag_for_keyword
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from vitdesk.errors import LoadError
+from vitdesk.errors import Cancelled, LoadError
 from vitdesk.imaging.deid import PHI_KEYWORDS, SAFE_KEYWORDS, safe_key, split_meta
+from vitdesk.imaging.volume import FileError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
 PROGRESS_EVERY = 50  # files between progress events
@@ -59,22 +58,14 @@ _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 
 
 @dataclass(frozen=True)
-class FileError:
-    """A file that looked like image data but could not be read."""
-
-    path: str
-    reason: str
-
-    def describe(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-@dataclass(frozen=True)
 class FileHeader:
     """What a scan learnt about one file, so loading need not parse it again.
 
     ``pixel_offset``/``pixel_length`` locate native (uncompressed, little endian)
     Pixel Data; both are -1 when the data is encapsulated or elsewhere.
+    ``pixel_start`` is where the Pixel Data element begins in any transfer syntax
+    (-1: the file ends before it) and ``file_size`` the file's size, so the bytes a
+    header claims can be checked before anything is decoded.
     """
 
     path: str
@@ -82,6 +73,8 @@ class FileHeader:
     transfer_syntax: str
     pixel_offset: int = -1
     pixel_length: int = -1
+    pixel_start: int = -1
+    file_size: int = -1
 
 
 @dataclass(frozen=True)
@@ -183,11 +176,19 @@ def is_volume_file(name: str) -> bool:
     return any(low.endswith(s) for s in VOLUME_SUFFIXES)
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _walk(root: Path, errors: list[FileError]) -> Iterator[Path]:
     if root.is_file():
         yield root
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(exc: OSError) -> None:
+        # os.walk skips folders it cannot list; a user must hear about them
+        where = exc.filename or str(root)
+        why = exc.strerror or type(exc).__name__
+        errors.append(FileError(str(where), f"cannot list this folder ({why}); "
+                                            "ask for read access or copy the files elsewhere"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames.sort()
         for name in sorted(filenames):
             file = Path(dirpath) / name
@@ -219,6 +220,7 @@ def _read_header(path: Path) -> tuple[bytes, FileHeader | None]:
         head = fh.read(132)
         if not looks_like_dicom(head):
             return head, None
+        size = os.fstat(fh.fileno()).st_size
         fh.seek(0)
         ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=_SCAN_TAGS)
         # dcmread stopped at the start of the Pixel Data element: note where its
@@ -233,15 +235,113 @@ def _read_header(path: Path) -> tuple[bytes, FileHeader | None]:
             offset, length = where + 12, int.from_bytes(elem[8:12], "little")
         elif ts == _IMPLICIT_LE:
             offset, length = where + 8, int.from_bytes(elem[4:8], "little")
-        if length == 0xFFFFFFFF:  # encapsulated despite the syntax: let pydicom decide
+        # encapsulated despite the syntax, or truncated: pydicom decides and explains
+        if length == 0xFFFFFFFF or offset + length > size:
             offset = length = -1
-    return head, FileHeader(str(path), ds, ts, offset, length)
+    start = where if len(elem) >= 8 else -1
+    return head, FileHeader(str(path), ds, ts, offset, length, start, size)
+
+
+def read_file_header(path: str | Path) -> FileHeader:
+    """Parse one DICOM file's header (no pixels) and check its pixel claims.
+
+    Raises:
+        LoadError: one line naming the file, the problem and what to do, whatever
+            went wrong (pydicom, OS, permission), or when the header claims more
+            pixel bytes than the file holds.
+    """
+    file = Path(path)
+    try:
+        head, info = _read_header(file)
+    except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's problem
+        raise LoadError(f"{file}: {file_problem(exc)}") from None
+    if info is None:
+        raise LoadError(f"{file}: not a DICOM file; remove it or give a DICOM image")
+    problem = pixel_claims_problem(info)
+    if problem:
+        raise LoadError(f"{file}: {problem}")
+    return info
+
+
+def file_problem(exc: BaseException) -> str:
+    """One line for an exception raised while reading one file: reason and what to do."""
+    if isinstance(exc, PermissionError):
+        return f"cannot read ({exc.strerror or 'permission denied'}); ask for read access"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found (moved or deleted?); rescan the folder"
+    if isinstance(exc, MemoryError):
+        return "too large to read into memory; check the file's Rows/Columns/frames"
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    if isinstance(exc, OSError):
+        return f"cannot read ({reason}); check the disk or copy the file again"
+    return (f"unreadable DICOM header ({type(exc).__name__}: {reason}); "
+            "the file is corrupt or not standard DICOM: export it again")
+
+
+# Compressed pixel data rarely shrinks more than this (uniform frames in RLE or
+# JPEG 2000 do); beyond it the header's Rows/Columns/frames are not believed.
+MAX_COMPRESSION = 1000
+_SLACK_BYTES = 64 * 2**20
+
+
+def _header_int(ds: Any, keyword: str, default: int) -> int:
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        return default
+    if isinstance(value, list | tuple | MultiValue):
+        value = value[0] if len(value) else default
+    return int(value)
+
+
+def pixel_claims_problem(info: FileHeader) -> str | None:
+    """Why the pixels a header claims cannot be in this file, or None when they can.
+
+    Checked before any decoding so that a header claiming 65535 x 65535 x 10^6
+    pixels is refused instead of allocated: (0028,0010) Rows x (0028,0011) Columns
+    x (0028,0008) Number of Frames x (0028,0002) Samples per Pixel x (0028,0100)
+    Bits Allocated must fit the bytes after the Pixel Data element start
+    (compressed data: within :data:`MAX_COMPRESSION` times them).
+    """
+    ds = info.header
+    if ds is None or "Rows" not in ds or "Columns" not in ds:
+        return None
+    try:
+        rows, cols = _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0)
+        frames = _header_int(ds, "NumberOfFrames", 1)
+        spp = _header_int(ds, "SamplesPerPixel", 1)
+        bits = _header_int(ds, "BitsAllocated", 16)
+    except (TypeError, ValueError, OverflowError):
+        return ("Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated is not a "
+                "number; the header is corrupt: export the file again")
+    if rows <= 0 or cols <= 0 or frames <= 0 or spp not in (1, 3, 4):
+        return (f"header claims {rows} x {cols} pixels, {frames} frame(s), {spp} samples per "
+                "pixel; the header is corrupt: export the file again")
+    if bits not in (1, 8, 16, 32, 64):
+        return f"BitsAllocated is {bits} (expected 8, 16 or 32); the header is corrupt"
+    need = (rows * cols * frames * spp * bits + 7) // 8
+    if info.pixel_start < 0 or info.file_size < 0:
+        return "no pixel data (the file ends after its header); it is truncated: copy it again"
+    have = info.file_size - info.pixel_start
+    try:
+        compressed = bool(info.transfer_syntax) and UID(info.transfer_syntax).is_compressed
+    except Exception:  # noqa: BLE001 - an odd UID string just means "not known compressed"
+        compressed = False
+    limit = have * MAX_COMPRESSION + _SLACK_BYTES if compressed else have
+    if need > limit:
+        return (f"header claims {rows} x {cols} x {frames} frame(s) ({need} bytes of pixels) "
+                f"but only {have} bytes follow the Pixel Data tag; the file looks truncated "
+                "or corrupt: copy or export it again")
+    return None
 
 
 def scan_path(
     path: str | Path, cancel: CancelToken = NEVER, listener: Listener | None = None
 ) -> ScanResult:
     """Find DICOM series (and SimpleITK volume files) under ``path``.
+
+    One file never stops a scan: any problem with a file (or a folder that cannot
+    be listed) becomes one :class:`FileError` in ``ScanResult.errors`` (path and a
+    one-line reason that says what to do).
 
     Args:
         path: a folder (searched recursively) or one file.
@@ -251,6 +351,7 @@ def scan_path(
 
     Raises:
         LoadError: ``path`` does not exist or is neither a file nor a folder.
+        Cancelled: ``cancel`` was triggered.
     """
     root = Path(path)
     if not root.exists():
@@ -262,7 +363,7 @@ def scan_path(
     errors: list[FileError] = []
     volume_files: list[str] = []
     n_files = skipped = 0
-    for file in _walk(root):
+    for file in _walk(root, errors):
         cancel.check()
         n_files += 1
         if n_files % PROGRESS_EVERY == 0:
@@ -274,38 +375,50 @@ def scan_path(
             skipped += 1
             continue
         try:
-            _, fh_info = _read_header(file)
-        except PermissionError as exc:
-            errors.append(FileError(str(file), f"cannot read ({exc.strerror or exc})"))
+            kind, gkey, fh_info = _classify(file)
+        except (Cancelled, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one file never stops a scan
+            errors.append(FileError(str(file), file_problem(exc)))
             continue
-        except (InvalidDicomError, OSError, ValueError, KeyError, EOFError, TypeError,
-                AttributeError, IndexError, OverflowError, struct.error) as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            errors.append(FileError(str(file), f"unreadable DICOM header ({reason})"))
-            continue
-        if fh_info is None:
+        if kind == "skip":
             skipped += 1
-            continue
-        ds = fh_info.header
-        media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-        if media_class == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
-            skipped += 1
-            continue
-        if len(ds) == 0:
-            errors.append(FileError(str(file), "DICOM file without a data set (truncated?); "
-                                               "copy or export it again"))
-            continue
-        if "Rows" not in ds or "Columns" not in ds:
-            skipped += 1  # not an image (structured report, presentation state...)
-            continue
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
-        gkey = uid if uid else f"file:{file}"
-        groups.setdefault(gkey, []).append((file, fh_info))
+        elif kind == "error":
+            errors.append(FileError(str(file), gkey))
+        else:
+            groups.setdefault(gkey, []).append((file, fh_info))
 
-    series = [_series_info(gkey, members) for gkey, members in groups.items()]
+    series = []
+    for gkey, members in groups.items():
+        info = _series_info(gkey, members, errors)
+        if info is not None:
+            series.append(info)
     series.sort(key=lambda s: (s.patient_key, s.study_key, _int(s.meta.get("SeriesNumber")), s.key))
     emit(listener, Progress("scan", n_files, n_files, f"{len(series)} series"))
     return ScanResult(series, errors, n_files, volume_files, skipped)
+
+
+def _classify(file: Path) -> tuple[str, str, Any]:
+    """("skip" | "error" | "image", group key or error reason, FileHeader) of one file."""
+    _, fh_info = _read_header(file)
+    if fh_info is None:
+        return "skip", "", None
+    ds = fh_info.header
+    media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    if media_class == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        return "skip", "", None
+    if len(ds) == 0:
+        return "error", ("DICOM file without a data set (truncated?); "
+                         "copy or export it again"), None
+    if "Rows" not in ds or "Columns" not in ds:
+        return "skip", "", None  # not an image (structured report, presentation state...)
+    problem = pixel_claims_problem(fh_info)
+    if problem:
+        return "error", problem, None
+    uid = str(ds.get("SeriesInstanceUID", "") or "")
+    # computed here, inside the per-file guard, so sorting a series cannot fail later
+    object.__setattr__(fh_info, "_order", (_slice_position(ds), _int(ds.get("InstanceNumber"))))
+    return "image", uid if uid else f"file:{file}", fh_info
 
 
 def _int(value: Any) -> int:
@@ -315,33 +428,46 @@ def _int(value: Any) -> int:
         return 0
 
 
-def _series_info(gkey: str, members: list[tuple[Path, FileHeader]]) -> SeriesInfo:
+def _series_info(
+    gkey: str, members: list[tuple[Path, FileHeader]], errors: list[FileError]
+) -> SeriesInfo | None:
+    """The SeriesInfo of one group; a member whose metadata cannot be read is an error."""
+
     def order(item: tuple[Path, FileHeader]) -> tuple:
-        f, ds = item[0], item[1].header
-        pos = _slice_position(ds)
-        inst_n = _int(ds.get("InstanceNumber"))
-        return (pos is None, pos if pos is not None else 0.0, inst_n, str(f))
+        pos, inst_n = getattr(item[1], "_order", (None, 0))
+        return (pos is None, pos if pos is not None else 0.0, inst_n, str(item[0]))
 
     members = sorted(members, key=order)
-    first = members[0][1].header
-    meta, phi = split_meta(first)
+    first = None
+    while members:
+        try:
+            first = members[0][1].header
+            meta, phi = split_meta(first)
+            patient = str(first.get("PatientID", "") or "") or str(
+                first.get("StudyInstanceUID", "") or "")
+            study = str(first.get("StudyInstanceUID", "") or "") or gkey
+            modality = str(first.get("Modality", "") or "")
+            description = str(first.get("SeriesDescription", "") or "")
+            break
+        except Exception as exc:  # noqa: BLE001 - a value pydicom cannot convert
+            errors.append(FileError(str(members[0][0]), file_problem(exc)))
+            members = members[1:]
+    if not members:
+        return None
     n_frames = 0
     for _, fh_info in members:
-        ds = fh_info.header
         try:
-            n_frames += max(1, int(ds.get("NumberOfFrames") or 1))
-        except (TypeError, ValueError):
+            n_frames += max(1, _header_int(fh_info.header, "NumberOfFrames", 1))
+        except (TypeError, ValueError, OverflowError):
             n_frames += 1
     meta["NumberOfFiles"] = len(members)
-    patient = str(first.get("PatientID", "") or "") or str(first.get("StudyInstanceUID", ""))
-    study = str(first.get("StudyInstanceUID", "") or "") or gkey
     info = SeriesInfo(
         key=safe_key(gkey),
         patient_key=safe_key(patient or gkey),
         study_key=safe_key(study),
         files=tuple(str(f) for f, _ in members),
-        modality=str(first.get("Modality", "") or ""),
-        description=str(first.get("SeriesDescription", "") or ""),
+        modality=modality,
+        description=description,
         meta=meta,
         phi=phi,
         n_frames=n_frames,

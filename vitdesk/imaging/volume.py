@@ -8,6 +8,17 @@ from typing import Any
 import numpy as np
 
 
+@dataclass(frozen=True)
+class FileError:
+    """One file that could not be used: its path and one line of reason and remedy."""
+
+    path: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
 @dataclass
 class Volume:
     """A CT volume in Hounsfield units.
@@ -30,6 +41,8 @@ class Volume:
         invert_display: True for MONOCHROME1 data (display only; HU unchanged).
         slice_positions: position of each slice along the slice normal (mm).
         source_files: the file each slice came from (multi-frame: repeated).
+        skipped: files of the series that could not be decoded and were left out
+            (the volume has a gap where they were; ``warnings`` says so).
     """
 
     hu: np.ndarray
@@ -45,6 +58,7 @@ class Volume:
     invert_display: bool = False
     slice_positions: np.ndarray | None = None
     source_files: list[str] = field(default_factory=list)
+    skipped: list[FileError] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -173,3 +173,30 @@ def test_youden_threshold_and_patient_threshold():
     assert cut.patient.estimates["auc"].value == plain.patient.estimates["auc"].value
     assert cut.slice.estimates["accuracy"].value == pytest.approx(0.5)
     assert cut.settings["patient_threshold"] == pytest.approx(t, abs=1e-4)
+
+
+def test_every_level_names_its_decision_cut():
+    from vitdesk.analysis.metrics import decision_cut, evaluate
+    from vitdesk.report.sections import _level_table
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    p1 = np.clip(0.3 * y + rng.uniform(0, 0.6, 40), 0, 1)
+    probs = np.c_[1 - p1, p1]
+    pats = np.repeat(np.arange(10), 4).astype(str)
+    ev = evaluate(y, probs, ["normal", "lesion"], pats, n_boot=20, patient_threshold=0.3)
+    assert ev.slice.cut == "p >= 0.5"
+    assert ev.patient.cut == "p >= 0.300, validation Youden's J"
+    d = ev.to_dict()
+    assert d["slice"]["cut"] == "p >= 0.5" and d["patient"]["cut"].startswith("p >= 0.300")
+    # the cut really is the one used: patient accuracy recomputed at 0.3 matches
+    from vitdesk.analysis.metrics import aggregate_by_patient
+
+    py, pp, _ = aggregate_by_patient(y, probs, pats, "majority", "mean", 3)
+    assert ev.patient.estimates["accuracy"].value == pytest.approx(((pp[:, 1] >= 0.3) == py).mean())
+    assert decision_cut(3) == "argmax" and decision_cut(3, 0.4) == "argmax"
+    table = _level_table(d["patient"], "Patient level")
+    names = [r[0] for r in table.rows]
+    assert "Accuracy [p >= 0.300, validation Youden's J]" in names
+    assert "ROC AUC" in names  # threshold-free numbers carry no cut
+    assert "decision p >= 0.300" in table.caption

@@ -58,6 +58,8 @@ DEFAULT_HU = {"noise_hu": (0.0, 25.0, 50.0, 100.0), "shift_hu": (-100.0, -50.0, 
               "contrast": (0.8, 0.9, 1.0, 1.1, 1.2)}
 # Class names taken as "no finding": analysis puts them first so the finding is the
 # positive class of AUC/fairness and the "any" patient rule means "any abnormal slice".
+# metrics whose value depends on the decision cut (the others rank or bin probabilities)
+CUT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")
 NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no_finding", "none", "control")
 
 
@@ -143,9 +145,11 @@ class RunEvaluation:
             for key in ("accuracy", "balanced_accuracy", "auc", "ece"):
                 e = lm.estimates.get(key)
                 if e is not None:
-                    rows.append((f"{level} {key}", _fmt_ci(e.value, e.lo, e.hi)))
+                    # accuracy-like numbers depend on the decision cut: name it
+                    cut = f" [{lm.cut}]" if key in CUT_METRICS and lm.cut else ""
+                    rows.append((f"{level} {key}{cut}", _fmt_ci(e.value, e.lo, e.hi)))
         if self.tta:
-            rows.append(("TTA accuracy (plain -> TTA)",
+            rows.append(("TTA slice accuracy [argmax] (plain -> TTA)",
                          f"{_fmt(self.tta.get('accuracy_plain'))} -> "
                          f"{_fmt(self.tta.get('accuracy_tta'))}"))
         if self.shift is not None:
@@ -501,7 +505,13 @@ def evaluate_run(
                f"({patient_score}), so one clearly abnormal slice is enough."))
     emit(listener, Progress(_TASK, 1, None, "metrics with bootstrap intervals"))
     agg = {"patient_score": patient_score, "topk": topk}
-    threshold, n_val = _validation_threshold(lr, order, rule, agg, tta, batch_size, cancel)
+    one_each = len(set(patients.tolist())) == len(patients)
+    threshold, n_val = (None, 0) if one_each else _validation_threshold(
+        lr, order, rule, agg, tta, batch_size, cancel)
+    if one_each:
+        # one slice per patient: the patient level is the slice level, at the same cut
+        notes.append("Every patient has one image: patient metrics equal slice metrics "
+                     "(same decision cut).")
     if threshold is not None:
         notes.append(
             f"A patient is called {classes[1]} when its score is at least {threshold:.3f}: "

@@ -329,10 +329,12 @@ class LevelMetrics:
     confusion: np.ndarray
     calibration: dict
     per_class: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    cut: str = ""  # the decision behind accuracy/sensitivity/confusion (see decision_cut)
 
     def to_dict(self) -> dict:
         return {
             "n": self.n,
+            "cut": self.cut,
             "metrics": {k: e.to_dict() for k, e in self.estimates.items()},
             "per_class": {c: {k: e.to_dict() for k, e in d.items()}
                           for c, d in self.per_class.items()},
@@ -359,9 +361,20 @@ class Evaluation:
         }
 
 
+def decision_cut(n_classes: int, threshold: float | None = None,
+                 source: str = "validation Youden's J") -> str:
+    """How a level's class decisions were made, to print next to every accuracy-like number:
+    "p >= 0.5" (two classes, no cut chosen), "argmax" (more classes) or
+    "p >= 0.412, validation Youden's J" (a cut chosen elsewhere)."""
+    if threshold is None or n_classes != 2:
+        return "p >= 0.5" if n_classes == 2 else "argmax"
+    return f"p >= {float(threshold):.3f}, {source}" if source else f"p >= {threshold:.3f}"
+
+
 def _level(
     y: np.ndarray, probs: np.ndarray, classes: list[str], clusters: np.ndarray | None,
     n_boot: int, seed: int, n_bins: int, threshold: float | None = None,
+    cut_source: str = "validation Youden's J",
 ) -> LevelMetrics:
     k = len(classes)
     est = bootstrap(_scalar_metrics(k, threshold), y, probs, clusters=clusters,
@@ -372,7 +385,8 @@ def _level(
                            "specificity": est.pop(f"specificity_{c}")}
     cm = confusion(y, predicted_labels(probs, threshold), k)
     return LevelMetrics(n=int(len(y)), estimates=est, confusion=cm,
-                        calibration=calibration_bins(y, probs, n_bins), per_class=per_class)
+                        calibration=calibration_bins(y, probs, n_bins), per_class=per_class,
+                        cut=decision_cut(k, threshold, cut_source))
 
 
 def evaluate(
@@ -388,6 +402,7 @@ def evaluate(
     seed: int = 0,
     n_bins: int = 10,
     patient_threshold: float | None = None,
+    patient_cut_source: str = "validation Youden's J",
 ) -> Evaluation:
     """All metrics at slice level, and at patient level when ``patients`` is given.
 
@@ -397,6 +412,8 @@ def evaluate(
     ``patient_threshold`` (two classes): a patient is abnormal when its score is at
     least this (e.g. :func:`youden_threshold` on validation patients) instead of the
     argmax; a top-k score runs high on normal patients, so 0.5 calls too many abnormal.
+    ``patient_cut_source`` names where that cut came from; each level's ``cut`` says
+    which decision its accuracy-like numbers use.
     """
     y, probs = _check(y, probs)
     classes = list(classes)
@@ -410,7 +427,7 @@ def evaluate(
     if pats is not None:
         py, pp, _ = aggregate_by_patient(y, probs, pats, rule, patient_score, topk)
         patient_level = _level(py, pp, classes, None, n_boot, seed, n_bins,
-                               patient_threshold)
+                               patient_threshold, patient_cut_source)
     settings = {"rule": rule, "patient_score": patient_score, "n_boot": n_boot, "seed": seed,
                 "n_bins": n_bins,
                 "ci": "95% percentile bootstrap",

@@ -121,11 +121,16 @@ def _training_section(history: list[dict]) -> Section:
 def _level_table(level: dict, title: str) -> Table:
     names = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
              "auc": "ROC AUC", "ece": "Expected calibration error"}
-    rows = [[names.get(k, k), fmt_ci(e)] for k, e in level["metrics"].items()]
+    cut = level.get("cut") or ""
+    at = f" [{cut}]" if cut else ""  # accuracy-like numbers name their decision cut
+    cut_dependent = ("accuracy", "balanced_accuracy")
+    rows = [[names.get(k, k) + (at if k in cut_dependent else ""), fmt_ci(e)]
+            for k, e in level["metrics"].items()]
     for cls, d in level.get("per_class", {}).items():
-        rows.append([f"Sensitivity {cls}", fmt_ci(d.get("sensitivity"))])
-        rows.append([f"Specificity {cls}", fmt_ci(d.get("specificity"))])
-    return Table(["Metric", "Value (95% CI)"], rows, f"{title} (n = {level['n']})")
+        rows.append([f"Sensitivity {cls}{at}", fmt_ci(d.get("sensitivity"))])
+        rows.append([f"Specificity {cls}{at}", fmt_ci(d.get("specificity"))])
+    return Table(["Metric", "Value (95% CI)"], rows,
+                 f"{title} (n = {level['n']}" + (f"; decision {cut})" if cut else ")"))
 
 
 _AGGREGATION = {  # how metrics.evaluate turned slice probabilities into a patient score
@@ -158,8 +163,8 @@ def _extra_section(data: ReportData) -> Section | None:
     if data.tta:
         t = data.tta
         rows = [["Views", f"{t.get('n_views')} ({', '.join(t.get('views', []))})"],
-                ["Accuracy without TTA", fmt(t.get("accuracy_plain"))],
-                ["Accuracy with TTA", fmt(t.get("accuracy_tta"))],
+                ["Slice accuracy without TTA [argmax]", fmt(t.get("accuracy_plain"))],
+                ["Slice accuracy with TTA [argmax]", fmt(t.get("accuracy_tta"))],
                 ["Predictions changed by TTA", f"{t.get('changed')} of {t.get('n')}"],
                 ["Mean uncertainty (std across views)", fmt(t.get("mean_uncertainty"))],
                 ["Mean predictive entropy (nats)", fmt(t.get("mean_entropy"))]]
@@ -172,8 +177,8 @@ def _extra_section(data: ReportData) -> Section | None:
             rows += [["This run", t.get("model", "")], ["Baseline run", t["baseline_model"]],
                      ["Compared on", f"the same {t.get('n_slices')} slices of "
                                      f"{t.get('n_patients')} patients"]]
-        rows += [["Fine-tuned accuracy", fmt(t.get("accuracy"))],
-                 ["Baseline accuracy", fmt(t.get("baseline_accuracy"))],
+        rows += [["Fine-tuned slice accuracy [argmax]", fmt(t.get("accuracy"))],
+                 ["Baseline slice accuracy [argmax]", fmt(t.get("baseline_accuracy"))],
                  ["Absolute improvement", fmt(t.get("absolute_improvement"))]]
         paired = t.get("paired") or {}
         for key, label in (("accuracy", "accuracy"), ("auc", "ROC AUC"),

@@ -185,10 +185,8 @@ def _augment_config(cfg: RunConfig) -> Any:
     """The data package's AugmentConfig from our flags (fields matched by name)."""
     if not cfg.data.augment:
         return None
-    try:
-        from vitdesk.data.augment import AugmentConfig
-    except ImportError:
-        return None
+    from vitdesk.data.augment import AugmentConfig
+
     d = cfg.data
     # per-sample augmentation RNG is seeded from (seed, epoch, index) by the data package
     ours = {"hflip": d.hflip, "rotate_deg": d.rotate_deg, "scale": d.scale,
@@ -577,13 +575,10 @@ def _truncate_history(path: Path, global_step: int) -> None:
 
 def _write_split(path: Path, data: TrainData) -> None:
     if data.splits:
-        try:
-            from vitdesk.data.splits import save_split
+        from vitdesk.data.splits import save_split
 
-            save_split(data.splits, path)
-            return
-        except ImportError:
-            pass
+        save_split(data.splits, path)
+        return
     sizes = {"train": len(data.train), "val": len(data.val) if data.val is not None else 0,
              "test": len(data.test) if data.test is not None else 0}
     atomic_write_text(path, json.dumps({"sizes": sizes, "classes": data.classes,

@@ -162,7 +162,10 @@ def test_workspace_source(dicom_folder, tmp_path):
     ws.set_slice_label(s2.key, 2, "lesion")  # one slice only; patient 3 stays unlabelled
     ws.close()
     assert detect_kind(tmp_path / "ws") == "workspace"
-    recs = load_records(tmp_path / "ws")
+    # for training, one lesion slice beside six normal ones is refused (label checks)
+    with pytest.raises(DataError, match=r"ws: class\(es\) 'lesion' \(1\) have fewer than 5"):
+        load_records(tmp_path / "ws")
+    recs = load_records(tmp_path / "ws", min_classes=1)  # an evaluation set may be small
     assert len(recs) == 7
     lesion = [r for r in recs if r.label == "lesion"]
     assert len(lesion) == 1 and lesion[0].path == os.path.abspath(s2.files[2])

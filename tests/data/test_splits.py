@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import pytest
 
 from vitdesk.data.records import SliceRecord
-from vitdesk.data.splits import check_no_leak, load_split, save_split, split_by_patient
+from vitdesk.data.source_refs import source_ref
+from vitdesk.data.splits import (
+    check_no_leak,
+    load_split,
+    save_split,
+    split_by_patient,
+    split_root,
+)
 from vitdesk.errors import DataError
 
 
@@ -84,11 +92,47 @@ def test_save_load_roundtrip_relative_and_rebased(tmp_path):
     s = split_by_patient(recs, seed=0)
     path = save_split(s, tmp_path / "run" / "split.json")
     doc = json.loads(path.read_text())
-    assert doc["root"] == str(tmp_path / "data")
+    # the root is a keyed fingerprint, never its path (a folder name may name a patient)
+    assert "root" not in doc and str(tmp_path) not in path.read_text()
+    assert doc["root_ref"] == source_ref(tmp_path / "data")
     assert doc["splits"]["train"][0]["path"].startswith("p0")  # relative to the root
-    assert load_split(path) == s
+    assert load_split(path) == s  # this installation remembers the root
     moved = load_split(path, data_root="/elsewhere")
     assert moved["val"][0].path.startswith("/elsewhere/p")
+
+
+def test_split_root_found_from_the_data_source_when_not_remembered(tmp_path, monkeypatch):
+    from vitdesk.imaging import deid
+
+    data = tmp_path / "DOE^JOHN_12345678"
+    (data / "p0").mkdir(parents=True)
+    recs = make_records(5, 5, root=str(data))
+    s = split_by_patient(recs, seed=0)
+    path = save_split(s, tmp_path / "run" / "split.json")
+    assert "DOE^JOHN" not in path.read_text()
+    # another installation: no registry entry, and another secret
+    monkeypatch.setenv(deid.SECRET_ENV, str(tmp_path / "other" / "secret.key"))
+    json_doc = json.loads(path.read_text())
+    json_doc["root_ref"] = source_ref(data)  # as that installation would have written it
+    path.write_text(json.dumps(json_doc))
+    with pytest.raises(DataError, match="give the run's data source"):
+        load_split(path)
+    assert split_root(path, data_src=data / "labels.csv") == str(data)  # the CSV's folder
+    assert split_root(path, data_src=data / "p0") == str(data)  # a parent
+    assert split_root(path, data_src=tmp_path) == str(data)  # a subfolder
+    assert load_split(path, data_src=data) == s
+    with pytest.raises(DataError, match="not known on this machine"):
+        load_split(path, data_src=tmp_path / "run")
+
+
+def test_version1_split_with_absolute_root_still_loads(tmp_path):
+    recs = make_records(3, 3, root=str(tmp_path / "d"))
+    s = split_by_patient(recs, seed=0)
+    rows = {n: [{**r.to_dict(), "path": os.path.relpath(r.path, tmp_path / "d")} for r in v]
+            for n, v in s.items()}
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"version": 1, "root": str(tmp_path / "d"), "splits": rows}))
+    assert load_split(path) == s
 
 
 def test_mixed_patients_stratified_by_rare_label():

@@ -20,9 +20,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from vitdesk.data.label_checks import (
+    PatientLink,
+    check_patient_ids,
+    check_patient_mode,
+    check_record_labels,
+)
 from vitdesk.data.records import (
     SliceRecord,
     classes_of,
@@ -32,13 +39,14 @@ from vitdesk.data.records import (
     parse_sex,
     safe_key,
 )
-from vitdesk.errors import DataError
+from vitdesk.errors import DataError, LoadError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, Progress, emit
 
 LABELS_CSV = "labels.csv"
 WORKSPACE_DB = "workspace.sqlite"
 REQUIRED_COLUMNS = ("path", "label")
 _TASK = "load dataset"
+_MAX_SKIP_NOTICES = 20  # one line per unreadable file, then a count
 _HEADER_TAGS = [
     "PatientID",
     "StudyInstanceUID",
@@ -67,26 +75,31 @@ class DicomHeader:
     n_frames: int
     position: float  # along the slice normal; sorts slices as the volume loader does
     instance: int
+    pid_key: str = ""  # keyed PatientID alone ("" when absent): checked against CSV IDs
 
 
 def read_header(path: str | Path) -> DicomHeader:
     """Read one DICOM header (no pixels) into hashed keys, sex, age and geometry.
 
     Patient key = safe_key(PatientID, else StudyInstanceUID, else the file path),
-    as DESIGN.md's split rule asks. Raises DataError naming the file if it is not
-    DICOM.
+    as DESIGN.md's split rule asks. Raises DataError naming the file, the problem and
+    what to do, whatever goes wrong with it (not DICOM, unreadable, corrupt header,
+    more frames claimed than the file holds).
     """
-    import pydicom  # lazy: only DICOM sources need it
-    from pydicom.errors import InvalidDicomError
+    from vitdesk.imaging.scan import file_problem, read_file_header  # lazy: pydicom
 
     p = str(path)
     try:
-        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise DataError(
-            f"{p}: not a readable DICOM file ({exc.__class__.__name__}): "
-            "remove it from the dataset or fix the path"
-        ) from None
+        ds = read_file_header(p, _HEADER_TAGS).header
+    except LoadError as exc:
+        raise DataError(str(exc)) from None
+    try:
+        return _header_facts(p, ds)
+    except Exception as exc:  # noqa: BLE001 - a value pydicom cannot convert: this file's
+        raise DataError(f"{p}: {file_problem(exc)}") from None
+
+
+def _header_facts(p: str, ds: Any) -> DicomHeader:
     pid = str(ds.get("PatientID", "") or "").strip()
     study = str(ds.get("StudyInstanceUID", "") or "").strip()
     series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
@@ -112,26 +125,21 @@ def read_header(path: str | Path) -> DicomHeader:
         n_frames=n_frames,
         position=position,
         instance=instance,
+        pid_key=safe_key(pid) if pid else "",
     )
 
 
 def _series_files(folder: Path, cancel: CancelToken, listener: Listener | None) -> list[str]:
-    """DICOM files under ``folder``, via the imaging scanner when it is available."""
-    try:
-        from vitdesk.imaging.scan import scan_path
-    except ImportError:
-        scan_path = None
-    if scan_path is not None:
-        result = scan_path(folder, cancel=cancel)
-        for err in result.errors[:3]:
-            emit(listener, Notice(_TASK, f"skipped {err.path}: {err.reason}"))
-        return [f for s in result.series for f in s.files]
-    files = []
-    for p in sorted(folder.rglob("*")):
-        cancel.check()
-        if p.is_file() and looks_like_dicom(p):
-            files.append(str(p))
-    return files
+    """DICOM image files under ``folder`` (the imaging scan); unusable ones are notices."""
+    from vitdesk.imaging.scan import scan_path  # lazy: pydicom only for DICOM sources
+
+    result = scan_path(folder, cancel=cancel)
+    for err in result.errors[:_MAX_SKIP_NOTICES]:
+        emit(listener, Notice(_TASK, f"skipped {err.path}: {err.reason}"))
+    if len(result.errors) > _MAX_SKIP_NOTICES:
+        emit(listener, Notice(_TASK, f"skipped {len(result.errors) - _MAX_SKIP_NOTICES} more "
+                                     f"unreadable file(s) under {folder}"))
+    return [f for s in result.series for f in s.files]
 
 
 def _volume_order(headers: list[DicomHeader]) -> list[DicomHeader]:
@@ -168,12 +176,19 @@ def read_manifest(
     csv_path: str | Path,
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
+    *,
+    patient_id: str = "check",
 ) -> list[SliceRecord]:
     """Read a manifest / labels.csv (``path,label[,patient_id,sex,age]``).
 
     ``path`` is relative to the CSV's folder (absolute allowed) and names one image
     file or a folder holding a DICOM series (every slice gets the row's label).
+    ``patient_id``: how a ``patient_id`` column meets the DICOM PatientID of the
+    row's files: ``check`` (they must agree, see :mod:`vitdesk.data.label_checks`;
+    the column's grouping is used), ``csv`` (the column wins) or ``dicom`` (the files
+    win; the column is used for non-DICOM images only).
     """
+    check_patient_mode(patient_id)
     csv_path = Path(csv_path)
     base = csv_path.parent
     try:
@@ -201,6 +216,7 @@ def read_manifest(
     missing: list[str] = []
     records: list[SliceRecord] = []
     header_cache: dict[str, DicomHeader] = {}
+    links: list[PatientLink] = []
     for i, row in enumerate(rows):
         cancel.check()
         if i % 50 == 0:
@@ -216,6 +232,7 @@ def read_manifest(
         label = row.get("label") or None
         raw_pid = row.get("patient_id", "")
         patient = safe_key(raw_pid) if raw_pid else None  # hashed at once: raw ID never kept
+        dicom_patient = None if patient_id == "dicom" else patient
         sex = parse_sex(row.get("sex")) if row.get("sex") else None
         age = parse_age(row.get("age")) if row.get("age") else None
         if target.is_dir():
@@ -226,7 +243,8 @@ def read_manifest(
                     "files: point it at a series folder or an image file"
                 )
             headers = _volume_order([_cached_header(f, header_cache) for f in files])
-            records.extend(_dicom_records(headers, label, sex, age, patient))
+            links.extend(_links(i + 2, raw_pid, rel, headers))
+            records.extend(_dicom_records(headers, label, sex, age, dicom_patient))
         elif is_image_file(target):
             records.append(
                 SliceRecord(
@@ -238,7 +256,10 @@ def read_manifest(
             )
         else:
             header = _cached_header(str(target), header_cache)
-            records.extend(_dicom_records([header], label, sex, age, patient))
+            links.extend(_links(i + 2, raw_pid, rel, [header]))
+            records.extend(_dicom_records([header], label, sex, age, dicom_patient))
+    if patient_id == "check":
+        check_patient_ids(links, str(csv_path))
     records = _dedupe(records, csv_path, listener)
     if missing:
         shown = ", ".join(missing[:5])
@@ -248,6 +269,14 @@ def read_manifest(
         )
     emit(listener, Progress(_TASK, len(rows), len(rows), csv_path.name))
     return records
+
+
+def _links(row: int, raw_pid: str, rel: str, headers: list[DicomHeader]) -> list[PatientLink]:
+    """One link per distinct DICOM patient among a row's files (none without a CSV ID)."""
+    if not raw_pid:
+        return []
+    keys = sorted({h.pid_key for h in headers if h.pid_key})
+    return [PatientLink(row, raw_pid, k, rel) for k in keys]
 
 
 def _dedupe(
@@ -301,7 +330,7 @@ def read_class_folder(
     header_cache: dict[str, DicomHeader] = {}
     for k, cdir in enumerate(class_dirs):
         emit(listener, Progress(_TASK, k, len(class_dirs), cdir.name))
-        records.extend(_tree_records(cdir, cdir.name, cancel, header_cache))
+        records.extend(_tree_records(cdir, cdir.name, cancel, header_cache, listener))
     emit(listener, Progress(_TASK, len(class_dirs), len(class_dirs), folder.name))
     return records
 
@@ -312,15 +341,19 @@ def read_unlabelled_folder(
     """Every PNG/JPEG/DICOM slice below ``folder`` with no label (for pretraining)."""
     folder = Path(folder)
     emit(listener, Progress(_TASK, 0, 1, folder.name))
-    records = list(_tree_records(folder, None, cancel, {}))
+    records = list(_tree_records(folder, None, cancel, {}, listener))
     emit(listener, Progress(_TASK, 1, 1, folder.name))
     return records
 
 
 def _tree_records(
-    root: Path, label: str | None, cancel: CancelToken, header_cache: dict[str, DicomHeader]
+    root: Path, label: str | None, cancel: CancelToken, header_cache: dict[str, DicomHeader],
+    listener: Listener | None = None,
 ) -> list[SliceRecord]:
-    """Records for every image file below ``root``, DICOM slices in volume order."""
+    """Records for every image file below ``root``, DICOM slices in volume order.
+
+    A DICOM file whose header cannot be read is left out with one notice naming it.
+    """
     records: list[SliceRecord] = []
     dicom_headers = []
     for p in sorted(root.rglob("*")):
@@ -336,7 +369,10 @@ def _tree_records(
                 )
             )
         elif looks_like_dicom(p):
-            dicom_headers.append(_cached_header(str(p), header_cache))
+            try:
+                dicom_headers.append(_cached_header(str(p), header_cache))
+            except DataError as exc:  # one bad file never stops a dataset
+                emit(listener, Notice(_TASK, f"skipped {exc}"))
     records.extend(_dicom_records(_volume_order(dicom_headers), label, None, None, None))
     return records
 
@@ -450,16 +486,27 @@ def load_records(
     *,
     require_labels: bool = True,
     min_classes: int = 2,
+    patient_id: str = "check",
 ) -> list[SliceRecord]:
     """Load every slice record of a dataset source.
 
+    Labels are checked (:mod:`vitdesk.data.label_checks`): near-spelled class names
+    are refused, and for training (``min_classes`` >= 2) a class with fewer than five
+    slices next to one with enough.
+
     Args:
-        src: any SRC kind (see module docstring).
+        src: any SRC kind (see module docstring), or a run folder's ``ref:`` of one
+            this installation knows.
         cancel: checked once per file/row.
         listener: receives :class:`Progress` / :class:`Notice` events.
         require_labels: drop unlabelled rows (with a notice) and fail if none is left.
         min_classes: fail with fewer classes (2 for training; 1 for an evaluation set).
+        patient_id: trust mode for a CSV ``patient_id`` column (see :func:`read_manifest`).
     """
+    from vitdesk.data.source_refs import resolve_source
+
+    check_patient_mode(patient_id)
+    src = resolve_source(str(src))
     p = Path(src)
     if not require_labels and p.is_dir() and not (p / WORKSPACE_DB).is_file():
         # unlabelled use (pretraining) reads every slice below the folder, whatever
@@ -473,9 +520,9 @@ def load_records(
         records = read_workspace(p.parent if p.is_file() else p, cancel, listener,
                                  unlabelled=not require_labels)
     elif kind == "dicom_folder":
-        records = read_manifest(p / LABELS_CSV, cancel, listener)
+        records = read_manifest(p / LABELS_CSV, cancel, listener, patient_id=patient_id)
     elif kind == "manifest":
-        records = read_manifest(p, cancel, listener)
+        records = read_manifest(p, cancel, listener, patient_id=patient_id)
     else:
         records = read_class_folder(p, cancel, listener)
     if not records:
@@ -495,4 +542,6 @@ def load_records(
                 f"{p}: only {len(classes)} class ({', '.join(classes)}) found: training "
                 f"needs at least {min_classes} classes; add images of another class"
             )
+        for note in check_record_labels(records, str(p), training=min_classes >= 2):
+            emit(listener, Notice(_TASK, note))
     return records

@@ -17,7 +17,7 @@ from vitdesk.data.records import SliceRecord
 from vitdesk.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
-SPLIT_VERSION = 1
+SPLIT_VERSION = 2  # 2: the root is a keyed fingerprint (1 stored its path)
 
 
 def _counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -190,12 +190,17 @@ def _common_root(paths: list[str]) -> str:
 def save_split(splits: dict[str, Sequence[SliceRecord]], path: str | Path) -> Path:
     """Write the split as JSON: record paths relative to their common data root.
 
-    Only safe fields are stored (hashed patient/series keys, label, sex, age).
+    Only safe fields are stored (keyed patient/series keys, label, sex, age). The root
+    itself is stored as a keyed fingerprint (its path may name a patient), remembered
+    on this installation; :func:`load_split` finds it again or is given the data.
     """
+    from vitdesk.data.source_refs import remember
+
     path = Path(path)
     all_paths = [r.path for recs in splits.values() for r in recs]
     root = _common_root([os.path.abspath(p) for p in all_paths])
-    out: dict = {"version": SPLIT_VERSION, "root": root, "splits": {}}
+    out: dict = {"version": SPLIT_VERSION, "root_ref": remember(root) if root else "",
+                 "splits": {}}
     for name, recs in splits.items():
         rows = []
         for r in recs:
@@ -211,14 +216,61 @@ def save_split(splits: dict[str, Sequence[SliceRecord]], path: str | Path) -> Pa
     return path
 
 
-def load_split(
-    path: str | Path, data_root: str | Path | None = None
-) -> dict[str, list[SliceRecord]]:
-    """Read a split JSON; ``data_root`` rebases the paths when the data has moved."""
+def split_root(
+    path: str | Path, data_src: str | Path | None = None
+) -> str:
+    """The absolute data root of a split file ("" when its paths are absolute).
+
+    Found from the installation's registry, else next to ``data_src`` (the source the
+    user gives, checked against the recorded fingerprint). Raises DataError when
+    neither knows it.
+    """
+
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
-        root = str(data_root) if data_root is not None else doc.get("root", "")
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a vitdesk split file ({exc}): re-create the run") from None
+    return _root_of(doc, path, data_src)
+
+
+def _root_of(doc: dict, path: Path, data_src: str | Path | None) -> str:
+    if doc.get("root"):  # version 1 wrote the absolute root
+        return str(doc["root"])
+    ref = str(doc.get("root_ref") or "")
+    if not ref:
+        return ""
+    from vitdesk.data.source_refs import find_root
+
+    root = find_root(ref, data_src)
+    if root is None:
+        raise DataError(
+            f"{path}: the run's data folder is recorded only as a fingerprint and is not "
+            "known on this machine: give the run's data source (--data SRC)"
+        )
+    return root
+
+
+def load_split(
+    path: str | Path, data_root: str | Path | None = None,
+    data_src: str | Path | None = None,
+) -> dict[str, list[SliceRecord]]:
+    """Read a split JSON.
+
+    ``data_root`` rebases the paths when the data has moved; otherwise the root is
+    found as :func:`split_root` says (``data_src``: the source the user named).
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        needs_root = any(not os.path.isabs(str(d.get("path", "")))
+                         for rows in doc["splits"].values() for d in rows)
+        if data_root is not None:
+            root = str(data_root)
+        else:
+            root = _root_of(doc, path, data_src) if needs_root else ""
         splits = {}
         for name, rows in doc["splits"].items():
             recs = []
@@ -230,6 +282,6 @@ def load_split(
             splits[name] = recs
     except FileNotFoundError:
         raise DataError(f"{path}: split file not found") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DataError(f"{path}: not a vitdesk split file ({exc}): re-create the run") from None
     return splits

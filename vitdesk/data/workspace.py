@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitdesk.data.label_checks import check_new_class
 from vitdesk.data.records import parse_age, parse_sex
 from vitdesk.data.workspace_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from vitdesk.errors import DataError
@@ -387,8 +388,9 @@ class Workspace:
             "SELECT name FROM classes ORDER BY position, name")]
 
     def add_class(self, name: str) -> None:
-        """Add a class (no-op if it exists)."""
+        """Add a class (no-op if it exists); a near-spelling of a class is refused."""
         name = _check_name(name)
+        check_new_class(name, self.classes())
         with self._tx() as c:
             c.execute("INSERT OR IGNORE INTO classes (name, position) VALUES "
                       "(?, (SELECT COALESCE(MAX(position), -1) + 1 FROM classes))", (name,))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from pathlib import Path
 
+from vitdesk.data.label_checks import check_classes, check_new_class
 from vitdesk.data.workspace import LabelImport, Workspace, _now
 from vitdesk.errors import DataError
 
@@ -38,6 +40,15 @@ def import_labels_csv(ws: Workspace, path: str | Path) -> LabelImport:
     if "path" not in fields or "label" not in fields:
         raise DataError(f"{csv_path}: the header must be path,label[,patient_id,sex,age] "
                         f"(found: {', '.join(fields) or 'none'})")
+    # a typo ("lesoin", "Lesion") must not silently become a class of its own
+    counts = Counter(row["label"] for row in rows if row.get("path") and row.get("label"))
+    check_classes(dict(counts), str(csv_path), min_examples=0, unit="rows")
+    existing = ws.classes()
+    for label in sorted(counts):
+        try:
+            check_new_class(label, existing)
+        except DataError as exc:
+            raise DataError(f"{csv_path}: {exc} ({counts[label]} row(s))") from None
     base = csv_path.parent
     n_series = n_slices = 0
     unmatched: list[str] = []

@@ -110,3 +110,54 @@ def test_ctrl_c_writes_last_and_exits_130_then_resume_finishes(
     hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [0, 1]
     assert json.loads((out / "metrics.json").read_text())["finished"] is True
+
+
+def test_resume_accepts_the_original_flags_and_refuses_a_real_difference(
+        png_data, tmp_path, monkeypatch, capsys):
+    """`--pretrained none --epochs 1,1,1` trained one full stage of 3: the same command
+    plus --resume goes on; a changed flag is refused naming the field and both values."""
+    import vitdesk.console
+    from vitdesk.engine.events import StepDone
+
+    original = vitdesk.console.ConsoleProgress
+
+    class InterruptOnFirstStep(original):
+        def __call__(self, event):
+            if isinstance(event, StepDone) and not getattr(self, "sent", False):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+            super().__call__(event)
+
+    out = tmp_path / "run"
+    command = _args(png_data, out, "--epochs", "1,1,1", "--seed", "3")
+    monkeypatch.setattr(vitdesk.console, "ConsoleProgress", InterruptOnFirstStep)
+    assert main(command) == 130
+    monkeypatch.setattr(vitdesk.console, "ConsoleProgress", original)
+    capsys.readouterr()
+    before = _snapshot(out)
+    for extra, needle in [
+        (["--seed", "4"], "seed is 3 in the run but 4 here"),
+        (["--epochs", "2,2,2"], "epochs are 3 (3 in total) in the run but --epochs 2,2,2 here"),
+        (["--img-size", "64"], "model.img_size is 32 in the run but 64 here"),
+        (["--force-staged"], "recipe.kind is 'full' in the run but 'staged' here"),
+    ]:
+        argv = [*command, "--resume"]
+        for i in range(0, len(extra), 2):  # replace the flag's value, or add it
+            if extra[i] in argv and i + 1 < len(extra):
+                argv[argv.index(extra[i]) + 1] = extra[i + 1]
+            else:
+                argv += extra[i:i + 2]
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("vitdesk: error:")]
+        assert len(errors) == 1 and needle in errors[0] and "cannot resume" in errors[0], err
+        assert "Traceback" not in err
+    assert _snapshot(out) == before
+    # the original command, per stage or as the total, plus --resume: it goes on
+    assert main([*command, "--resume"]) == 0
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]
+    assert json.loads((out / "metrics.json").read_text())["finished"] is True
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert [s["epochs"] for s in cfg["recipe"]["stages"]] == [3] and cfg["seed"] == 3
+    assert main([*_args(png_data, out, "--epochs", "3", "--seed", "3"), "--resume"]) == 0

@@ -106,7 +106,7 @@ def _resume_config(args: argparse.Namespace, stored: RunConfig, warn: Any) -> Ru
         if getattr(args, "recipe", None) or STAGED_RANDOM_WARNING in said:
             fields.add("recipe.kind")  # a random backbone switched staged to full
         if getattr(args, "force_staged", False):
-            fields.add("recipe.force_staged")
+            fields |= {"recipe.force_staged", "recipe.kind"}
     epochs = getattr(args, "epochs", None)
     diffs = resume_differences(stored, requested, fields, str(epochs) if epochs else None)
     if diffs:

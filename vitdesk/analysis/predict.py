@@ -74,6 +74,9 @@ def _input_slices(path: Path, cancel: CancelToken, listener: Listener | None
             out.append((safe_key(str(p.resolve())), 0, read_image(str(p)), "image"))
         except DataError as exc:
             errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - one unreadable image never stops the rest
+            errors.append(f"{p}: cannot read the image ({type(exc).__name__}); "
+                          "export it again as PNG or JPEG")
     if path.is_file() and images:
         return out, errors
     from vitdesk.imaging.io import load_path
@@ -82,7 +85,8 @@ def _input_slices(path: Path, cancel: CancelToken, listener: Listener | None
     for vol in res.volumes:
         for z in range(vol.hu.shape[0]):
             out.append((vol.key, z, vol.hu[z], "dicom"))
-    errors.extend(f"{e.path}: {e.reason}" for e in res.errors if not images)
+    # every file left out (unreadable, or skipped from a series that loaded), one line each
+    errors.extend(e.describe() for e in res.errors)
     if not out:
         first = f" ({errors[0]})" if errors else ""
         raise LoadError(f"{path}: no readable slices{first}: give CT DICOM, a volume file "

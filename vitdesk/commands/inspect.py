@@ -1,8 +1,10 @@
 """``vitdesk inspect PATH``: one patient-safe line per series, one line per bad file.
 
 Prints only safe metadata (key, modality, description, size, spacing, sex and
-age); never names, IDs, dates or UIDs. Exit 0 when at least one series loaded;
-otherwise raises LoadError (the CLI prints it and exits 2).
+age); never names, IDs, dates or UIDs. Every file that was not used (unreadable,
+or left out of a series that loaded) and every folder that cannot be listed gets
+one line: "path: reason and what to do". Exit 0 when at least one series
+loaded; otherwise raises LoadError (the CLI prints it and exits 2).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         if result.errors:
             raise LoadError(
                 f"{args.path}: no series could be loaded ({len(result.errors)} unreadable "
-                "file(s), listed above); check the files are complete DICOM images"
+                "file(s) or folder(s), listed above); fix what each line says"
             )
         raise LoadError(
             f"{args.path}: no DICOM series or NIfTI/MHA/NRRD volume found "

@@ -34,7 +34,8 @@ from vitdesk.data.augment import (
     sample_rng,
 )
 from vitdesk.data.records import SliceRecord
-from vitdesk.errors import DataError, LoadError
+from vitdesk.errors import DataError
+from vitdesk.imaging.dicom import read_frame_hu
 from vitdesk.imaging.windowing import WindowSpec
 
 _INT16_MIN, _INT16_MAX = -32768, 32767
@@ -199,33 +200,12 @@ def preprocess_slice(
 
 
 def read_dicom_hu(path: str, frame: int = 0) -> np.ndarray:
-    """One 2-D float32 HU slice (frame ``frame`` of a multi-frame file)."""
-    try:
-        from vitdesk.imaging.dicom import read_slice_hu
-    except ImportError:
-        read_slice_hu = None
-    first_error: LoadError | None = None
-    if frame == 0 and read_slice_hu is not None:
-        # The imaging reader handles padding and codecs; it refuses multi-frame files,
-        # which the pydicom path below reads frame by frame.
-        try:
-            return read_slice_hu(path)
-        except LoadError as exc:
-            first_error = exc
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, pixel_array
+    """One 2-D float32 HU slice (frame ``frame`` of a multi-frame file).
 
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        arr = pixel_array(path, index=frame)
-    except Exception as exc:  # pydicom raises many types for corrupt/unsupported data
-        if first_error is not None:
-            raise first_error from None
-        raise LoadError(
-            f"{path}: cannot decode frame {frame} ({exc.__class__.__name__}: {exc}); "
-            "check the file or remove it from the dataset"
-        ) from None
-    return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    The imaging package's reader, the same one the viewer uses: legacy rescale
+    tags, enhanced CT functional groups, a valid Modality LUT, padding masked.
+    """
+    return read_frame_hu(path, frame)
 
 
 def read_image(path: str) -> np.ndarray:

@@ -7,7 +7,6 @@ A record never holds a raw patient identifier: ``patient`` and ``series`` are
 
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
 import re
@@ -16,23 +15,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# The project-wide non-identifying key has one home (imaging.deid); re-exported
+# here because every dataset source keys its records with it.
+from vitdesk.imaging.deid import safe_key as safe_key
+
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 DICOM_EXTS = frozenset({".dcm", ".dicom", ".ima"})
 KINDS = ("dicom", "image")
-
-
-def safe_key(text: str) -> str:
-    """12 hex chars of sha256: the project-wide non-identifying key.
-
-    Delegates to :func:`vitdesk.imaging.deid.safe_key` so keys agree with the
-    viewer and workspace; the local fallback (same definition) keeps this module
-    importable while the imaging package is being written.
-    """
-    try:
-        from vitdesk.imaging.deid import safe_key as _imaging_safe_key
-    except ImportError:
-        return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:12]
-    return _imaging_safe_key(str(text))
 
 
 @dataclass(frozen=True)

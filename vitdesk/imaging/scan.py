@@ -214,7 +214,13 @@ def _slice_position(ds: Any) -> float | None:
         return None
 
 
-def _read_header(path: Path) -> tuple[bytes, FileHeader | None]:
+# What pixel_claims_problem reads, added to any caller's own tag list.
+_CLAIM_TAGS = [
+    Tag(kw) for kw in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated")
+]
+
+
+def _read_header(path: Path, tags: list | None = None) -> tuple[bytes, FileHeader | None]:
     """Return the first 132 bytes and, if they look like DICOM, the parsed header."""
     with open(path, "rb") as fh:
         head = fh.read(132)
@@ -222,7 +228,8 @@ def _read_header(path: Path) -> tuple[bytes, FileHeader | None]:
             return head, None
         size = os.fstat(fh.fileno()).st_size
         fh.seek(0)
-        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=_SCAN_TAGS)
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True,
+                             specific_tags=_SCAN_TAGS if tags is None else tags)
         # dcmread stopped at the start of the Pixel Data element: note where its
         # value lies so the loader can read native pixels without parsing again.
         where = fh.tell()
@@ -242,8 +249,11 @@ def _read_header(path: Path) -> tuple[bytes, FileHeader | None]:
     return head, FileHeader(str(path), ds, ts, offset, length, start, size)
 
 
-def read_file_header(path: str | Path) -> FileHeader:
+def read_file_header(path: str | Path, tags: list | None = None) -> FileHeader:
     """Parse one DICOM file's header (no pixels) and check its pixel claims.
+
+    ``tags`` (keywords or tags) limits the elements read, as ``specific_tags`` does;
+    default: what a scan reads. The pixel-size elements are always added.
 
     Raises:
         LoadError: one line naming the file, the problem and what to do, whatever
@@ -251,12 +261,14 @@ def read_file_header(path: str | Path) -> FileHeader:
             pixel bytes than the file holds.
     """
     file = Path(path)
+    wanted = None if tags is None else [Tag(t) for t in tags] + _CLAIM_TAGS
     try:
-        head, info = _read_header(file)
+        head, info = _read_header(file, wanted)
     except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's problem
         raise LoadError(f"{file}: {file_problem(exc)}") from None
     if info is None:
-        raise LoadError(f"{file}: not a DICOM file; remove it or give a DICOM image")
+        raise LoadError(f"{file}: not a readable DICOM file (no DICOM header found); "
+                        "remove it or give a DICOM image")
     problem = pixel_claims_problem(info)
     if problem:
         raise LoadError(f"{file}: {problem}")

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vitdesk.offline import go_offline
+
+    go_offline()  # first: hub libraries read their offline switch once, when imported
     parser = build_parser()
     args = parser.parse_args(argv)
     command = args.command or "gui"

@@ -101,7 +101,8 @@ def test_hub_without_cache_names_the_file_to_place(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError) as err:
         build_model("vit_tiny_patch16_224", 2, 32, pretrained="hub")
     msg = str(err.value)
-    assert "model.safetensors" in msg and "vit_tiny_patch16_224" in msg and "--pretrained" in msg
+    assert "model.safetensors" in msg and "vit_tiny_patch16_224" in msg and "weights" in msg
+    assert "--" not in msg  # neutral words: the GUI shows it too
 
 
 def test_unknown_model_lists_close_matches():

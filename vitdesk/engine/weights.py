@@ -218,30 +218,77 @@ def build_model(
     return model, load_weights_into(model, sd, str(path))
 
 
+def hub_cache_dir() -> str:
+    """Where huggingface_hub keeps downloaded weights on this machine."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover - huggingface_hub ships with timm
+        return os.path.expanduser("~/.cache/huggingface/hub")
+    return str(HF_HUB_CACHE)
+
+
+def _hub_id(name: str) -> tuple[str | None, str | None, str]:
+    """(hub repo id, file name override, url) of ``name``'s default pretrained weights."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None, None, ""
+    return cfg.hf_hub_id, cfg.hf_hub_filename, cfg.url or ""
+
+
+def cached_hub_file(name: str) -> Path | None:
+    """The weights file of ``name`` in the local caches, or None. Never uses the network.
+
+    Looks where timm would download to: the huggingface_hub cache (``model.safetensors``,
+    then ``pytorch_model.bin``, or the model's own file name) and torch's hub cache
+    (``checkpoints/`` of a plain ``.pth``/``.bin`` URL).
+    """
+    hub_id, filename, url = _hub_id(name)
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = hub_id.partition("@")
+        names = [filename] if filename else ["model.safetensors", "pytorch_model.bin"]
+        for fname in names:
+            hit = try_to_load_from_cache(repo, fname, revision=revision or None)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return Path(hit)
+    if url and url.rsplit("?", 1)[0].endswith(TORCH_SUFFIXES):
+        hit = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+        if hit.is_file():
+            return hit
+    return None
+
+
 def _from_hub(name: str, num_classes: int, img_size: int, drop_path_rate: float,
               pool: str | None = None) -> tuple[nn.Module, LoadReport]:
     from vitdesk.engine.models import TEST_MODELS
+    from vitdesk.offline import go_offline
 
     if name in TEST_MODELS:
-        raise ConfigError(f"weights.pretrained='hub': {name} is a test model without hub "
-                          "weights: use --pretrained none or a file")
-    # The workstation is offline: only the local cache may be used, never the network.
-    os.environ["HF_HUB_OFFLINE"] = "1"
+        raise ConfigError(f"hub weights: {name} is a test model without hub weights: start "
+                          "from random weights ('none') or a weights file")
+    # The workstation is offline. The entry points switch the hub libraries off before
+    # they load; this covers callers that import vitdesk as a library.
+    go_offline()
+    # Find the file ourselves and hand timm the path: timm then loads it like any local
+    # file (weights only) and never asks a server, cached or not.
+    path = cached_hub_file(name)
+    if path is None:
+        hub_id = _hub_id(name)[0] or f"timm/{name}"
+        raise CheckpointError(
+            f"hub weights for {name} are not in the local cache: on a connected machine "
+            f"download model.safetensors of '{hub_id}' and use that file as the starting "
+            f"weights, or copy its hub cache folder into {hub_cache_dir()}"
+        )
     try:
         model = create_model(name, num_classes, img_size, drop_path_rate, pretrained=True,
-                             pool=pool)
-    except (OSError, RuntimeError, ValueError) as exc:
-        import timm
-
-        hub_id = (timm.models.get_pretrained_cfg(name).hf_hub_id
-                  if timm.models.get_pretrained_cfg(name) else None) or f"timm/{name}"
-        try:
-            from huggingface_hub.constants import HF_HUB_CACHE
-        except ImportError:  # pragma: no cover - huggingface_hub ships with timm
-            HF_HUB_CACHE = "~/.cache/huggingface/hub"
+                             pool=pool, pretrained_cfg_overlay={"file": str(path)})
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
         raise CheckpointError(
-            f"hub weights for {name} are not in the local cache ({type(exc).__name__}): on a "
-            f"connected machine download model.safetensors of '{hub_id}' and pass it with "
-            f"--pretrained PATH, or copy its hub cache folder into {HF_HUB_CACHE}"
+            f"hub weights for {name} in the local cache ({path.name}) could not be loaded "
+            f"({type(exc).__name__}: {str(exc)[:160]}): delete that cache folder and copy "
+            "it again"
         ) from None
     return model, LoadReport(source=f"hub:{name}", head_reset=True)

@@ -28,6 +28,9 @@ def display_available(environ: dict[str, str] | None = None,
 
 def main(path: str | None = None) -> int:
     """Run the workbench; returns the process exit code (2 without a display)."""
+    from vitdesk.offline import go_offline
+
+    go_offline()  # the GUI may be started without the command line (embedding, tests)
     if not display_available():
         print(NO_DISPLAY, file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ from vitdesk.data.dataset import (
 )
 from vitdesk.data.records import SliceRecord
 from vitdesk.data.sources import load_records
-from vitdesk.errors import DataError
+from vitdesk.errors import DataError, LoadError
 from vitdesk.imaging.windowing import WindowSpec
 
 LUNG = WindowSpec.parse("lung")  # W 1500, L -600: [-1350, 150] -> [0, 1]
@@ -142,3 +143,57 @@ def test_unknown_label_and_missing_file(tmp_path):
                       ["a", "b"], LUNG, 8)
     with pytest.raises(DataError, match="gone.png: file missing"):
         ds[0]
+
+
+# ---------------------------------------------------------------- one reader (issue 11)
+
+_SHARED_ECT = Path(__file__).resolve().parents[2] / ".." / "shared" / "dicom" / "pydicom-data" \
+    / "eCT_Supplemental.dcm"
+
+
+def test_enhanced_ct_training_path_reads_the_viewers_hu(tmp_path):
+    from tests.imaging.dcmfactory import enhanced_ct
+    from vitdesk.data.dataset import read_record
+    from vitdesk.imaging.dicom import load_series
+
+    stored = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5) * 7
+    positions = [0.0, 2.5, 5.0]  # frame order = slice order
+    slopes, intercepts = [1.0, 2.0, 0.5], [-1024.0, -1000.0, 10.0]
+    f = enhanced_ct(tmp_path / "mf.dcm", stored, positions, slopes, intercepts)
+    vol = load_series([f])
+    for i in range(3):
+        expected = stored[i] * slopes[i] + intercepts[i]
+        hu = read_record(SliceRecord(str(f), frame=i, label="a"))
+        np.testing.assert_array_equal(hu, expected.astype(np.float32))  # not stored values
+        np.testing.assert_array_equal(hu, vol.hu[i])
+    with pytest.raises(LoadError, match="frame 3"):
+        read_dicom_hu(str(f), 3)
+
+
+def test_padding_is_masked_in_the_training_path(tmp_path):
+    from tests.imaging.dcmfactory import ct_slice
+
+    stored = np.full((4, 4), 1000, np.int16)
+    stored[0] = -2000
+    f = ct_slice(tmp_path / "p.dcm", stored, extra={"PixelPaddingValue": -2000})
+    hu = read_dicom_hu(str(f))
+    assert (hu[0] == -1024).all() and (hu[1:] == 1000 - 1024).all()
+
+
+@pytest.mark.skipif(not _SHARED_ECT.is_file(), reason="shared pydicom-data not present")
+def test_shared_enhanced_ct_file_same_hu_as_viewer():
+    from vitdesk.imaging.dicom import load_series
+
+    path = _SHARED_ECT.resolve()
+    vol = load_series([path])
+    # the viewer's first slice (file frame 1: slices are sorted by position) is
+    # -1024..148 HU; stored values are 0..1196, which the old training path returned
+    assert (float(vol.hu[0].min()), float(vol.hu[0].max())) == (-1024.0, 148.0)
+    frame0 = read_dicom_hu(str(path), 0)
+    assert (float(frame0.min()), float(frame0.max())) == (-1024.0, 172.0)
+    n = len(vol.source_files)
+    assert n == 2
+    training = [read_dicom_hu(str(path), i) for i in range(n)]
+    # every frame read for training is one of the viewer's slices, each used once
+    matches = [[k for k in range(n) if np.array_equal(hu, vol.hu[k])] for hu in training]
+    assert sorted(m[0] for m in matches) == [0, 1] and all(len(m) == 1 for m in matches)

@@ -361,15 +361,17 @@ def _decode_file(
 def _decode_checked(path: str, known: FileHeader | None, frame: int | None) -> list[_Frame]:
     if known is None:
         known = read_file_header(path)  # raises LoadError when the claims do not fit
+    if frame is not None:
+        n = int(_float(ds_floats(known.header, "NumberOfFrames"), 1) or 1)
+        if not 0 <= frame < n:
+            raise LoadError(f"{path}: has no frame {frame} (it holds {n}); "
+                            "rebuild the dataset")
     ds: Dataset | None = None
     try:
         layout = _native_layout(known)
         if layout is not None:
             ds = known.header
             arr = None  # read later, straight into the volume
-            if frame not in (None, 0):
-                raise LoadError(f"{path}: frame {frame} asked of a single-frame file; "
-                                "rebuild the dataset")
         else:
             ds, arr = _read_pixels(path, frame)
     except LoadError:
@@ -384,8 +386,6 @@ def _decode_checked(path: str, known: FileHeader | None, frame: int | None) -> l
         missing = isinstance(exc, NotImplementedError) or "plugin" in low and (
             "missing" in low or "no " in low
         )
-        if isinstance(exc, IndexError | ValueError) and frame is not None and "index" in low:
-            raise LoadError(f"{path}: has no frame {frame}; rebuild the dataset") from None
         hint = _CODEC_HINT if missing else _CORRUPT_HINT
         raise LoadError(
             f"{path}: cannot decode pixel data ({_ts_name(ds, path)}): {reason}; {hint}"

@@ -210,9 +210,10 @@ def save_split(splits: dict[str, Sequence[SliceRecord]], path: str | Path) -> Pa
             rows.append(d)
         out["splits"][name] = rows
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, path)  # atomic: a crash never leaves half a split file
+    from vitdesk.fileio import atomic_write_text
+
+    # atomic: a crash or a full disk never leaves half a split file (nor a temp file)
+    atomic_write_text(path, json.dumps(out, indent=1))
     return path
 
 

@@ -42,7 +42,7 @@ def load_run_job(run_dir: str, device: str = "auto", cancel: CancelToken = NEVER
 
     emit(listener, Notice("load run", f"Loading run {Path(run_dir).name}"))
     cancel.check()
-    return load_run(run_dir, device=device)
+    return load_run(run_dir, device=device, listener=listener)  # e.g. best -> last notice
 
 
 def find_runs(session: Session, extra: list[str] | None = None) -> list[Path]:

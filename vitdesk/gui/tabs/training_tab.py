@@ -326,7 +326,11 @@ class TrainingTab(QWidget):
             return None
         folder = Path(folder)
         try:
-            if not (folder / "checkpoints" / "last.json").is_file():
+            from vitdesk.engine.run import dead_end_folder
+
+            # a folder its run left before the first checkpoint starts again (train() says so)
+            if not (folder / "checkpoints" / "last.json").is_file() and not (
+                    folder.is_dir() and dead_end_folder(folder)):
                 raise CheckpointError(f"cannot resume {folder}: it has no checkpoints/last; "
                                       "choose a run folder that trained at least one step")
             cfg = load_config(folder / "config.toml")

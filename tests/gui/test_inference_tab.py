@@ -49,6 +49,16 @@ def test_tta_over_series_strip_follows_viewer(qtbot, setup, tmp_path):
     cx, cy = tab.curve.getData()
     np.testing.assert_allclose(cy, p)
     assert tab.table.rowCount() == 7
+    # the +-1 SD band is drawn: FillBetweenItem has a path spanning the strip
+    assert s.max() > 0
+    band = tab.band.path()
+    assert not band.isEmpty()
+    rect = band.boundingRect()
+    lo, hi = np.clip(p - s, 0, 1), np.clip(p + s, 0, 1)
+    assert rect.left() == pytest.approx(1) and rect.right() == pytest.approx(7)
+    assert rect.top() == pytest.approx(lo.min(), abs=1e-6)
+    assert rect.bottom() == pytest.approx(hi.max(), abs=1e-6)
+    tab.plot.grab()
     # the vertical line follows the viewer
     session.viewer.set_index(2)
     assert tab.cursor_line.isVisible() and tab.cursor_line.value() == 3

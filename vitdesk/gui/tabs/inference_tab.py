@@ -118,8 +118,10 @@ class InferenceTab(QWidget):
         for ax in ("left", "bottom"):
             pi.getAxis(ax).setPen(AXIS)
             pi.getAxis(ax).setTextPen(AXIS)
-        self.band_hi = pg.PlotDataItem([], [], pen=None)
-        self.band_lo = pg.PlotDataItem([], [], pen=None)
+        # Invisible edges as PlotCurveItems: a PlotDataItem with pen=None never passes its
+        # data to its curve, so FillBetweenItem got an empty path and no band was drawn.
+        self.band_hi = pg.PlotCurveItem([], [], pen=pg.mkPen(None))
+        self.band_lo = pg.PlotCurveItem([], [], pen=pg.mkPen(None))
         self.band = pg.FillBetweenItem(self.band_lo, self.band_hi, brush=(74, 158, 218, 60))
         pi.addItem(self.band)
         self.curve = pi.plot([], [], pen=pg.mkPen(ACCENT, width=2), symbol="o", symbolSize=5,

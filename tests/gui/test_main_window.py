@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,32 @@ def test_new_workspace_keeps_open_series_and_is_recent(qtbot, win, tmp_path, vol
     assert win.session.workspace is not None and len(win.browser.series_keys()) == 1
     qtbot.waitUntil(lambda: not any(t is not None and t.is_running() for t in (
         win.session.thumb_task, win.session.load_task)), timeout=10000)
+
+
+def test_failed_load_keeps_the_browser_on_the_series_shown(qtbot, win, tmp_path, monkeypatch):
+    """Issue 16 #4: after a failed load the browser highlighted the series that failed
+    while the viewer kept showing the previous one."""
+    shown = []
+    win.session.failed.disconnect()
+    win.session.failed.connect(shown.append)
+    hu = np.zeros((4, 16, 16), np.float32)
+    _series(tmp_path / "a", hu, "A", pid="P1")
+    _series(tmp_path / "b", hu + 5, "B", pid="P2", seed=4)
+    task = win.open_path(tmp_path)
+    qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
+    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    first = win.session.current_key
+    assert win.browser.current_key() == first
+    other = next(k for k in win.browser.series_keys() if k != first)
+    for f in win.session.library.entries[other].files:
+        Path(f).unlink()
+    volume_before = win.session.viewer.volume
+    win.browser.select(other)  # the user clicks the series whose files are gone
+    qtbot.waitUntil(lambda: bool(shown), timeout=10000)
+    assert "not found" in str(shown[0]) or "no such" in str(shown[0]).lower()
+    assert win.session.viewer.volume is volume_before
+    assert win.browser.current_key() == first == win.session.current_key
+    # choosing it again tries again (the selection was not left on the failed series)
+    win.browser.select(other)
+    qtbot.waitUntil(lambda: len(shown) == 2, timeout=10000)
+    assert win.browser.current_key() == first

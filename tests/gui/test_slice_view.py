@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication
 
@@ -188,3 +188,46 @@ def test_mouse_move_shows_hu_under_cursor(qtbot, view, volume):
     assert z == view.viewer.index
     assert abs(x - volume.shape[2] // 2) <= 1 and abs(y - volume.shape[1] // 2) <= 1
     assert text.startswith(f"{volume.hu[z, y, x]:.0f} HU")
+
+
+def _voxel(text: str) -> tuple[int, int, int]:
+    x, y, z = (int(v) for v in text.split("voxel (")[1].split(")")[0].split(", "))
+    return x, y, z
+
+
+def test_readout_follows_slice_plane_and_series_without_a_mouse_move(qtbot, view, volume):
+    """Issue 16 #4: the HU line belonged to the previous image until the mouse moved."""
+    vp = view.graphics.viewport()
+    # the pointer moves to the image centre (as a real move reports it to the scene)
+    view.graphics.scene().sigMouseMoved.emit(view.image.sceneBoundingRect().center())
+    assert "HU" in view.cursor_label.text()
+    x0, y0, z0 = _voxel(view.cursor_label.text())
+    assert z0 == view.viewer.index == 6
+    seen = []
+    view.cursor_text_changed.connect(seen.append)
+
+    qtbot.keyClick(view.graphics, Qt.Key.Key_Down)  # next slice, pointer still
+    text = view.cursor_label.text()
+    assert _voxel(text) == (x0, y0, 7)
+    assert text.startswith(f"{volume.hu[7, y0, x0]:.0f} HU") and seen[-1] == text
+
+    view.viewer.set_axis("coronal")  # another plane: the voxel under the pointer changes
+    x, y, z = _voxel(view.cursor_label.text())
+    assert y == view.viewer.index
+    assert view.cursor_label.text().startswith(f"{volume.hu[z, y, x]:.0f} HU")
+    view.viewer.set_axis("axial")
+
+    other = make_volume(nz=4, ny=64, nx=80)
+    other.hu[:] += 1000.0  # a different series: every HU differs
+    view.viewer.set_volume(other)
+    x, y, z = _voxel(view.cursor_label.text())
+    assert z == 2 and view.cursor_label.text().startswith(f"{other.hu[z, y, x]:.0f} HU")
+
+    view.viewer.set_volume(None)
+    assert view.cursor_label.text() == ""
+    view.viewer.set_volume(volume)
+    assert "HU" in view.cursor_label.text()  # the pointer never left
+    QApplication.sendEvent(vp, QEvent(QEvent.Type.Leave))
+    assert view.cursor_label.text() == ""
+    view.viewer.step(1)
+    assert view.cursor_label.text() == ""  # no pointer over the image: no readout

@@ -102,6 +102,7 @@ class MainWindow(QMainWindow):
         self._make_menus()
 
         self.browser.series_selected.connect(s.open_series)
+        s.series_shown.connect(lambda key: self.browser.select(key, notify=False))
         s.task_started.connect(self._on_task_started)
         s.failed.connect(lambda exc: show_error(self, exc))
         s.import_errors.connect(self.show_file_errors)

@@ -43,6 +43,9 @@ class Session(QObject):
     failed = Signal(object)  # exception to show
     workspace_changed = Signal(object)  # Workspace | None
     message = Signal(str)  # short status text
+    # The series the viewer shows (key, or None): after a failed load the browser goes
+    # back to it, so the highlighted series is always the one on screen.
+    series_shown = Signal(object)
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,7 +114,7 @@ class Session(QObject):
             self.load_task.cancel()  # the user moved on: the older load is moot
         task = Task(load_entry, entry, name="load")
         task.finished.connect(lambda v, k=key: self._on_loaded(k, v))
-        task.errored.connect(self.failed)
+        task.errored.connect(lambda exc, k=key: self._on_load_failed(k, exc))
         self.load_task = task
         self.task_started.emit(task, f"Loading {entry.description or key}")
         return task.start()
@@ -121,11 +124,18 @@ class Session(QObject):
         if key == self._wanted:  # a slower, older load must not replace a newer choice
             self._show(key, volume)
 
+    def _on_load_failed(self, key: str, exc: BaseException) -> None:
+        if key == self._wanted:
+            self._wanted = self.current_key  # the viewer still shows that one
+            self.series_shown.emit(self.current_key)
+        self.failed.emit(exc)
+
     def _show(self, key: str, volume: Volume) -> None:
         self.current_key = key
         self.window.default = volume.default_window or FALLBACK_WINDOW
         self.viewer.set_volume(volume)
         self.window.reset()
+        self.series_shown.emit(key)
 
     # ------------------------------------------------------------------ workspace
     def open_workspace(self, folder: str | Path, create: bool = False) -> Any:

@@ -123,6 +123,10 @@ class SliceView(QWidget):
         self.view.addItem(self.image)
         self.graphics.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.graphics.installEventFilter(self)
+        self.graphics.viewport().installEventFilter(self)  # Leave: the pointer is gone
+        # Where the pointer last was (scene coordinates), so the readout can follow a
+        # slice, plane or series change made with the wheel, keys or another widget.
+        self._pointer: QPointF | None = None
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.graphics.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
@@ -156,7 +160,7 @@ class SliceView(QWidget):
             self.image.clear()
             self.banner.hide()
             self.info_label.setText("No series open. Use File > Open folder, or drop files here.")
-            self.cursor_label.setText("")
+            self._set_cursor_text("")
             self._update_phi()
             return
         # MONOCHROME1 stores bright as low values: invert the display LUT only.
@@ -181,6 +185,7 @@ class SliceView(QWidget):
         # The item's rect is in mm, so a locked 1:1 aspect shows true proportions.
         self.image.setRect(QRectF(0, 0, w * pw, h * ph))
         self.view.autoRange(padding=0.02)
+        self._refresh_readout()  # the plane's geometry changed under the pointer
 
     def _on_slice(self, _index: int) -> None:
         self._render()
@@ -210,6 +215,7 @@ class SliceView(QWidget):
         else:
             self.image.setImage(img, autoLevels=False, levels=self.window.levels)
         self._update_info()
+        self._refresh_readout()
 
     def _update_info(self) -> None:
         vol = self.viewer.volume
@@ -283,6 +289,9 @@ class SliceView(QWidget):
     def eventFilter(self, obj: QObject, ev: QEvent) -> bool:  # noqa: N802 - Qt naming
         if obj is self.graphics and ev.type() == QEvent.Type.KeyPress and self.handle_key(ev):
             return True
+        if obj is self.graphics.viewport() and ev.type() == QEvent.Type.Leave:
+            self._pointer = None
+            self._set_cursor_text("")
         return super().eventFilter(obj, ev)
 
     def keyPressEvent(self, ev: QKeyEvent) -> None:  # noqa: N802 - Qt naming
@@ -290,19 +299,28 @@ class SliceView(QWidget):
             super().keyPressEvent(ev)
 
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
+        self._pointer = QPointF(scene_pos)
+        self._refresh_readout()
+
+    def _refresh_readout(self) -> None:
+        """Readout of the voxel under the pointer in the image shown now (or nothing)."""
         vol = self.viewer.volume
         img = self.image.image
-        if vol is None or img is None:
+        if self._pointer is None or vol is None or img is None:
+            self._set_cursor_text("")
             return
-        p = self.image.mapFromScene(scene_pos)
+        p = self.image.mapFromScene(self._pointer)
         col, row = int(np.floor(p.x())), int(np.floor(p.y()))
         h, w = img.shape[:2]
         if not (0 <= row < h and 0 <= col < w):
-            self.cursor_label.setText("")
+            self._set_cursor_text("")
             return
-        text = self.readout(row, col)
-        self.cursor_label.setText(text)
-        self.cursor_text_changed.emit(text)
+        self._set_cursor_text(self.readout(row, col))
+
+    def _set_cursor_text(self, text: str) -> None:
+        if text != self.cursor_label.text():
+            self.cursor_label.setText(text)
+            self.cursor_text_changed.emit(text)
 
     def readout(self, row: int, col: int) -> str:
         """Text for the voxel under display pixel (row, col): HU, voxel and mm position."""

@@ -67,6 +67,7 @@ class StudyBrowser(QWidget):
         self._patients: dict[str, QStandardItem] = {}
         self._studies: dict[tuple[str, str], QStandardItem] = {}
         self._series: dict[str, QStandardItem] = {}
+        self._quiet = False  # selecting to mirror the viewer must not reload the series
         library.entries_added.connect(self.add_entries)
         library.cleared.connect(self.clear)
         library.thumbnail_ready.connect(self._on_thumbnail)
@@ -138,10 +139,20 @@ class StudyBrowser(QWidget):
         for item in self._patients.values():
             self._label_patient(item)
 
-    def select(self, key: str) -> None:
-        item = self._series.get(key)
-        if item is not None:
-            self.tree.setCurrentIndex(item.index())
+    def select(self, key: str | None, notify: bool = True) -> None:
+        """Highlight series ``key`` (None: nothing); ``notify=False`` only mirrors the
+        viewer and emits nothing."""
+        item = self._series.get(key) if key is not None else None
+        if item is None and key is not None:
+            return
+        index = item.index() if item is not None else QModelIndex()
+        if index == self.tree.currentIndex():
+            return
+        self._quiet = not notify
+        try:
+            self.tree.setCurrentIndex(index)
+        finally:
+            self._quiet = False
 
     def current_key(self) -> str | None:
         idx = self.tree.currentIndex()
@@ -156,6 +167,8 @@ class StudyBrowser(QWidget):
         return list(self._series)
 
     def _on_current(self, current: QModelIndex, _prev: QModelIndex) -> None:
+        if self._quiet:
+            return
         idx = current.siblingAtColumn(0)
         if idx.data(KIND_ROLE) == "series":
             self.series_selected.emit(idx.data(KEY_ROLE))

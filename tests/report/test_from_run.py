@@ -80,3 +80,21 @@ def test_write_run_report_files_parse(run_and_eval, tmp_path):
     reader = PdfReader(str(files.pdf))
     assert len(reader.pages) == files.pages >= 3
     assert all(NOTICE in page.extract_text() for page in reader.pages)
+
+
+def test_report_shows_calibration_before_and_after(run_and_eval, tmp_path):
+    from vitdesk.analysis.metrics import expected_calibration_error
+
+    run, ev = run_and_eval
+    data = report_data_from_run(run, ev)
+    assert data.calibration is ev.calibration and data.calibration["fitted"]
+    assert data.calibration["ece_after"] == pytest.approx(
+        expected_calibration_error(ev.labels, ev.plain_probs), abs=1e-6)
+    files = write_run_report(run, ev, tmp_path / "rep")
+    html = files.html.read_text(encoding="utf-8")
+    assert "Calibration (temperature scaling)" in html
+    assert f"{ev.calibration['temperature']:.3f}" in html
+    assert f"{ev.calibration['ece_before']:.3f}" in html
+    assert f"{ev.calibration['ece_after']:.3f}" in html
+    pdf = " ".join(p.extract_text() for p in PdfReader(str(files.pdf)).pages)
+    assert "Slice ECE after" in pdf and "Temperature" in pdf

@@ -100,6 +100,7 @@ class RunEvaluation:
     fairness: list = field(default_factory=list)  # FairnessReport
     robustness: list = field(default_factory=list)  # RobustnessResult (HU, adversarial)
     shift: Any = None  # ShiftResult
+    calibration: dict | None = None  # analysis.calibration.calibration_summary
     attention: list[AttentionItem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
@@ -125,6 +126,7 @@ class RunEvaluation:
             "fairness": [_plain(f) for f in self.fairness],
             "robustness": {r_name(r): _plain(r) for r in self.robustness},
             "shift": _plain(self.shift),
+            "calibration": self.calibration,
             "attention": [{"method": a.method, "correct": a.correct, "true": a.true,
                            "predicted": a.predicted, "probability": a.probability}
                           for a in self.attention],
@@ -152,6 +154,11 @@ class RunEvaluation:
             rows.append(("TTA slice accuracy [argmax] (plain -> TTA)",
                          f"{_fmt(self.tta.get('accuracy_plain'))} -> "
                          f"{_fmt(self.tta.get('accuracy_tta'))}"))
+        if self.calibration:
+            c = self.calibration
+            rows.append(("calibration: temperature (validation fit)", _fmt(c["temperature"])))
+            rows.append(("slice ECE before -> after temperature",
+                         f"{_fmt(c['ece_before'])} -> {_fmt(c['ece_after'])}"))
         if self.shift is not None:
             sh = self.shift
             rows.append(("shift alarm rate (observed / expected)",
@@ -339,7 +346,8 @@ def patient_rule(labels: np.ndarray, patients: np.ndarray) -> str:
 
 
 def _validation_threshold(lr: Any, order: np.ndarray, rule: str, agg: dict, tta: Any,
-                          batch_size: int, cancel: CancelToken) -> tuple[float | None, int]:
+                          batch_size: int, cancel: CancelToken, temperature: float = 1.0
+                          ) -> tuple[float | None, int]:
     """Youden cut of the patient score on the run's validation patients (two classes).
 
     Returns (threshold or None, validation patients used). None when the run has no
@@ -361,10 +369,10 @@ def _validation_threshold(lr: Any, order: np.ndarray, rule: str, agg: dict, tta:
         model, dev = lr.model.eval(), _device_of(lr.model)
         if tta is not None:
             probs = tta_predict(model, _batches(ds, idx, batch_size), tta, device=dev,
-                                cancel=cancel).probs
+                                cancel=cancel, temperature=temperature).probs
         else:
             probs, _ = predict_proba(model, _batches(ds, idx, batch_size), device=dev,
-                                     cancel=cancel)
+                                     cancel=cancel, temperature=temperature)
     except (DataError, LoadError, OSError):
         return None, 0
     labels = np.argsort(order)[np.asarray(ds.targets, dtype=int)]
@@ -412,6 +420,7 @@ def evaluate_run(
     shift_train_cases: int = 256,
     fairness: bool = True,
     n_boot: int = 1000,
+    calibrate: bool = True,
     patient_score: str = "topk",
     topk: float = 3,
     batch_size: int = 32,
@@ -439,6 +448,8 @@ def evaluate_run(
             a CNN run has no attention to roll out: Grad-CAM only, one image each).
         max_cases: score at most this many slices (seeded subsample), None = all.
         n_boot: bootstrap resamples for confidence intervals.
+        calibrate: score temperature-scaled probabilities (the run's
+            ``calibration.json``, fitted on its validation slices now when missing).
         patient_score, topk: patient aggregation (see metrics.patient_scores); the mean
             of the ``topk`` most suspicious slices suits focal findings on a few slices.
         device: "auto", "cpu" or "cuda" (ignored for a LoadedRun).
@@ -450,6 +461,12 @@ def evaluate_run(
         Cancelled: when ``cancel`` was set.
     """
     from vitdesk.analysis import metrics as M
+    from vitdesk.analysis.calibration import (
+        apply_temperature,
+        calibration_summary,
+        run_calibration,
+        temperature_of,
+    )
     from vitdesk.analysis.fairness import age_groups, fairness_all, sex_groups
     from vitdesk.analysis.tta import predict_proba, tta_predict, tta_summary
     from vitdesk.data.build import fingerprint
@@ -468,28 +485,37 @@ def evaluate_run(
     n_batches = math.ceil(n / batch_size)
     notes: list[str] = []
 
-    # ---- predictions -------------------------------------------------------------------
+    # ---- predictions (temperature-scaled: the run's validation calibration) -----------
     cancel.check()
+    cal = run_calibration(lr, cancel=cancel, listener=listener) if calibrate else None
+    temp = temperature_of(cal)
+    if calibrate and cal is None:
+        notes.append("probabilities are not calibrated: the run's validation slices are not "
+                     "available to fit a temperature on")
     idx = np.arange(n)
     tta_info = None
     uncertainty = None
     if tta is not None:
         res = tta_predict(model, _batches(ds, idx, batch_size), tta, device=dev,
-                          total=n_batches, cancel=cancel, listener=listener)
+                          total=n_batches, cancel=cancel, listener=listener, temperature=temp)
         probs, plain = res.probs, res.plain
         uncertainty = res.uncertainty
         tta_info = {**tta_summary(res, labels), "config": dataclasses.asdict(tta)}
     else:
         probs, _ = predict_proba(model, _batches(ds, idx, batch_size), device=dev,
-                                 total=n_batches, cancel=cancel, listener=listener)
+                                 total=n_batches, cancel=cancel, listener=listener,
+                                 temperature=temp)
         plain = probs
+    # the plain view before scaling (the map is invertible: T then 1/T is the identity)
+    raw = apply_temperature(plain, 1.0 / temp) if temp != 1.0 else plain
 
     # ---- metrics (in analysis order: the "normal" class first) ------------------------
     order = analysis_order(lr.classes)
     classes = [lr.classes[i] for i in order]
     remap = np.argsort(order)  # model index -> analysis index
     labels = remap[labels]
-    probs, plain = probs[:, order], plain[:, order]
+    probs, plain, raw = probs[:, order], plain[:, order], raw[:, order]
+    calibration = calibration_summary(labels, raw, plain, cal) if calibrate else None
     if tta_info is not None:
         tta_info["accuracy_plain"] = float((plain.argmax(1) == labels).mean())
         tta_info["accuracy_tta"] = float((probs.argmax(1) == labels).mean())
@@ -507,7 +533,7 @@ def evaluate_run(
     agg = {"patient_score": patient_score, "topk": topk}
     one_each = len(set(patients.tolist())) == len(patients)
     threshold, n_val = (None, 0) if one_each else _validation_threshold(
-        lr, order, rule, agg, tta, batch_size, cancel)
+        lr, order, rule, agg, tta, batch_size, cancel, temp)
     if one_each:
         # one slice per patient: the patient level is the slice level, at the same cut
         notes.append("Every patient has one image: patient metrics equal slice metrics "
@@ -572,6 +598,7 @@ def evaluate_run(
 
     settings = {"split": used, "tta": tta is not None, "n_boot": n_boot, "seed": seed,
                 "max_cases": max_cases, "robustness_cases": robustness_cases,
+                "calibrated": cal is not None,
                 "shift_train_cases": shift_train_cases, "attention_samples": attention_samples,
                 "window": lr.window.label(), "img_size": lr.img_size,
                 "model": lr.cfg.model.name, "device": str(dev), "patient_rule": rule,
@@ -583,7 +610,8 @@ def evaluate_run(
         fingerprint=fingerprint(records), n_slices=n, n_patients=len(set(patients.tolist())),
         labels=labels, probs=probs, plain_probs=plain, patients=patients, metrics=ev,
         metrics_plain=ev_plain, tta=tta_info, uncertainty=uncertainty, fairness=fair,
-        robustness=rob, shift=shift_res, attention=atts, notes=notes, settings=settings,
+        robustness=rob, shift=shift_res, calibration=calibration, attention=atts, notes=notes,
+        settings=settings,
         versions=versions(), seconds=time.perf_counter() - t0, keys=slice_keys(records),
     )
     emit(listener, Progress(_TASK, 3, 3, "done"))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vitdesk.engine.calibration import calibration_bins as _bins
 from vitdesk.errors import DataError
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
@@ -103,28 +104,11 @@ def sensitivity_specificity(
 
 
 def calibration_bins(y: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict:
-    """Expected calibration error (top-label) and the reliability-diagram bins.
-
-    Bins split confidence [0, 1] into ``n_bins`` equal intervals (right-closed; the
-    first also holds 0). ECE = sum_b (n_b / N) |acc_b - conf_b|.
-    """
+    """Expected calibration error (top-label) and the reliability-diagram bins (defined
+    in :mod:`vitdesk.engine.calibration`, which temperature scaling at the end of training
+    shares)."""
     y, probs = _check(y, probs)
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    bins = []
-    ece = 0.0
-    for b in range(n_bins):
-        mask = idx == b
-        n = int(mask.sum())
-        acc = float(correct[mask].mean()) if n else float("nan")
-        cnf = float(conf[mask].mean()) if n else float("nan")
-        if n:
-            ece += n / len(y) * abs(acc - cnf)
-        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n,
-                     "accuracy": acc, "confidence": cnf})
-    return {"ece": float(ece), "bins": bins}
+    return _bins(y, probs, n_bins)
 
 
 def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:

@@ -40,6 +40,7 @@ class PredictResult:
     rows: list[PredictedSlice]
     overlays: list[Path]
     errors: list[str]
+    temperature: float = 1.0  # the run's calibration applied to the probabilities
 
     def csv_header(self) -> list[str]:
         return ["key", "slice", *[f"p_{c}" for c in self.classes], "predicted",
@@ -103,6 +104,7 @@ def predict_input(
     *,
     batch_size: int = 32,
     device: str = "auto",
+    calibrate: bool = True,
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
 ) -> PredictResult:
@@ -110,7 +112,10 @@ def predict_input(
 
     Overlay files are named ``<safe key>_<slice>_rollout.png`` and ``..._gradcam.png``
     (the key is a hash, never a patient name) and have the slice's own size.
+    With ``calibrate`` the probabilities are temperature-scaled by the run's
+    calibration (fitted on its validation slices now when the run lacks it).
     """
+    from vitdesk.analysis.calibration import run_calibration, temperature_of
     from vitdesk.analysis.tta import predict_proba, tta_predict
     from vitdesk.data.dataset import preprocess_slice
 
@@ -127,14 +132,16 @@ def predict_input(
             yield xt[i:i + batch_size]
 
     total = math.ceil(len(xt) / batch_size)
+    temp = temperature_of(run_calibration(lr, cancel=cancel, listener=listener)
+                          if calibrate else None)
     unc = None
     if tta is not None:
         res = tta_predict(model, batches(), tta, device=dev, total=total, cancel=cancel,
-                          listener=listener)
+                          listener=listener, temperature=temp)
         probs, unc = res.probs, res.uncertainty
     else:
         probs, _ = predict_proba(model, batches(), device=dev, total=total, cancel=cancel,
-                                 listener=listener)
+                                 listener=listener, temperature=temp)
     rows = [PredictedSlice(key, z, probs[i], lr.classes[int(probs[i].argmax())],
                            None if unc is None else float(unc[i]))
             for i, (key, z, _, _) in enumerate(slices)]
@@ -157,4 +164,4 @@ def predict_input(
                 written[method] = p
             # a ViT's row points at its rollout; a CNN has only Grad-CAM
             rows[i].overlay = written.get("rollout") or written.get("gradcam")
-    return PredictResult(list(lr.classes), rows, overlays, errors)
+    return PredictResult(list(lr.classes), rows, overlays, errors, temp)

@@ -161,6 +161,14 @@ def _forward_chunks(model: nn.Module, x: torch.Tensor, max_batch: int) -> torch.
     return torch.softmax(torch.cat(outs, dim=0).float(), dim=-1)
 
 
+def _calibrated(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    from vitdesk.analysis.calibration import apply_temperature
+
+    if temperature == 1.0:
+        return probs
+    return torch.from_numpy(apply_temperature(probs.cpu().numpy(), temperature))
+
+
 @torch.no_grad()
 def tta_predict(
     model: nn.Module,
@@ -171,10 +179,12 @@ def tta_predict(
     total: int | None = None,
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
+    temperature: float = 1.0,
 ) -> TTAResult:
     """Run batched TTA over ``batches`` (tensors or (x, y) pairs); model in eval mode.
 
-    ``total`` (number of batches) is only used for progress events.
+    ``total`` (number of batches) is only used for progress events. ``temperature``
+    (the run's calibration) rescales each view's probabilities before they are combined.
     """
     config.validate()
     views = config.views()
@@ -186,7 +196,8 @@ def tta_predict(
         x, y = _split_batch(batch)
         x = x.to(device)
         b = x.shape[0]
-        probs = _forward_chunks(model, make_views(x, config), config.max_batch)
+        probs = _calibrated(_forward_chunks(model, make_views(x, config), config.max_batch),
+                            temperature)
         per_batch.append(probs.reshape(len(views), b, -1).cpu())
         if y is not None:
             labels.append(y.reshape(-1).cpu())
@@ -251,14 +262,17 @@ def predict_proba(
     total: int | None = None,
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Plain softmax probabilities (N, K) and labels (N,) or None, no augmentation."""
+    """Plain softmax probabilities (N, K) and labels (N,) or None, no augmentation;
+    rescaled by ``temperature`` (the run's calibration)."""
     model.eval()
     probs, labels = [], []
     for i, batch in enumerate(batches, start=1):
         cancel.check()
         x, y = _split_batch(batch)
-        probs.append(torch.softmax(model(x.to(device)).float(), dim=-1).cpu())
+        probs.append(_calibrated(torch.softmax(model(x.to(device)).float(), dim=-1).cpu(),
+                                 temperature))
         if y is not None:
             labels.append(y.reshape(-1).cpu())
         emit(listener, Progress("predict", i, total))

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from vitdesk.config import RunConfig, coarse_grid_warning, load_config, save_config
 from vitdesk.engine import checkpoint as ckpt
+from vitdesk.engine.calibration import calibrate_after_training
 from vitdesk.engine.events import EpochEnded, TrainingDone
 from vitdesk.engine.history import read_history
 from vitdesk.engine.models import (
@@ -535,6 +536,7 @@ def train(
         if dist.main:
             env["train_seconds"] = round(time.perf_counter() - t0, 2)
             atomic_write_text(out / "env.json", json.dumps(env, indent=2))
+            calibrate_after_training(out, device, cancel)  # calibration.json (validation)
     finally:
         if created_pg:
             import torch.distributed as tdist

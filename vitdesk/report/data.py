@@ -64,6 +64,8 @@ class ReportData:
     fairness: Sequence[Any] | None = None  # FairnessReport objects or dicts
     robustness: Sequence[Any] | None = None  # RobustnessResult objects or dicts
     shift: Any = None  # analysis.shift.ShiftResult or its to_dict()
+    calibration: dict | None = None  # analysis.calibration.calibration_summary()
+    conformal: dict | None = None  # analysis.conformal.ConformalResult.to_dict()
     attention: Sequence[AttentionSample] | None = None
     notes: list[str] = field(default_factory=list)
 

@@ -80,6 +80,28 @@ def confusion_and_reliability(confusion: Sequence[Sequence[int]], classes: Seque
     return fig
 
 
+def reliability_before_after(bins_before: Sequence[dict], bins_after: Sequence[dict],
+                             ece_before: float | None, ece_after: float | None) -> Figure:
+    """Reliability diagrams of the same slices before and after temperature scaling."""
+    fig = Figure(figsize=FIGSIZE)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, bins, ece, name in ((axes[0], bins_before, ece_before, "Before"),
+                                (axes[1], bins_after, ece_after, "After temperature")):
+        centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        width = (bins[0]["hi"] - bins[0]["lo"]) if bins else 0.1
+        accs = np.nan_to_num([_num(b.get("accuracy")) for b in bins])
+        confs = [_num(b.get("confidence")) for b in bins]
+        ax.bar(centres, accs, width=width * 0.9, color="tab:blue", alpha=0.7, label="accuracy")
+        ax.plot(centres, confs, "o", color="tab:orange", ms=3, label="mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence",
+               title=name + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def fairness_bars(report: dict) -> Figure:
     """Per-group accuracy, TPR and FPR with bootstrap intervals; small groups hatched."""
     rows = report["rows"]

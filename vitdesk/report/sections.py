@@ -227,6 +227,31 @@ def _extra_section(data: ReportData) -> Section | None:
     return s if s.tables else None
 
 
+def _calibration_section(c: dict) -> Section:
+    s = Section("Calibration (temperature scaling)")
+    if not c.get("fitted"):
+        s.paragraphs.append("Probabilities are not calibrated: the run's validation slices "
+                            "were not available to fit a temperature on.")
+    else:
+        s.paragraphs.append(
+            f"Probabilities are divided in logit space by one temperature, fitted on the "
+            f"run's {c.get('fitted_on') or 'validation slices'} (n = {fmt(c.get('n_fit'))}) "
+            "by minimising the negative log-likelihood; it never changes which class is most "
+            "probable, so accuracy at argmax and the robustness curves are unaffected. "
+            "Every probability in this report is calibrated.")
+    s.tables.append(Table(["Calibration", ""], [
+        ["Temperature", fmt(c.get("temperature"))],
+        [f"Slice ECE before (evaluated slices, n = {fmt(c.get('n'))})", fmt(c.get("ece_before"))],
+        ["Slice ECE after", fmt(c.get("ece_after"))],
+        ["Validation ECE before / after (fit)",
+         f"{fmt(c.get('fit_ece_before'))} / {fmt(c.get('fit_ece_after'))}"]],
+        "Expected calibration error (top label, 10 equal-width bins)"))
+    if c.get("bins_before") and c.get("bins_after"):
+        s.figures.append(lambda: figures.reliability_before_after(
+            c["bins_before"], c["bins_after"], c.get("ece_before"), c.get("ece_after")))
+    return s
+
+
 def _fairness_sections(reports: list[dict]) -> list[Section]:
     out = []
     for r in reports:
@@ -278,6 +303,8 @@ def build_sections(data: ReportData) -> list[Section]:
         sections.append(_training_section(list(data.history)))
     if data.evaluation is not None:
         sections.append(_evaluation_section(plain(data.evaluation)))
+    if data.calibration:
+        sections.append(_calibration_section(dict(data.calibration)))
     extra = _extra_section(data)
     if extra:
         sections.append(extra)

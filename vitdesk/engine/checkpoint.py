@@ -185,13 +185,13 @@ def load_best_or_last(
     except CheckpointError as exc:
         if not checkpoint_exists(folder, "last"):
             raise
-        why = str(exc)  # ``exc`` is unbound after the except block
+        why = str(exc).removesuffix(": start a new run")  # ``exc`` is unbound after this block
         try:
             cp = load_checkpoint(folder, "last", with_state)
         except CheckpointError as last_exc:
             raise CheckpointError(
                 f"both checkpoints of {folder.parent} are unusable (best: {why}; last: "
-                f"{last_exc}): train the run again"
+                f"{str(last_exc).removesuffix(': start a new run')}): train the run again"
             ) from None
     if notice is not None:
         notice(f"the best checkpoint of {folder.parent} is unusable ({why}): using "

@@ -2,12 +2,15 @@
 
 Every identifying DICOM field (and a private tag) holds a unique marker string; after
 the whole command-line pipeline no output file, file name, PDF text or console line
-may contain any of them.
+may contain any of them. The data folder itself is named like a real export
+("DOE^JOHN_12345678"): no output file may contain that name, and no stored key may
+be a plain (unkeyed) hash of a marker PatientID, which a brute force would reverse.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 
 import numpy as np
 import pydicom
@@ -18,6 +21,7 @@ from vitdesk.cli import main
 from vitdesk.imaging.dicom_write import write_ct_series
 
 N_PATIENTS = 6
+FOLDER_MARKER = "DOE^JOHN_12345678"
 
 
 def _markers(i: int) -> dict[str, str]:
@@ -35,7 +39,7 @@ def _markers(i: int) -> dict[str, str]:
 @pytest.fixture
 def phi_data(tmp_path):
     """6 patients x 4 slices of 32 px; lesion patients carry a bright disc."""
-    root = tmp_path / "data"
+    root = tmp_path / FOLDER_MARKER
     rows = []
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:32, :32]
@@ -91,6 +95,23 @@ def test_no_marker_in_any_output_or_console(phi_data, tmp_path, capsys):
     pdf_text = "\n".join(pg.extract_text() for pg in PdfReader(out / "report" / "report.pdf").pages)
     assert "Research use only" in pdf_text
     console = captured.out + captured.err
+    # the data folder's name (a patient's, in real exports) is in no output file: not
+    # in config.toml, split.json, metrics, reports, predictions (console lines may
+    # echo the path the user typed)
+    for p in files:
+        blob = p.read_bytes().lower()
+        assert FOLDER_MARKER.lower().encode() not in blob, f"data folder name in {p.name}"
+        assert b"12345678" not in blob, f"data folder name in {p.name}"
+        assert str(data).lower().encode() not in blob, f"absolute data path in {p.name}"
+    # stored patient keys are keyed hashes: no plain sha256 prefix of a marker ID
+    split_text = (run / "split.json").read_text()
+    assert '"patient"' in split_text
+    every = b"".join(p.read_bytes().lower() for p in files)
+    for i in range(N_PATIENTS):
+        pid = _markers(i)["PatientID"]
+        plain = hashlib.sha256(pid.encode()).hexdigest()
+        for n in range(8, 17):
+            assert plain[:n].encode() not in every, f"plain sha256 of a PatientID ({n})"
     for marker in markers:
         low = marker.lower().encode()
         for p in out.rglob("*"):

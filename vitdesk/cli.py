@@ -45,6 +45,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "teacher labels (validation/test patients are left out)")
     p.add_argument("--force-staged", action="store_true",
                    help="keep the staged recipe even with a random backbone")
+    p.add_argument("--patient-id", choices=["check", "csv", "dicom"],
+                   help="a labels.csv patient_id column against the files' DICOM PatientID: "
+                   "check they agree (default), or trust the csv or the dicom one")
 
 
 def build_parser() -> argparse.ArgumentParser:

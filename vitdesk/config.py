@@ -58,8 +58,13 @@ class WeightsConfig:
 class DataConfig:
     """Data sources, windowing, batching and augmentation."""
 
+    # Data paths as given. A run folder's config.toml holds them as keyed fingerprints
+    # ("ref:..."; a folder name may name a patient), see vitdesk.data.source_refs.
     source: str = ""
     val_source: str = ""
+    # A CSV patient_id column against the files' DICOM PatientID: "check" (must agree),
+    # "csv" or "dicom" (which to trust); see vitdesk.data.label_checks.
+    patient_id: str = "check"
     window: str = "soft_tissue"  # a WindowSpec label, e.g. "lung,mediastinum,bone"
     clahe: bool = False
     fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
@@ -235,6 +240,7 @@ class RunConfig:
         _choice("amp", self.amp, AMP_MODES)
         _choice("recipe.kind", self.recipe.kind, RECIPES)
         _choice("data.balance", d.balance, BALANCE)
+        _choice("data.patient_id", d.patient_id, ("check", "csv", "dicom"))
         _choice("device", self.device, DEVICES)
         if not m.name.strip():
             raise ConfigError(
@@ -475,6 +481,10 @@ def _same(key: str, x: Any, y: Any) -> bool:
     if key in _PATH_FIELDS and isinstance(x, str) and isinstance(y, str):
         if x.strip().lower() in ("", "none", "hub") or y.strip().lower() in ("", "none", "hub"):
             return x.strip().lower() == y.strip().lower()
+        if x.startswith("ref:") or y.startswith("ref:"):  # a run folder's data fingerprint
+            from vitdesk.data.source_refs import same_source
+
+            return same_source(x, y)
         return Path(x).expanduser().resolve() == Path(y).expanduser().resolve()
     if isinstance(x, float) or isinstance(y, float):
         try:

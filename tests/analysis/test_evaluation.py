@@ -165,8 +165,8 @@ def test_validation_threshold_is_applied_to_patient_decisions(run, evaluation, m
         pytest.skip("the tiny test split holds one class of patient")
     real = E._split_records
 
-    def val_is_test(run_dir, split):
-        splits = dict(real(run_dir, split if split != "val" else "test"))
+    def val_is_test(run_dir, split, *rest):
+        splits = dict(real(run_dir, split if split != "val" else "test", *rest))
         splits["val"] = splits["test"]
         return splits
 

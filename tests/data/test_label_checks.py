@@ -152,3 +152,24 @@ def test_workspace_csv_import_refuses_a_near_spelling(tmp_path):
         write_csv(csv_path, ["path", "label"], [["a.dcm", "normal"], ["b.dcm", "nromal"]])
         with pytest.raises(DataError, match=r"classes 'normal' \(1 rows\) and 'nromal'"):
             ws.import_labels_csv(csv_path)
+
+
+def test_cli_train_refuses_contradicting_ids_in_one_line_and_takes_the_flag(tmp_path, capsys):
+    from vitdesk.cli import build_parser, main
+    from vitdesk.commands.train import config_from_args
+
+    pids = ["MRN-0001", "MRN-0002", "MRN-0003", "MRN-0004", "MRN-0001", "MRN-0006"]
+    root = _series_dataset(tmp_path, pids, ["P1", "P2", "P3", "P4", "P5", "P6"], LABELS)
+    base = ["train", "--data", str(root), "--model", "vit_test_tiny", "--img-size", "32",
+            "--pretrained", "none", "--epochs", "1", "--device", "cpu",
+            "--out", str(tmp_path / "run")]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "same DICOM patient" in line]
+    assert len(errors) == 1 and "--patient-id dicom" in errors[0]
+    assert not (tmp_path / "run" / "config.toml").exists()  # refused before writing
+    args = build_parser().parse_args([*base, "--patient-id", "dicom"])
+    assert config_from_args(args, warn=lambda m: None).data.patient_id == "dicom"
+    assert config_from_args(build_parser().parse_args(base), warn=lambda m: None
+                            ).data.patient_id == "check"

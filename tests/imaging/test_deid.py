@@ -91,3 +91,16 @@ def test_safe_key_is_keyed_by_the_installation_secret(tmp_path, monkeypatch):
     monkeypatch.setenv(deid.SECRET_ENV, str(first))
     assert safe_key("12345678") == ka and deid.key_id() == id_a
     assert "secret" not in id_a and first.read_text().strip() not in id_a
+
+
+def test_unwritable_secret_location_warns_and_keys_still_work(tmp_path, monkeypatch):
+    import pytest
+
+    from vitdesk.imaging import deid
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the folder should be: cannot be created
+    monkeypatch.setenv(deid.SECRET_ENV, str(blocker / "secret.key"))
+    with pytest.warns(UserWarning, match="session only"):
+        k = safe_key("PID-1")
+    assert re.fullmatch(r"[0-9a-f]{12}", k) and safe_key("PID-1") == k

@@ -231,22 +231,21 @@ def slice_keys(records: Sequence[Any]) -> np.ndarray:
 
 
 def _same_source(a: str | Path, b: str | Path) -> bool:
-    if not str(a).strip() or not str(b).strip():
-        return False
-    try:
-        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-    except OSError:
-        return False
+    # run folders name their data by keyed fingerprint ("ref:..."), never by path
+    from vitdesk.data.source_refs import same_source
+
+    return same_source(a, b)
 
 
-def _split_records(run_dir: Path, split: str) -> dict[str, list]:
+def _split_records(run_dir: Path, split: str,
+                   data_src: str | Path | None = None) -> dict[str, list]:
     from vitdesk.data.splits import load_split
 
     path = run_dir / "split.json"
     if not path.is_file():
         raise DataError(f"{run_dir} has no split.json: evaluate it with --data SRC on "
                         "patients it was not trained on")
-    splits = load_split(path)
+    splits = load_split(path, data_src=data_src)
     if split not in splits:
         raise DataError(f"{path} has no '{split}' split (it has {', '.join(splits)})")
     return splits
@@ -268,7 +267,8 @@ def select_records(run: Any, data_src: str | Path | None, split: str = "test",
     root = ""
     if (run_dir / "split.json").is_file():
         try:
-            root = str(json.loads((run_dir / "split.json").read_text()).get("root", ""))
+            doc = json.loads((run_dir / "split.json").read_text())
+            root = str(doc.get("root") or doc.get("root_ref") or "")
         except (OSError, ValueError):
             root = ""
     own = data_src is None or _same_source(data_src, run.cfg.data.source) or (
@@ -276,11 +276,11 @@ def select_records(run: Any, data_src: str | Path | None, split: str = "test",
     train_records: list = []
     if (run_dir / "split.json").is_file():
         try:
-            train_records = _split_records(run_dir, "train")["train"]
+            train_records = _split_records(run_dir, "train", data_src)["train"]
         except DataError:
             train_records = []
     if own:
-        records = _split_records(run_dir, split)[split]
+        records = _split_records(run_dir, split, data_src)[split]
         used = split
         if not records:
             raise DataError(

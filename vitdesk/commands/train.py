@@ -22,7 +22,7 @@ _SIMPLE = {
     "img_size": "model.img_size", "window": "data.window", "batch_size": "data.batch_size",
     "device": "device", "seed": "seed", "teacher": "teacher.run",
     "temperature": "teacher.temperature", "alpha": "teacher.alpha",
-    "unlabelled": "teacher.unlabelled",
+    "unlabelled": "teacher.unlabelled", "patient_id": "data.patient_id",
 }
 
 

@@ -86,6 +86,7 @@ def build_datasets(
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
     cache_mb: float = 512.0,
+    patient_id: str = "check",
 ) -> DataBundle:
     """Load ``data_src``, split it by patient and wrap each split in a SliceDataset.
 
@@ -93,11 +94,13 @@ def build_datasets(
     ``val_src`` all of ``data_src`` is for training, ``val_src`` is the validation
     set and there is no test set (evaluate on a separate source). Only train is
     augmented. Raises DataError on a patient in two splits, or labels outside
-    ``classes``.
+    ``classes``. ``patient_id``: trust mode for a CSV patient_id column (see
+    :func:`vitdesk.data.sources.read_manifest`).
     """
-    records = load_records(data_src, cancel, listener)
+    records = load_records(data_src, cancel, listener, patient_id=patient_id)
     if val_src is not None:
-        val_records = load_records(val_src, cancel, listener, min_classes=1)
+        val_records = load_records(val_src, cancel, listener, min_classes=1,
+                                   patient_id=patient_id)
         splits = {"train": records, "val": val_records, "test": []}
     else:
         splits = split_by_patient(records, fractions=fractions, seed=seed, stratify=True)

@@ -197,12 +197,7 @@ class Workspace:
         The workspace records :func:`~vitdesk.imaging.deid.key_id` (scheme + a tag of
         the secret, not the secret); an empty workspace adopts the current one.
         """
-        try:
-            current = key_id()
-        except OSError as exc:
-            raise DataError(f"cannot read or create the vitdesk secret {secret_path()} "
-                            f"({exc.strerror or exc}): check that folder's permissions, or "
-                            "set VITDESK_SECRET_FILE to a writable file") from None
+        current = key_id()
         row = c.execute("SELECT value FROM info WHERE key = 'key_id'").fetchone()
         stored = row[0] if row else None
         if stored == current:

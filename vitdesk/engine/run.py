@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitdesk.config import RunConfig, coarse_grid_warning, load_config, save_config
+from vitdesk.data.source_refs import for_run_folder
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.calibration import calibrate_after_training
 from vitdesk.engine.events import EpochEnded, TrainingDone
@@ -205,7 +206,7 @@ def _build_data(cfg: RunConfig, mean: tuple, std: tuple, cancel: CancelToken,
             cfg.data.window, clahe=cfg.data.clahe),
         img_size=cfg.model.img_size, mean=mean, std=std, channels=3, seed=cfg.seed,
         fractions=tuple(cfg.data.fractions), augment=_augment_config(cfg),
-        cancel=cancel, listener=list(listeners),
+        cancel=cancel, listener=list(listeners), patient_id=cfg.data.patient_id,
     )
     return TrainData(b.train, b.val, list(b.classes), test=b.test, splits=b.splits,
                      fingerprint=b.fingerprint)
@@ -512,7 +513,8 @@ def train(
             if resume:
                 _truncate_history(out / "history.jsonl", resume_cp.meta["global_step"])
             else:
-                save_config(cfg, out / "config.toml")
+                # data paths as keyed fingerprints: a folder name may name a patient
+                save_config(for_run_folder(cfg), out / "config.toml")
                 _write_split(out / "split.json", data)
             run_listeners = [HistoryWriter(out / "history.jsonl"),
                              MetricsWriter(out / "metrics.json", data.classes, extra)]

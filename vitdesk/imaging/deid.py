@@ -18,6 +18,7 @@ import hmac
 import os
 import secrets
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +153,20 @@ def _read_or_create_secret(path: Path) -> bytes:
 def installation_secret() -> bytes:
     """The per-installation secret (created 0600 on first use), cached per path.
 
-    Raises OSError when it cannot be read or created; callers at the edge turn that
-    into one line for the user.
+    When it can neither be read nor created (a read-only home) this process uses a
+    random secret of its own, with a warning: keys then hold for this session only,
+    and a workspace indexed with them refuses to reopen rather than mis-join.
     """
     path = secret_path()
     key = str(path)
     if key not in _secret_cache:
-        _secret_cache[key] = _read_or_create_secret(path)
+        try:
+            _secret_cache[key] = _read_or_create_secret(path)
+        except OSError as exc:
+            warnings.warn(f"cannot read or create the vitdesk secret {path} "
+                          f"({exc.strerror or exc}): patient keys hold for this session only; "
+                          "set VITDESK_SECRET_FILE to a writable file", stacklevel=2)
+            _secret_cache[key] = secrets.token_hex(32).encode("ascii")
     return _secret_cache[key]
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PySide6.QtCore import Qt
 
 from vitdesk.gui.main_window import RUO, TAB_ORDER, MainWindow
 from vitdesk.imaging.dicom_write import write_ct_series
@@ -76,14 +77,84 @@ def test_unreadable_files_are_listed_with_a_reason(qtbot, win, tmp_path):
     bad_nifti.write_bytes(b"this is not a NIfTI file" * 4)
     win.open_path(tmp_path)
     qtbot.waitUntil(lambda: win.last_errors_dialog is not None, timeout=10000)
-    table = win.last_errors_dialog.table
-    rows = {table.item(r, 0).text(): table.item(r, 1).text() for r in range(table.rowCount())}
+    rows = {path: (status, reason) for path, status, reason in win.last_errors_dialog.rows()}
     assert set(rows) == {str(broken), str(bad_nifti)}
-    assert "truncated" in rows[str(broken)]
-    assert rows[str(bad_nifti)]
-    # the good series is imported; the cut one is listed too (opening it explains why)
-    assert len(win.browser.series_keys()) == 2
+    assert rows[str(broken)][0] == "not imported" and "truncated" in rows[str(broken)][1]
+    assert rows[str(bad_nifti)][1]
+    summary = win.last_errors_dialog.summary.text()
+    assert summary.startswith("Imported 1 series (3 files).") and "2 files could not" in summary
+    assert "skipped" not in summary
+    assert win.browser.series_keys() == [win.session.current_key]
     qtbot.waitUntil(lambda: win.session.load_task is None or not win.session.load_task.is_running())
+
+
+def test_one_bad_file_never_stops_a_folder_import(qtbot, win, tmp_path, monkeypatch):
+    """Issue 16 #2: a Modality LUT item without descriptor aborted the import ("This is a
+    bug", zero series). Every good file is imported; each other file is listed in full."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from tests.imaging.dcmfactory import ct_series, ct_slice
+    from tests.test_one_bad_file import _unknown_vr
+    from vitdesk.imaging.scan import scan_path
+
+    root = tmp_path / "study"
+    stored = np.arange(3 * 8 * 8, dtype=np.int16).reshape(3, 8, 8)
+    good = ct_series(root, stored, series_uid="1.2.3.100", prefix="good")
+    item = Dataset()
+    item.add_new(0x00283006, "US", [0] * 16)  # LUT Data without LUT Descriptor
+    lut = ct_slice(root / "lut.dcm", stored[0], series_uid="1.2.3.101",
+                   extra={"ModalityLUTSequence": Sequence([item])})
+    bad = _unknown_vr(ct_slice(root / "bad.dcm", stored[1], series_uid="1.2.3.102"),
+                      b"\x28\x00\x10\x00US")
+    (root / "notes.txt").write_text("not an image")
+    third = ct_series(root / "more", stored, series_uid="1.2.3.103", prefix="more")
+    # and whatever a reader raises for one file (a loader bug) stays that file's problem
+    import vitdesk.imaging.dicom as dicom
+
+    real = dicom.read_slice_hu
+    boom = str(third[1])
+
+    def flaky(path, *a, **k):
+        if str(path) == boom:
+            raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(dicom, "read_slice_hu", flaky)
+    expected = {e.path: e.reason for e in scan_path(root).errors}
+    errors = []
+    win.session.failed.disconnect()
+    win.session.failed.connect(errors.append)
+    task = win.open_path(root)
+    qtbot.waitUntil(lambda: win.last_errors_dialog is not None, timeout=15000)
+    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    assert errors == []  # no "This is a bug" dialog
+    assert len(win.browser.series_keys()) == 3  # good, the LUT file, more
+    imported = sorted(f for k in win.browser.series_keys()
+                      for f in win.session.library.entries[k].files)
+    assert imported == sorted(str(p) for p in [*good, lut, *third])
+    dialog = win.last_errors_dialog
+    rows = {path: (status, reason) for path, status, reason in dialog.rows()}
+    assert rows[str(bad)] == ("not imported", expected[str(bad)])  # the full reason
+    assert rows[boom][0] == "imported" and "without a preview" in rows[boom][1]
+    assert "TypeError" in rows[boom][1] and "\n" not in rows[boom][1]
+    assert str(lut) not in rows and str(good[0]) not in rows
+    for _status, reason in rows.values():
+        assert "Traceback" not in reason and "read_slice_hu" not in reason
+    # every reason fits: no elided text in the reason column (rows grow to wrap it)
+    t = dialog.table
+    for r in range(t.rowCount()):
+        fm = t.fontMetrics()
+        width = t.columnWidth(2)
+        needed = fm.boundingRect(0, 0, max(width - 8, 50), 10_000,
+                                 int(Qt.TextFlag.TextWordWrap), t.item(r, 2).text()).height()
+        assert t.rowHeight(r) >= needed
+    summary = dialog.summary.text()
+    assert "Imported 3 series (7 files)." in summary
+    assert "1 file could not be read and was not imported" in summary
+    assert "1 imported file has a remark" in summary and "1 other file is not an image" in summary
+    assert "skipped" not in summary
+    assert "3 series" in win.statusBar().currentMessage()
 
 
 def test_cancelled_import_stops_its_thread_and_imports_nothing(qtbot, win, tmp_path):

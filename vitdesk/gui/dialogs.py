@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -48,24 +49,76 @@ def show_error(parent: QWidget | None, exc: BaseException, title: str = "vitdesk
 
 
 class FileErrorsDialog(QDialog):
-    """Unreadable files with the reason for each (path, reason pairs)."""
+    """Files of an import (or of a series being opened) that need the user's attention.
 
-    def __init__(self, errors: Sequence[tuple[str, str]], parent: QWidget | None = None) -> None:
+    Two kinds, never mixed up: files that were *not* imported (with the reason for
+    each) and files of imported series that carry a remark (no preview). Reasons are
+    shown in full: cells wrap, rows grow, and the tooltip repeats the text.
+    """
+
+    def __init__(self, errors: Sequence[tuple[str, str]], parent: QWidget | None = None,
+                 notes: Sequence[tuple[str, str]] = (), imported: tuple[int, int] | None = None,
+                 ignored: int = 0, title: str = "Import: files that need attention",
+                 intro: str | None = None) -> None:
         super().__init__(parent)
-        self.setWindowTitle("Files that could not be read")
-        self.resize(760, 360)
+        self.setWindowTitle(title)
+        self.resize(900, 420)
         lay = QVBoxLayout(self)
-        lay.addWidget(QLabel(f"{len(errors)} file(s) were skipped. The rest were imported."))
-        self.table = QTableWidget(len(errors), 2, self)
-        self.table.setHorizontalHeaderLabels(["File", "Reason"])
+        self.summary = QLabel(intro or import_summary(len(errors), len(notes), imported,
+                                                      ignored), self)
+        self.summary.setWordWrap(True)
+        lay.addWidget(self.summary)
+        rows = [(path, reason, "not imported") for path, reason in errors]
+        rows += [(path, reason, "imported") for path, reason in notes]
+        self.table = QTableWidget(len(rows), 3, self)
+        self.table.setHorizontalHeaderLabels(["File", "Status", "Reason"])
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setColumnWidth(0, 320)
-        for row, (path, reason) in enumerate(errors):
-            self.table.setItem(row, 0, QTableWidgetItem(path))
-            self.table.setItem(row, 1, QTableWidgetItem(reason))
+        self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # long paths: keep the name
+        head = self.table.horizontalHeader()
+        head.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        head.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        head.setStretchLastSection(True)
+        self.table.setColumnWidth(0, 300)
+        for row, (path, reason, status) in enumerate(rows):
+            for col, text in enumerate((path, status, reason)):
+                item = QTableWidgetItem(text)
+                item.setToolTip(text)
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+                self.table.setItem(row, col, item)
+        self.table.resizeRowsToContents()
         lay.addWidget(self.table)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, parent=self)
         buttons.rejected.connect(self.reject)
         lay.addWidget(buttons)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(file, status, reason) of every row, as shown (tests)."""
+        t = self.table
+        return [tuple(t.item(r, c).text() for c in range(3)) for r in range(t.rowCount())]
+
+    def resizeEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        super().resizeEvent(ev)
+        self.table.resizeRowsToContents()  # wrapped reasons need taller rows when narrower
+
+
+def import_summary(n_errors: int, n_notes: int, imported: tuple[int, int] | None,
+                   ignored: int = 0) -> str:
+    """The sentence above the file list: what was imported and what was not."""
+    parts = []
+    if imported is not None:
+        n_series, n_files = imported
+        parts.append(f"Imported {n_series} series ({n_files} file{'s' * (n_files != 1)}).")
+    if n_errors:
+        parts.append(f"{n_errors} file{'s' * (n_errors != 1)} could not be read and "
+                     f"{'were' if n_errors != 1 else 'was'} not imported; the reason for "
+                     "each is below.")
+    if n_notes:
+        parts.append(f"{n_notes} imported file{'s' * (n_notes != 1)} "
+                     f"{'have' if n_notes != 1 else 'has'} a remark.")
+    if ignored:
+        parts.append(f"{ignored} other file{'s' * (ignored != 1)} "
+                     f"{'are' if ignored != 1 else 'is'} not an image (not DICOM, a DICOMDIR "
+                     "index, a report or a presentation state) and "
+                     f"{'were' if ignored != 1 else 'was'} left aside.")
+    return " ".join(parts)

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from vitdesk.errors import LoadError
 from vitdesk.imaging.volume import Volume
 from vitdesk.imaging.windowing import window_uint8
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
@@ -50,9 +49,22 @@ class SeriesEntry:
 
 @dataclass(frozen=True)
 class ImportResult:
+    """What an import found.
+
+    ``errors`` are files that were not imported (path, reason); ``notes`` are files of
+    imported series with a remark (no preview); ``ignored`` counts files that are not
+    images (other files, DICOMDIR indexes, reports, presentation states).
+    """
+
     entries: list[SeriesEntry]
     errors: list[tuple[str, str]]
     n_files: int
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    ignored: int = 0
+
+    @property
+    def n_imported_files(self) -> int:
+        return sum(len(e.files) or 1 for e in self.entries)
 
 
 def thumbnail(hu2d: np.ndarray, width: float = 400.0, level: float = 40.0) -> np.ndarray:
@@ -110,39 +122,76 @@ def import_path(path: str | Path, cancel: CancelToken = NEVER,
     Pixel data of DICOM series is read later, when a series is opened; volume
     files (NIfTI, MHA, NRRD) are loaded here since they are one file each.
     """
-    from vitdesk.imaging.dicom import read_slice_hu
     from vitdesk.imaging.scan import is_volume_file, scan_path
-    from vitdesk.imaging.sitk_io import load_sitk
 
     p = Path(path)
     if p.is_file() and is_volume_file(p.name):
-        vol = load_sitk(p)
-        return ImportResult([entry_from_volume(vol)], [], 1)
+        entry, problem = _volume_entry(str(p))
+        return ImportResult([entry] if entry else [], [problem] if problem else [], 1)
     scan = scan_path(p, cancel=cancel, listener=listener)
     errors = [(e.path, e.reason) for e in scan.errors]
+    notes: list[tuple[str, str]] = []
     entries: list[SeriesEntry] = []
     total = len(scan.series) + len(scan.volume_files)
     for i, info in enumerate(scan.series):
         cancel.check()
         emit(listener, Progress("thumbnails", i, total, info.description or info.key))
-        thumb = None
-        try:
-            mid = info.files[len(info.files) // 2]
-            thumb = thumbnail(read_slice_hu(mid), *_first_window(info.meta))
-        except (LoadError, ValueError, OSError) as exc:
-            # A missing thumbnail is no reason to hide the series; opening it
-            # will report the real problem.
-            errors.append((info.files[len(info.files) // 2], f"no preview: {exc}"))
+        thumb, problem = _preview(info.files, info.meta)
+        if problem:
+            # A missing preview is no reason to hide the series: it is imported, and
+            # opening it shows what can be read.
+            notes.append((info.files[len(info.files) // 2],
+                          f"imported without a preview: {problem}"))
         entries.append(entry_from_series(info, thumb))
     for j, f in enumerate(scan.volume_files):
         cancel.check()
         emit(listener, Progress("thumbnails", len(scan.series) + j, total, Path(f).name))
-        try:
-            entries.append(entry_from_volume(load_sitk(f)))
-        except LoadError as exc:
-            errors.append((f, str(exc)))
+        entry, problem = _volume_entry(f)
+        if entry is not None:
+            entries.append(entry)
+        if problem:
+            errors.append(problem)
     emit(listener, Progress("thumbnails", total, total, f"{len(entries)} series"))
-    return ImportResult(entries, errors, scan.n_files)
+    return ImportResult(entries, errors, scan.n_files, notes, scan.skipped)
+
+
+def file_reason(exc: BaseException) -> str:
+    """One line for a file that failed: the loader's own words for a user error, else
+    the imaging layer's description of the exception (never a traceback)."""
+    from vitdesk.errors import VitdeskError
+    from vitdesk.imaging.scan import file_problem
+
+    if isinstance(exc, VitdeskError):
+        return " ".join(str(exc).split())
+    return file_problem(exc)
+
+
+def _preview(files: tuple[str, ...] | list[str], meta: dict) -> tuple[np.ndarray | None, str]:
+    """(thumbnail, "") of the middle file, or (None, reason). Never raises for a bad file."""
+    from vitdesk.errors import Cancelled
+    from vitdesk.imaging.dicom import read_slice_hu
+
+    if not files:
+        return None, "the series lists no files"
+    try:
+        return thumbnail(read_slice_hu(files[len(files) // 2]), *_first_window(meta)), ""
+    except (Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one file never stops an import
+        return None, file_reason(exc)
+
+
+def _volume_entry(path: str) -> tuple[SeriesEntry | None, tuple[str, str] | None]:
+    """The entry of one NIfTI/MHA/NRRD file, or (None, (path, reason))."""
+    from vitdesk.errors import Cancelled
+    from vitdesk.imaging.sitk_io import load_sitk
+
+    try:
+        return entry_from_volume(load_sitk(path)), None
+    except (Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one file never stops an import
+        return None, (path, file_reason(exc))
 
 
 @dataclass(frozen=True)
@@ -156,17 +205,12 @@ class Thumbnail:
 def make_thumbnails(items: list[tuple[str, tuple[str, ...], dict]], cancel: CancelToken = NEVER,
                     listener: Listener | None = None) -> int:
     """Preview the middle slice of each (key, files, meta); emits :class:`Thumbnail` events."""
-    from vitdesk.imaging.dicom import read_slice_hu
-
     made = 0
     for i, (key, files, meta) in enumerate(items):
         cancel.check()
         emit(listener, Progress("previews", i, len(items)))
-        if not files:
-            continue
-        try:
-            thumb = thumbnail(read_slice_hu(files[len(files) // 2]), *_first_window(meta))
-        except (LoadError, ValueError, OSError):
+        thumb, _problem = _preview(files, meta)
+        if thumb is None:
             continue  # no preview; opening the series reports the problem
         emit(listener, Thumbnail(key, thumb))
         made += 1

@@ -106,6 +106,7 @@ class MainWindow(QMainWindow):
         s.task_started.connect(self._on_task_started)
         s.failed.connect(lambda exc: show_error(self, exc))
         s.import_errors.connect(self.show_file_errors)
+        s.series_problems.connect(self.show_series_problems)
         s.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         s.workspace_changed.connect(self._on_workspace)
 
@@ -243,8 +244,20 @@ class MainWindow(QMainWindow):
     def _on_task_started(self, task: Task, text: str) -> None:
         self.job_bar.attach(task, text)
 
-    def show_file_errors(self, errors: list[tuple[str, str]]) -> None:
-        self.last_errors_dialog = FileErrorsDialog(errors, self)
+    def show_file_errors(self, result) -> None:
+        """List the files of an import that were not imported, or carry a remark."""
+        self.last_errors_dialog = FileErrorsDialog(
+            result.errors, self, notes=result.notes,
+            imported=(len(result.entries), result.n_imported_files), ignored=result.ignored)
+        self.last_errors_dialog.open()
+
+    def show_series_problems(self, series: str, left_out: list[tuple[str, str]]) -> None:
+        """A series opened without some of its files: which ones, and why."""
+        n = len(left_out)
+        self.last_errors_dialog = FileErrorsDialog(
+            left_out, self, title="Series opened with files left out",
+            intro=f"'{series}' is shown without {n} of its files (the viewer marks the gap); "
+                  "the reason for each is below.")
         self.last_errors_dialog.open()
 
     def show_about(self) -> None:

@@ -39,7 +39,9 @@ class Session(QObject):
 
     task_started = Signal(object, str)  # Task, text for the status bar
     import_finished = Signal(object)  # ImportResult
-    import_errors = Signal(list)  # [(path, reason)]
+    import_errors = Signal(object)  # ImportResult with files not imported or with remarks
+    # a series opened without some of its files: (series text, [(path, reason)])
+    series_problems = Signal(str, list)
     failed = Signal(object)  # exception to show
     workspace_changed = Signal(object)  # Workspace | None
     message = Signal(str)  # short status text
@@ -88,10 +90,15 @@ class Session(QObject):
     def _on_imported(self, result: ImportResult) -> None:
         new = self.library.add(result.entries)
         if self.workspace is not None:
-            self.record_in_workspace(new)
-        self.message.emit(f"Imported {len(new)} series from {result.n_files} files.")
+            self.record_in_workspace(new, result.errors)
+        text = f"Imported {len(new)} series ({result.n_imported_files} files)"
+        if len(new) < len(result.entries):
+            text += f"; {len(result.entries) - len(new)} were already open"
         if result.errors:
-            self.import_errors.emit(result.errors)
+            text += f"; {len(result.errors)} file(s) could not be read"
+        self.message.emit(text + ".")
+        if result.errors or result.notes:
+            self.import_errors.emit(result)
         self.import_finished.emit(result)
 
     def add_volume(self, volume: Volume) -> str:
@@ -123,6 +130,11 @@ class Session(QObject):
         self.library.remember(key, volume)
         if key == self._wanted:  # a slower, older load must not replace a newer choice
             self._show(key, volume)
+            left_out = [(e.path, e.reason) for e in getattr(volume, "skipped", None) or []]
+            if left_out:
+                entry = self.library.entries.get(key)
+                self.series_problems.emit(
+                    (entry.description if entry is not None else "") or key, left_out)
 
     def _on_load_failed(self, key: str, exc: BaseException) -> None:
         if key == self._wanted:
@@ -188,9 +200,11 @@ class Session(QObject):
             for s in ws.series()
         ]
 
-    def record_in_workspace(self, entries: list[SeriesEntry]) -> None:
-        """Index these series in the open workspace (re-recording one is harmless)."""
-        from vitdesk.imaging.scan import ScanResult, SeriesInfo
+    def record_in_workspace(self, entries: list[SeriesEntry],
+                            errors: list[tuple[str, str]] | None = None) -> None:
+        """Index these series (and the files that could not be read) in the open
+        workspace (re-recording one is harmless)."""
+        from vitdesk.imaging.scan import FileError, ScanResult, SeriesInfo
 
         infos = []
         for e in entries:
@@ -200,9 +214,10 @@ class Session(QObject):
                 infos.append(SeriesInfo(e.key, e.patient_key, e.study_key, tuple(e.files),
                                         e.modality, e.description, dict(e.meta), {},
                                         e.n_slices))
-        if infos:
+        problems = [FileError(p, r) for p, r in errors or []]
+        if infos or problems:
             try:
-                self.workspace.import_scan(ScanResult(infos, [], 0))
+                self.workspace.import_scan(ScanResult(infos, problems, 0))
             except Exception as exc:  # noqa: BLE001 - shown to the user, never a crash
                 self.failed.emit(exc)
 

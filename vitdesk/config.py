@@ -209,6 +209,12 @@ class RunConfig:
         """A copy with the stage plan spelled out (what ``config.toml`` records)."""
         cfg = RunConfig.from_dict(self.to_dict())
         cfg.recipe.stages = cfg.stage_plan()
+        # A weights path relative to today's working directory means nothing tomorrow (the
+        # report reads the backbone's card through it): record it absolute. Weights files
+        # are not patient data.
+        src = cfg.weights.pretrained.strip()
+        if src.lower() not in ("hub", "none", "") and Path(src).expanduser().exists():
+            cfg.weights.pretrained = str(Path(src).expanduser().resolve())
         return cfg
 
     def set_epochs(self, text: str) -> None:

@@ -64,6 +64,32 @@ def backbone_provenance(pretrained: str, weights_source: str = "") -> tuple[str,
     return f"local file '{p.name}'", "user-supplied weights file (provenance not recorded)"
 
 
+def backbone_location(run_dir: str | Path, pretrained: str, weights_source: str = "") -> str:
+    """Where a run's starting weights are now: ``pretrained`` made findable.
+
+    New runs record an absolute path. Older ones recorded it relative to the working
+    directory of the training (the GUI's, often), so a report made elsewhere lost the
+    backbone's card: try it beside the run folder and its parents too, then the file
+    named in ``env.json`` (``weights.source``) and its folder. Unchanged when not found.
+    """
+    src = (pretrained or "none").strip()
+    if src.lower() in ("none", "hub") or weights_source.startswith("hub:"):
+        return src
+    run = Path(run_dir)
+    for cand in (src, weights_source):
+        if not cand:
+            continue
+        p = Path(cand).expanduser()
+        bases = [Path()] if p.is_absolute() else [Path(), run, run.parent, run.parent.parent]
+        for base in bases:
+            hit = base / p
+            if hit.is_dir() or (hit.is_file() and cand == src):
+                return str(hit.resolve())
+            if hit.is_file() and (hit.parent / "card.json").is_file():
+                return str(hit.parent.resolve())  # an MAE/formula folder's encoder file
+    return src
+
+
 def backbone_details(pretrained: str) -> str:
     """A sentence on an MAE backbone for the report notes ("" when it is not one)."""
     try:
@@ -112,7 +138,9 @@ def model_card(run_dir: str | Path, evaluation: Any = None) -> ModelCard:
     cfg = load_config(run / "config.toml")
     env = _read_json(run / "env.json")
     weights = env.get("weights") or {}
-    source, backbone = backbone_provenance(cfg.weights.pretrained, str(weights.get("source", "")))
+    weights_from = str(weights.get("source", ""))
+    source, backbone = backbone_provenance(
+        backbone_location(run, cfg.weights.pretrained, weights_from), weights_from)
     from vitdesk.imaging.windowing import WindowSpec
 
     try:
@@ -154,7 +182,9 @@ def report_data_from_run(run_dir: str | Path, evaluation: Any,
              + (", with test-time augmentation." if ev.tta else ".")]
     from vitdesk.config import load_config
 
-    details = backbone_details(load_config(run / "config.toml").weights.pretrained)
+    weights_from = str((_read_json(run / "env.json").get("weights") or {}).get("source", ""))
+    details = backbone_details(backbone_location(
+        run, load_config(run / "config.toml").weights.pretrained, weights_from))
     if details:
         notes.append(details)
     notes += list(ev.notes)

@@ -34,7 +34,13 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from vitdesk.errors import Cancelled, LoadError
 from vitdesk.imaging.deid import safe_key, split_meta
-from vitdesk.imaging.scan import FileHeader, SeriesInfo, ds_floats, read_file_header
+from vitdesk.imaging.scan import (
+    FileHeader,
+    SeriesInfo,
+    ds_floats,
+    open_bounded,
+    read_file_header,
+)
 from vitdesk.imaging.volume import FileError, Volume
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
@@ -141,9 +147,10 @@ def _ts_name(ds: Dataset | None, path: str) -> str:
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is None:
         try:
-            ts = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.get(
-                "TransferSyntaxUID"
-            )
+            with open_bounded(path) as fh:
+                ts = pydicom.dcmread(fh, stop_before_pixels=True, force=True).file_meta.get(
+                    "TransferSyntaxUID"
+                )
         except Exception:  # any read problem just means "unknown" here
             ts = None
     try:
@@ -157,11 +164,13 @@ def _read_pixels(path: str, frame: int | None) -> tuple[Dataset, np.ndarray]:
     ds = Dataset()
     try:
         # Fast path: reads group 0028 and _PIXEL_TAGS only, then decodes.
-        arr = pixel_array(path, ds_out=ds, specific_tags=_PIXEL_TAGS, index=frame)
+        with open_bounded(path) as fh:
+            arr = pixel_array(fh, ds_out=ds, specific_tags=_PIXEL_TAGS, index=frame)
         return ds, arr
     except AttributeError:
         pass  # no file meta (no preamble / raw data set): read it all below
-    ds = pydicom.dcmread(path, force=True)
+    with open_bounded(path) as fh:
+        ds = pydicom.dcmread(fh, force=True)
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
         implicit, little = ds.original_encoding
@@ -350,9 +359,11 @@ def _decode_file(
         return _decode_checked(path, known, frame)
     except LoadError:
         raise
-    except (Cancelled, KeyboardInterrupt):
+    except (Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's problem
+    # BaseException: decoders written in Rust raise pyo3's PanicException, which
+    # is not an Exception; it is still only this file's problem.
+    except BaseException as exc:  # noqa: BLE001
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise LoadError(f"{path}: cannot read this image ({type(exc).__name__}: {reason}); "
                         f"{_CORRUPT_HINT}") from None
@@ -378,9 +389,9 @@ def _decode_checked(path: str, known: FileHeader | None, frame: int | None) -> l
         raise
     except FileNotFoundError:
         raise LoadError(f"{path}: file not found; rescan the folder") from None
-    except (Cancelled, KeyboardInterrupt):
+    except (Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception as exc:  # codec plugins raise many types; all mean "cannot decode"
+    except BaseException as exc:  # codec plugins raise many types (Rust ones: panics)
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         low = reason.lower()
         missing = isinstance(exc, NotImplementedError) or "plugin" in low and (
@@ -641,7 +652,8 @@ def load_series(
     if not key:
         good = frames[0].file
         try:
-            head = pydicom.dcmread(good, stop_before_pixels=True, force=True)
+            with open_bounded(good) as fh:
+                head = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
             meta, phi = split_meta(head)
             uid = str(head.get("SeriesInstanceUID", "") or "")
         except Exception:  # header already decoded once; meta is a nicety here

@@ -10,6 +10,7 @@ NRRD) are listed in ``ScanResult.volume_files`` for :func:`vitdesk.imaging.io.lo
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -220,13 +221,43 @@ _CLAIM_TAGS = [
 ]
 
 
+class BoundedReader(io.BufferedReader):
+    """A binary file whose ``read(n)`` never asks for more than the bytes left.
+
+    pydicom reads an element's value with ``fp.read(length)``, ``length`` taken
+    from the header, and CPython allocates ``length`` bytes before reading: a
+    corrupt 4 GB length would allocate 4 GB. Clamping keeps every read within
+    the file's size.
+    """
+
+    def __init__(self, raw: io.FileIO) -> None:
+        super().__init__(raw, buffer_size=64 * 1024)
+        self._size = os.fstat(raw.fileno()).st_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self._size - self.tell()))
+            if size == 0:
+                return b""
+        return super().read(size)
+
+
+def open_bounded(path: str | Path) -> BoundedReader:
+    """Open ``path`` for pydicom with reads bounded by the file size (see BoundedReader)."""
+    return BoundedReader(io.FileIO(path, "rb"))
+
+
 def _read_header(path: Path, tags: list | None = None) -> tuple[bytes, FileHeader | None]:
     """Return the first 132 bytes and, if they look like DICOM, the parsed header."""
-    with open(path, "rb") as fh:
+    with open_bounded(path) as fh:
         head = fh.read(132)
         if not looks_like_dicom(head):
             return head, None
-        size = os.fstat(fh.fileno()).st_size
+        size = fh.size
         fh.seek(0)
         ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True,
                              specific_tags=_SCAN_TAGS if tags is None else tags)
@@ -263,13 +294,13 @@ def read_file_header(path: str | Path, tags: list | None = None) -> FileHeader:
     file = Path(path)
     wanted = None if tags is None else [Tag(t) for t in tags] + _CLAIM_TAGS
     try:
-        head, info = _read_header(file, wanted)
+        _, info = _read_header(file, wanted)
+        problem = pixel_claims_problem(info) if info is not None else None
     except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's problem
         raise LoadError(f"{file}: {file_problem(exc)}") from None
     if info is None:
         raise LoadError(f"{file}: not a readable DICOM file (no DICOM header found); "
                         "remove it or give a DICOM image")
-    problem = pixel_claims_problem(info)
     if problem:
         raise LoadError(f"{file}: {problem}")
     return info
@@ -322,9 +353,9 @@ def pixel_claims_problem(info: FileHeader) -> str | None:
         frames = _header_int(ds, "NumberOfFrames", 1)
         spp = _header_int(ds, "SamplesPerPixel", 1)
         bits = _header_int(ds, "BitsAllocated", 16)
-    except (TypeError, ValueError, OverflowError):
-        return ("Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated is not a "
-                "number; the header is corrupt: export the file again")
+    except Exception as exc:  # noqa: BLE001 - pydicom converts raw values only now
+        return ("Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated cannot be "
+                f"read ({type(exc).__name__}); the header is corrupt: export the file again")
     if rows <= 0 or cols <= 0 or frames <= 0 or spp not in (1, 3, 4):
         return (f"header claims {rows} x {cols} pixels, {frames} frame(s), {spp} samples per "
                 "pixel; the header is corrupt: export the file again")

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from vitdesk.analysis.run_model import _device_of, _load, attention_overlays
-from vitdesk.errors import DataError, LoadError
+from vitdesk.data.inputs import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from vitdesk.data.inputs import input_slices as _input_slices
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -32,6 +31,7 @@ class PredictedSlice:
     predicted: str
     uncertainty: float | None
     overlay: Path | None = None
+    set: str | None = None  # conformal prediction set "a|b" ("(empty)"), None: not computed
 
 
 @dataclass
@@ -41,58 +41,20 @@ class PredictResult:
     overlays: list[Path]
     errors: list[str]
     temperature: float = 1.0  # the run's calibration applied to the probabilities
+    conformal: Any = None  # analysis.conformal.ConformalCalibrator behind the set column
 
     def csv_header(self) -> list[str]:
         return ["key", "slice", *[f"p_{c}" for c in self.classes], "predicted",
-                "uncertainty"]
+                "uncertainty", "set"]
 
     def csv_rows(self) -> list[list[str]]:
         return [[r.key, str(r.slice_index), *[f"{p:.6f}" for p in r.probs], r.predicted,
-                 "" if r.uncertainty is None else f"{r.uncertainty:.6f}"] for r in self.rows]
+                 "" if r.uncertainty is None else f"{r.uncertainty:.6f}",
+                 "" if r.set is None else r.set] for r in self.rows]
 
 
 def _safe_name(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in key)[:64] or "slice"
-
-
-def _input_slices(path: Path, cancel: CancelToken, listener: Listener | None
-                  ) -> tuple[list[tuple[str, int, np.ndarray, str]], list[str]]:
-    """(key, slice index, raw array, kind) of every slice under ``path``, and errors."""
-    from vitdesk.data.dataset import read_image
-    from vitdesk.data.records import safe_key
-
-    if not path.exists():
-        raise LoadError(f"{path}: no such file or folder: give a DICOM file/folder, a "
-                        "NIfTI/MHA/NRRD volume or PNG/JPEG images")
-    images = ([path] if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES else
-              sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-              if path.is_dir() else [])
-    out: list[tuple[str, int, np.ndarray, str]] = []
-    errors: list[str] = []
-    for p in images:
-        cancel.check()
-        try:
-            out.append((safe_key(str(p.resolve())), 0, read_image(str(p)), "image"))
-        except DataError as exc:
-            errors.append(str(exc))
-        except Exception as exc:  # noqa: BLE001 - one unreadable image never stops the rest
-            errors.append(f"{p}: cannot read the image ({type(exc).__name__}); "
-                          "export it again as PNG or JPEG")
-    if path.is_file() and images:
-        return out, errors
-    from vitdesk.imaging.io import load_path
-
-    res = load_path(path, cancel=cancel, listener=listener)
-    for vol in res.volumes:
-        for z in range(vol.hu.shape[0]):
-            out.append((vol.key, z, vol.hu[z], "dicom"))
-    # every file left out (unreadable, or skipped from a series that loaded), one line each
-    errors.extend(e.describe() for e in res.errors)
-    if not out:
-        first = f" ({errors[0]})" if errors else ""
-        raise LoadError(f"{path}: no readable slices{first}: give CT DICOM, a volume file "
-                        "or PNG/JPEG images")
-    return out, errors
 
 
 def predict_input(
@@ -105,6 +67,8 @@ def predict_input(
     batch_size: int = 32,
     device: str = "auto",
     calibrate: bool = True,
+    conformal_alpha: float | None = 0.1,
+    conformal_method: str = "lac",
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
 ) -> PredictResult:
@@ -114,7 +78,14 @@ def predict_input(
     (the key is a hash, never a patient name) and have the slice's own size.
     With ``calibrate`` the probabilities are temperature-scaled by the run's
     calibration (fitted on its validation slices now when the run lacks it).
+    ``conformal_alpha``: each row's ``set`` holds the true class with probability
+    1 - alpha (split-conformal, calibrated on the run's validation slices; a set that is
+    not one class means "refer"); None or no validation slices: no sets.
     """
+    from vitdesk.analysis.conformal import check_alpha, run_conformal, set_labels
+
+    if conformal_alpha is not None:
+        conformal_alpha = check_alpha(conformal_alpha)
     from vitdesk.analysis.calibration import run_calibration, temperature_of
     from vitdesk.analysis.tta import predict_proba, tta_predict
     from vitdesk.data.dataset import preprocess_slice
@@ -138,13 +109,22 @@ def predict_input(
     if tta is not None:
         res = tta_predict(model, batches(), tta, device=dev, total=total, cancel=cancel,
                           listener=listener, temperature=temp)
-        probs, unc = res.probs, res.uncertainty
+        probs, unc, plain = res.probs, res.uncertainty, res.plain
     else:
         probs, _ = predict_proba(model, batches(), device=dev, total=total, cancel=cancel,
                                  listener=listener, temperature=temp)
+        plain = probs
+    ccal = (run_conformal(lr, temp, conformal_alpha, conformal_method, batch_size=batch_size,
+                          cancel=cancel, listener=listener)
+            if conformal_alpha is not None else None)
+    # sets from the calibrated un-augmented probabilities, as the validation scores were
+    sets = set_labels(ccal.sets(plain), list(lr.classes)) if ccal is not None else None
     rows = [PredictedSlice(key, z, probs[i], lr.classes[int(probs[i].argmax())],
                            None if unc is None else float(unc[i]))
             for i, (key, z, _, _) in enumerate(slices)]
+    if sets is not None:
+        for r, st in zip(rows, sets, strict=True):
+            r.set = st or "(empty)"
     overlays: list[Path] = []
     if attention_dir is not None:
         import cv2
@@ -164,4 +144,4 @@ def predict_input(
                 written[method] = p
             # a ViT's row points at its rollout; a CNN has only Grad-CAM
             rows[i].overlay = written.get("rollout") or written.get("gradcam")
-    return PredictResult(list(lr.classes), rows, overlays, errors, temp)
+    return PredictResult(list(lr.classes), rows, overlays, errors, temp, ccal)

@@ -148,3 +148,23 @@ def test_ds_floats_matches_pydicom(tmp_path):
         assert ds_floats(raw, "SpacingBetweenSlices") is None  # absent
         raw.RescaleSlope = 2  # an already-converted element takes the slow path
         assert ds_floats(raw, "RescaleSlope") == [2.0]
+
+
+def test_metadata_pydicom_cannot_convert_fails_only_that_file(tmp_path):
+    # split_meta reads SeriesDescription; an unknown VR there raises NotImplementedError
+    # only when the value is converted, long after the header was parsed.
+    paths = ct_series(tmp_path, np.zeros((3, 4, 4), np.int16), shuffle=None)
+    victim = paths[0]  # first in slice order: the one split_meta reads
+    data = bytearray(victim.read_bytes())
+    i = data.find(b"\x08\x00\x3e\x10LO")
+    if i < 0:  # the factory may not write a description: add one
+        ct_slice(victim, np.zeros((4, 4), np.int16), z=10.0,
+                 extra={"SeriesDescription": "chest"})
+        data = bytearray(victim.read_bytes())
+        i = data.find(b"\x08\x00\x3e\x10LO")
+    data[i + 4:i + 6] = b"ZZ"
+    victim.write_bytes(bytes(data))
+    res = scan_path(tmp_path)
+    assert len(res.series) == 1 and res.series[0].files == tuple(str(p) for p in paths[1:])
+    assert [e.path for e in res.errors] == [str(victim)]
+    assert "NotImplementedError" in res.errors[0].reason

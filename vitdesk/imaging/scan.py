@@ -355,10 +355,10 @@ def pixel_claims_problem(info: FileHeader) -> str | None:
         bits = _header_int(ds, "BitsAllocated", 16)
     except Exception as exc:  # noqa: BLE001 - pydicom converts raw values only now
         return ("Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated cannot be "
-                f"read ({type(exc).__name__}); the header is corrupt: export the file again")
+                f"read ({type(exc).__name__}); the header is corrupt: export it again")
     if rows <= 0 or cols <= 0 or frames <= 0 or spp not in (1, 3, 4):
         return (f"header claims {rows} x {cols} pixels, {frames} frame(s), {spp} samples per "
-                "pixel; the header is corrupt: export the file again")
+                "pixel; the header is corrupt: export it again")
     if bits not in (1, 8, 16, 32, 64):
         return f"BitsAllocated is {bits} (expected 8, 16 or 32); the header is corrupt"
     need = (rows * cols * frames * spp * bits + 7) // 8

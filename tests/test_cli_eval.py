@@ -40,9 +40,13 @@ def test_predict_csv_rows_equal_slices_and_overlays(run, tmp_path, capsys):
                  "--device", "cpu"]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6
-    assert set(rows[0]) == {"key", "slice", "p_lesion", "p_normal", "predicted", "uncertainty"}
+    assert set(rows[0]) == {"key", "slice", "p_lesion", "p_normal", "predicted", "uncertainty",
+                            "set"}
+    assert list(rows[0])[-2:] == ["uncertainty", "set"]  # the set column comes last
     for r in rows:
         assert float(r["p_lesion"]) + float(r["p_normal"]) == pytest.approx(1.0, abs=1e-5)
+        # the conformal set: one class, both ("refer"), or "(empty)"
+        assert r["set"] in ("normal", "lesion", "normal|lesion", "lesion|normal", "(empty)")
     pngs = sorted(att.glob("*.png"))
     assert len(pngs) == 12 and cv2.imread(str(pngs[0])).shape == (48, 48, 3)
     # without --out the CSV goes to stdout

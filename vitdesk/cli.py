@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="RUN",
                    help="also score this run on the same slices and write the paired "
                         "differences under 'transfer' in metrics.json")
+    p.add_argument("--alpha", type=float, default=0.1, metavar="A",
+                   help="error rate of the conformal prediction sets (default 0.1: each set "
+                        "holds the true class 90%% of the time; a slice whose set is not one "
+                        "class is 'refer')")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
@@ -113,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT")
     p.add_argument("--tta", action="store_true")
     p.add_argument("--attention", metavar="DIR", help="write attention overlay PNGs here")
+    p.add_argument("--alpha", type=float, default=0.1, metavar="A",
+                   help="error rate of the conformal prediction sets (default 0.1: each set "
+                        "holds the true class 90%% of the time; a slice whose set is not one "
+                        "class is 'refer')")
     p.add_argument("--out", metavar="CSV", help="probabilities CSV (default: stdout)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
@@ -122,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="RUN",
                    help="a baseline run (e.g. a CNN from scratch) scored on the same slices "
                         "for the transfer-effectiveness section")
+    p.add_argument("--alpha", type=float, default=0.1, metavar="A",
+                   help="error rate of the conformal prediction sets (default 0.1: each set "
+                        "holds the true class 90%% of the time; a slice whose set is not one "
+                        "class is 'refer')")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 

@@ -136,3 +136,70 @@ def test_result_dict_and_patient_intervals():
     assert d["n"] == 200 and d["alpha"] == 0.2 and d["method"] == "lac"
     assert d["coverage_ci"][0] <= d["coverage"] <= d["coverage_ci"][1]
     assert "patients" in d["ci"]
+
+
+# --------------------------------------------------------------------------- on a run
+
+
+@pytest.fixture(scope="module")
+def conf_run(tmp_path_factory):
+    from tests.evalrun import tiny_run, tiny_sample
+
+    root = tmp_path_factory.mktemp("confrun")
+    data = tiny_sample(root / "sample")
+    return tiny_run(data, root / "run"), data
+
+
+def test_evaluate_predict_and_report_carry_the_sets(conf_run, tmp_path):
+    import csv
+    import io
+
+    from vitdesk.analysis.calibration import apply_temperature, read_calibration
+    from vitdesk.analysis.evaluation import evaluate_run, predict_input
+    from vitdesk.engine.calibration import validation_probs
+    from vitdesk.engine.run import load_run
+    from vitdesk.report.from_run import write_run_report
+
+    run, data = conf_run
+    kw = dict(robustness=False, shift=False, fairness=False, attention_samples=0, n_boot=50,
+              device="cpu")
+    ev = evaluate_run(run, conformal_alpha=0.3, **kw)
+    t = read_calibration(run).temperature
+    y_val, p_val = validation_probs(load_run(run))
+    ref = calibrate(apply_temperature(p_val, t), y_val, 0.3, "lac")  # 6 validation slices
+    sets = ref.sets(ev.plain_probs)
+    c = ev.to_dict()["conformal"]
+    assert c["alpha"] == 0.3 and c["method"] == "lac" and c["n"] == ev.n_slices
+    assert c["n_calibration"] == 6 and c["quantile"] == pytest.approx(ref.quantile)
+    assert c["coverage"] == pytest.approx(sets[np.arange(ev.n_slices), ev.labels].mean())
+    assert c["refer_rate"] == pytest.approx(refer(sets).mean())
+    assert c["coverage_ci"][0] <= c["coverage"] <= c["coverage_ci"][1]
+    rows = dict(ev.summary_rows())
+    assert any(k.startswith("conformal sets (LAC, alpha 0.3)") for k in rows)
+    # too few validation slices for 90 %: every class, every slice referred, and said so
+    ev10 = evaluate_run(run, conformal_alpha=0.1, **kw)
+    assert ev10.conformal.refer_rate.value == 1.0 and ev10.conformal.coverage.value == 1.0
+    files = write_run_report(run, ev, tmp_path / "rep")
+    html = files.html.read_text(encoding="utf-8")
+    assert "Conformal prediction sets" in html and f"{c['refer_rate']:.3f}" in html
+    # predict: a set column after the existing ones, the same sets for the same slices
+    folder = next(p for p in data.iterdir() if p.is_dir())
+    pr = predict_input(run, folder, device="cpu", conformal_alpha=0.3)
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(pr.csv_header())
+    w.writerows(pr.csv_rows())
+    table = list(csv.reader(io.StringIO(out.getvalue())))
+    assert table[0][-2:] == ["uncertainty", "set"]
+    probs = np.stack([r.probs for r in pr.rows])
+    want = set_labels(ref.sets(probs), pr.classes)
+    assert [r[-1] for r in table[1:]] == [s or "(empty)" for s in want]
+
+
+def test_cli_alpha_out_of_range_is_one_line_exit_2(conf_run, capsys):
+    from vitdesk.cli import main
+
+    run, data = conf_run
+    code = main(["evaluate", str(run), "--data", str(data), "--alpha", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--alpha" in err[0]

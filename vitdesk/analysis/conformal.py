@@ -195,8 +195,9 @@ def evaluate_sets(cal: ConformalCalibrator, probs: np.ndarray, y: np.ndarray,
 
 
 def run_conformal(run: Any, temperature: float = 1.0, alpha: float = DEFAULT_ALPHA,
-                  method: str = "lac", *, batch_size: int = 32, cancel: CancelToken = NEVER,
-                  listener: Listener | None = None) -> ConformalCalibrator | None:
+                  method: str = "lac", *, batch_size: int = 32, seed: int = 0,
+                  cancel: CancelToken = NEVER, listener: Listener | None = None
+                  ) -> ConformalCalibrator | None:
     """Calibrate prediction sets on a run's validation slices (temperature-scaled, plain
     probabilities). None when the run has no validation slices here.
 
@@ -210,7 +211,7 @@ def run_conformal(run: Any, temperature: float = 1.0, alpha: float = DEFAULT_ALP
     if got is None:
         return None
     y, p = got
-    return calibrate(apply_temperature(p, temperature), y, alpha, method)
+    return calibrate(apply_temperature(p, temperature), y, alpha, method, seed)
 
 
 __all__ = ["DEFAULT_ALPHA", "METHODS", "ConformalCalibrator", "ConformalResult", "calibrate",

@@ -101,6 +101,7 @@ class RunEvaluation:
     robustness: list = field(default_factory=list)  # RobustnessResult (HU, adversarial)
     shift: Any = None  # ShiftResult
     calibration: dict | None = None  # analysis.calibration.calibration_summary
+    conformal: Any = None  # analysis.conformal.ConformalResult (prediction sets, "refer")
     attention: list[AttentionItem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
@@ -127,6 +128,7 @@ class RunEvaluation:
             "robustness": {r_name(r): _plain(r) for r in self.robustness},
             "shift": _plain(self.shift),
             "calibration": self.calibration,
+            "conformal": _plain(self.conformal),
             "attention": [{"method": a.method, "correct": a.correct, "true": a.true,
                            "predicted": a.predicted, "probability": a.probability}
                           for a in self.attention],
@@ -159,6 +161,12 @@ class RunEvaluation:
             rows.append(("calibration: temperature (validation fit)", _fmt(c["temperature"])))
             rows.append(("slice ECE before -> after temperature",
                          f"{_fmt(c['ece_before'])} -> {_fmt(c['ece_after'])}"))
+        if self.conformal is not None:
+            c = self.conformal
+            rows.append((f"conformal sets ({c.method.upper()}, alpha {c.alpha:g}): coverage",
+                         _fmt_ci(c.coverage.value, c.coverage.lo, c.coverage.hi)))
+            rows.append(("conformal refer rate (set not one class)",
+                         _fmt_ci(c.refer_rate.value, c.refer_rate.lo, c.refer_rate.hi)))
         if self.shift is not None:
             sh = self.shift
             rows.append(("shift alarm rate (observed / expected)",
@@ -421,6 +429,8 @@ def evaluate_run(
     fairness: bool = True,
     n_boot: int = 1000,
     calibrate: bool = True,
+    conformal_alpha: float | None = 0.1,
+    conformal_method: str = "lac",
     patient_score: str = "topk",
     topk: float = 3,
     batch_size: int = 32,
@@ -450,6 +460,8 @@ def evaluate_run(
         n_boot: bootstrap resamples for confidence intervals.
         calibrate: score temperature-scaled probabilities (the run's
             ``calibration.json``, fitted on its validation slices now when missing).
+        conformal_alpha: error rate of split-conformal prediction sets calibrated on the
+            run's validation slices (None: no sets); ``conformal_method`` "lac" or "aps".
         patient_score, topk: patient aggregation (see metrics.patient_scores); the mean
             of the ``topk`` most suspicious slices suits focal findings on a few slices.
         device: "auto", "cpu" or "cuda" (ignored for a LoadedRun).
@@ -467,10 +479,13 @@ def evaluate_run(
         run_calibration,
         temperature_of,
     )
+    from vitdesk.analysis.conformal import check_alpha, evaluate_sets, run_conformal
     from vitdesk.analysis.fairness import age_groups, fairness_all, sex_groups
     from vitdesk.analysis.tta import predict_proba, tta_predict, tta_summary
     from vitdesk.data.build import fingerprint
 
+    if conformal_alpha is not None:
+        conformal_alpha = check_alpha(conformal_alpha)
     t0 = time.perf_counter()
     emit(listener, Progress(_TASK, 0, None, "loading the run"))
     lr = _load(run, device)
@@ -516,6 +531,16 @@ def evaluate_run(
     labels = remap[labels]
     probs, plain, raw = probs[:, order], plain[:, order], raw[:, order]
     calibration = calibration_summary(labels, raw, plain, cal) if calibrate else None
+    conformal = None
+    if conformal_alpha is not None:
+        # sets from the calibrated plain probabilities: what the validation scores saw
+        ccal = run_conformal(lr, temp, conformal_alpha, conformal_method,
+                             batch_size=batch_size, cancel=cancel, seed=seed)
+        if ccal is None:
+            notes.append("conformal prediction sets were skipped: the run's validation "
+                         "slices are not available to calibrate them on")
+        else:
+            conformal = evaluate_sets(ccal, plain, labels, patients, n_boot=n_boot, seed=seed)
     if tta_info is not None:
         tta_info["accuracy_plain"] = float((plain.argmax(1) == labels).mean())
         tta_info["accuracy_tta"] = float((probs.argmax(1) == labels).mean())
@@ -598,7 +623,8 @@ def evaluate_run(
 
     settings = {"split": used, "tta": tta is not None, "n_boot": n_boot, "seed": seed,
                 "max_cases": max_cases, "robustness_cases": robustness_cases,
-                "calibrated": cal is not None,
+                "calibrated": cal is not None, "conformal_alpha": conformal_alpha,
+                "conformal_method": conformal_method,
                 "shift_train_cases": shift_train_cases, "attention_samples": attention_samples,
                 "window": lr.window.label(), "img_size": lr.img_size,
                 "model": lr.cfg.model.name, "device": str(dev), "patient_rule": rule,
@@ -610,7 +636,8 @@ def evaluate_run(
         fingerprint=fingerprint(records), n_slices=n, n_patients=len(set(patients.tolist())),
         labels=labels, probs=probs, plain_probs=plain, patients=patients, metrics=ev,
         metrics_plain=ev_plain, tta=tta_info, uncertainty=uncertainty, fairness=fair,
-        robustness=rob, shift=shift_res, calibration=calibration, attention=atts, notes=notes,
+        robustness=rob, shift=shift_res, calibration=calibration, conformal=conformal,
+        attention=atts, notes=notes,
         settings=settings,
         versions=versions(), seconds=time.perf_counter() - t0, keys=slice_keys(records),
     )

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     transfer = None
     with sigint_cancels() as token:
         ev = evaluate_run(load_run_for(args), args.data, tta=tta, device=device, cancel=token,
-                          listener=ConsoleProgress())
+                          listener=ConsoleProgress(),
+                          conformal_alpha=getattr(args, "alpha", 0.1))
         if baseline is not None:
             transfer = evaluate_baseline(ev, args.run, baseline, args.data, tta=tta,
                                          device=device, cancel=token,

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
                             tta=TTAConfig() if args.tta else None,
                             attention_dir=args.attention,
                             device=getattr(args, "device", "auto") or "auto", cancel=token,
-                            listener=ConsoleProgress())
+                            listener=ConsoleProgress(),
+                            conformal_alpha=getattr(args, "alpha", 0.1))
     for err in res.errors:
         print(f"warning: skipped {err}", file=sys.stderr)
     if out is not None:

@@ -252,6 +252,39 @@ def _calibration_section(c: dict) -> Section:
     return s
 
 
+def _value_ci(d: dict, key: str) -> str:
+    """fmt_ci of ``d[key]`` with its interval in ``d[key + "_ci"]`` ([lo, hi], maybe null)."""
+    lo, hi = (list(d.get(f"{key}_ci") or []) + [None, None])[:2]
+    nan = float("nan")
+    return fmt_ci({"value": d.get(key), "lo": nan if lo is None else lo,
+                   "hi": nan if hi is None else hi})
+
+
+def _conformal_section(c: dict) -> Section:
+    s = Section("Conformal prediction sets (refer when unsure)")
+    alpha = float(c.get("alpha") or 0.1)
+    s.paragraphs.append(
+        f"Each slice gets the set of classes that holds its true class with probability at "
+        f"least {1 - alpha:.0%} ({str(c.get('method', '')).upper()} split-conformal sets, "
+        f"calibrated on {fmt(c.get('n_calibration'))} validation slices of patients the "
+        "model was not trained on). A slice whose set is not exactly one class is "
+        "'refer': the model cannot decide it at this error rate and a reader should. The "
+        "guarantee is on average over slices exchangeable with the validation ones; "
+        "a shifted data set (see the shift check) may not be.")
+    if c.get("quantile") is None:
+        s.paragraphs.append(f"Too few validation slices to reach {1 - alpha:.0%}: every "
+                            "set holds every class and every slice is referred.")
+    ci = c.get("ci", "bootstrap")
+    s.tables.append(Table(["Prediction sets", f"Value (95% CI, {ci})"], [
+        ["Target coverage (1 - alpha)", fmt(1 - alpha)],
+        ["Empirical coverage (true class in the set)", _value_ci(c, "coverage")],
+        ["Refer rate (set not exactly one class)", _value_ci(c, "refer_rate")],
+        ["Mean set size", fmt(c.get("mean_set_size"))],
+        ["Empty sets", fmt(c.get("empty_sets"))],
+        ["Slices scored", fmt(c.get("n"))]], "Split-conformal prediction sets"))
+    return s
+
+
 def _fairness_sections(reports: list[dict]) -> list[Section]:
     out = []
     for r in reports:
@@ -305,6 +338,8 @@ def build_sections(data: ReportData) -> list[Section]:
         sections.append(_evaluation_section(plain(data.evaluation)))
     if data.calibration:
         sections.append(_calibration_section(dict(data.calibration)))
+    if data.conformal:
+        sections.append(_conformal_section(plain(data.conformal)))
     extra = _extra_section(data)
     if extra:
         sections.append(extra)

@@ -40,13 +40,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     ratio = getattr(args, "mask_ratio", None)
     if ratio is not None:
         cfg.mask_ratio = float(ratio)
-    if cfg.formula and cfg.data:
-        raise ConfigError("--formula generates its own images: leave out --data (or drop "
-                          "--formula for MAE on the images of --data)")
-    if not cfg.formula and not cfg.data:
-        raise ConfigError("give the unlabelled images with --data SRC, or --formula "
-                          "contours|fractals to pretrain without data")
-    return cfg.validate()
+    from vitdesk.engine.plan import plan_pretrain
+
+    return plan_pretrain(cfg)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,9 @@
-"""``vitdesk train``: build the run config from file + flags, then run the engine."""
+"""``vitdesk train``: build the run config from file + flags, plan it, run the engine.
+
+Every rule about the run (random backbone or CNN -> full, pooling, distillation mode,
+teacher, resume) is :mod:`vitdesk.engine.plan`'s; this module only turns flags into a
+requested config.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vitdesk.config import RunConfig, load_config
-
-STAGED_RANDOM_WARNING = (
-    "warning: staged fine-tuning of a random backbone is meaningless (the frozen blocks "
-    "hold no learned features): switching to --recipe full; pass --force-staged to keep it"
-)
-
+from vitdesk.engine.plan import Plan, apply_rules, plan_resume, plan_run
 
 _SIMPLE = {
     "val": "data.val_source", "model": "model.name", "pretrained": "weights.pretrained",
@@ -23,105 +23,76 @@ _SIMPLE = {
     "device": "device", "seed": "seed", "teacher": "teacher.run",
     "temperature": "teacher.temperature", "alpha": "teacher.alpha",
     "unlabelled": "teacher.unlabelled", "patient_id": "data.patient_id",
+    "distill": "teacher.mode",
 }
 
 
-def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
-    """The run configuration: ``--config`` + flags; on ``--resume`` the run's own config.
-
-    A resumed run keeps its ``config.toml``. The command may repeat the flags that
-    started it (``--epochs 1,1,1`` that a random backbone turned into one stage of 3 is
-    accepted per stage or as the total); a flag that would change what is trained is
-    refused naming the field and both values. Data paths and the device may change.
-    """
-    warn = warn or (lambda msg: print(msg, file=sys.stderr))
-    out = getattr(args, "out", None)
-    stored_path = Path(out).expanduser() / "config.toml" if out else None
-    if args.resume and stored_path is not None and stored_path.is_file():
-        return _resume_config(args, load_config(stored_path), warn)
+def requested_config(args: argparse.Namespace) -> RunConfig:
+    """``--config`` (or the defaults) with the flags applied; no rule applied yet."""
     cfg = load_config(args.config) if args.config else RunConfig()
-    cfg = _apply_flags(cfg, args, warn, with_epochs=True)
-    if out:
-        cfg.out = out
-    elif not args.config:
-        cfg.out = str(Path("runs") / f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return cfg.resolved().validate()
-
-
-def _apply_flags(cfg: RunConfig, args: argparse.Namespace, warn: Any,
-                 with_epochs: bool) -> RunConfig:
-    """``cfg`` with the flags applied as a fresh run applies them."""
-    from vitdesk.engine.models import is_cnn_name
-
     cfg.data.source = args.data
     for attr, dotted in _SIMPLE.items():
         value = getattr(args, attr, None)
         if value is not None:
             cfg.set(dotted, value)
-    distill = getattr(args, "distill", None)
-    if distill and not cfg.teacher.run:
-        warn(f"warning: --distill {distill} has no effect without --teacher RUN")
-    if distill and hasattr(cfg.teacher, "mode"):
-        cfg.teacher.mode = distill  # recorded in config.toml where the config has the field
     if getattr(args, "recipe", None) and args.recipe != cfg.recipe.kind:
         cfg.recipe.kind = args.recipe
         cfg.recipe.stages = []  # the new recipe's default plan
-    elif (not args.config and not getattr(args, "recipe", None)
-          and is_cnn_name(cfg.model.name) and cfg.recipe.kind == "staged"):
-        # CNNs default to the full recipe (there are no ViT blocks to unfreeze in stages)
-        cfg.recipe.kind, cfg.recipe.stages = "full", []
     if getattr(args, "force_staged", False):
         cfg.recipe.force_staged = True
-    epochs = getattr(args, "epochs", None)
-    if cfg.staged_on_random_backbone():
-        warn(STAGED_RANDOM_WARNING)
-        total = None
-        if epochs:
-            try:
-                total = sum(int(v) for v in str(epochs).split(",") if v.strip())
-            except ValueError:
-                total = None  # set_epochs below reports the bad value
-        cfg.switch_to_full()
-        if total is not None:
-            epochs = str(total)
-    if epochs and with_epochs:
-        cfg.set_epochs(epochs)
+    out = getattr(args, "out", None)
+    if out:
+        cfg.out = out
+    elif not args.config:
+        cfg.out = str(Path("runs") / f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     return cfg
 
 
-def _resume_config(args: argparse.Namespace, stored: RunConfig, warn: Any) -> RunConfig:
-    """The stored config of the run in ``--out``, once the flags agree with it."""
-    from vitdesk.config import resume_differences
-    from vitdesk.errors import ConfigError
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The planned run: ``--config`` + flags through the plan; on ``--resume`` the run's
+    own config, once the flags agree with it (:func:`vitdesk.engine.plan.plan_resume`)."""
+    out = getattr(args, "out", None)
+    stored_path = Path(out).expanduser() / "config.toml" if out else None
+    if args.resume and stored_path is not None and stored_path.is_file():
+        return _resume_plan(args, load_config(stored_path))
+    epochs = getattr(args, "epochs", None)
+    return plan_run(requested_config(args), epochs=str(epochs) if epochs else None,
+                    check_files=True)
 
-    base = load_config(args.config) if args.config else RunConfig()
-    said: list[str] = []
-    requested = _apply_flags(base, args, said.append, with_epochs=False).resolved()
+
+def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
+    """The planned config; its notices go to ``warn`` (stderr by default)."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    plan = plan_from_args(args)
+    for notice in plan.notices:
+        warn(f"warning: {notice}")
+    return plan.cfg
+
+
+def _resume_plan(args: argparse.Namespace, stored: RunConfig) -> Plan:
+    """The stored config of the run in ``--out`` (the flags must agree with it).
+
+    The command may repeat the flags that started it (``--epochs 1,1,1`` that a random
+    backbone turned into one stage of 3 is accepted per stage or as the total).
+    """
+    base = requested_config(args)
+    requested = apply_rules(base).cfg
     if args.config:
         fields = None  # the same config file: every field must agree
     else:  # only what the flags set: the rest of a fresh config is defaults, not a request
         fields = {d for a, d in _SIMPLE.items() if getattr(args, a, None) is not None}
-        if getattr(args, "distill", None):
-            fields.add("teacher.mode")
-        if getattr(args, "recipe", None) or STAGED_RANDOM_WARNING in said:
-            fields.add("recipe.kind")  # a random backbone switched staged to full
+        if getattr(args, "recipe", None) or requested.recipe.kind != base.recipe.kind:
+            fields.add("recipe.kind")  # a rule switched staged to full
         if getattr(args, "force_staged", False):
             fields |= {"recipe.force_staged", "recipe.kind"}
-    epochs = getattr(args, "epochs", None)
-    diffs = resume_differences(stored, requested, fields, str(epochs) if epochs else None)
-    if diffs:
-        raise ConfigError(
-            f"cannot resume {args.out}: {'; '.join(diffs)}: repeat the run's settings (see "
-            "its config.toml), or start a new run with another --out"
-        )
-    cfg = stored
-    cfg.data.source = args.data
+    take: dict[str, Any] = {"data.source": args.data, "out": args.out}
     if getattr(args, "val", None) is not None:
-        cfg.data.val_source = args.val
+        take["data.val_source"] = args.val
     if getattr(args, "device", None) is not None:
-        cfg.device = args.device
-    cfg.out = args.out
-    return cfg.resolved().validate()
+        take["device"] = args.device
+    epochs = getattr(args, "epochs", None)
+    return plan_resume(stored, requested, fields, str(epochs) if epochs else None,
+                       take=take, run=str(args.out))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     from vitdesk.engine.run import train
     from vitdesk.jobs import CancelToken
 
-    cfg = config_from_args(args)
+    plan = plan_from_args(args)
+    for notice in plan.notices:
+        print(f"warning: {notice}", file=sys.stderr)
     token = CancelToken()
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -141,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        out = train(cfg, token, [ConsoleProgress()], resume=bool(args.resume),
-                    distill_mode=getattr(args, "distill", None))
+        out = train(plan.cfg, token, [ConsoleProgress()], resume=bool(args.resume),
+                    planned=True)
     finally:
         signal.signal(signal.SIGINT, previous)
     print(out)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitdesk.engine.plan import CNN_PREFIXES, is_cnn_name  # the names' one home
 from vitdesk.errors import ConfigError, ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,16 +36,6 @@ CNN_TEST_MODELS: dict[str, dict[str, Any]] = {
     "cnn_test_tiny": dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16),
 }
 VIT_PREFIXES = ("vit_", "deit_", "deit3_", "eva", "beit")
-CNN_PREFIXES = (
-    "resnet", "resnext", "seresnet", "seresnext", "ecaresnet", "wide_resnet", "resnetv2",
-    "convnext", "efficientnet", "tf_efficientnet", "regnet", "mobilenetv2", "mobilenetv3",
-    "tf_mobilenetv3", "densenet", "ghostnet", "mnasnet",
-)
-
-
-def is_cnn_name(name: str) -> bool:
-    """True for the convolutional families (and ``cnn_test_tiny``) by model name."""
-    return name in CNN_TEST_MODELS or name.startswith(CNN_PREFIXES)
 
 
 def is_cnn(model: nn.Module) -> bool:

@@ -36,12 +36,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vitdesk.engine import checkpoint as ckpt
+from vitdesk.engine.cards import CARD, CARD_FORMAT, read_card  # noqa: F401 - re-exported
 from vitdesk.engine.events import CheckpointSaved, StepDone, TrainingFailed
 from vitdesk.engine.formula import FormulaClassifier
 from vitdesk.engine.mae import MaskedAutoencoder
@@ -56,10 +56,8 @@ from vitdesk.errors import Cancelled, CheckpointError, ConfigError, DataError
 from vitdesk.imaging.windowing import WindowSpec
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
-CARD = "card.json"
 ENCODER = "encoder.safetensors"
 HISTORY = "history.jsonl"
-CARD_FORMAT = "vitdesk-mae-card-1"
 _TASK = "pretrain"
 # Settings a resumed run must share with its checkpoint (the rest may change).
 _RESUME_FIXED = ("model", "img_size", "window", "clahe", "mask_ratio", "norm_pix_loss",
@@ -468,19 +466,3 @@ def saved_config(out: str | Path) -> PretrainConfig | None:
         return PretrainConfig.from_dict(saved)
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{meta_path} is corrupt ({exc}): start a new --out") from None
-
-
-def read_card(folder: str | Path) -> dict[str, Any] | None:
-    """The ``card.json`` of a pretraining folder (or of the folder holding a weights file),
-    or None when there is none. Fine-tuning uses it to warn about a window or size mismatch."""
-    p = Path(folder)
-    if p.is_file():
-        p = p.parent
-    card = p / CARD
-    if not card.is_file():
-        return None
-    try:
-        data = json.loads(card.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:
-        raise CheckpointError(f"{card} is corrupt ({exc}): re-run vitdesk pretrain") from None
-    return data if data.get("format") == CARD_FORMAT else None

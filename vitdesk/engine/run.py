@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vitdesk.config import RunConfig, coarse_grid_warning, load_config, save_config
+from vitdesk.config import RunConfig, load_config, save_config
 from vitdesk.data.source_refs import for_run_folder
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.calibration import calibrate_after_training
@@ -36,11 +36,17 @@ from vitdesk.engine.models import (
     adapt_state_dict,
     choose_attention_backend,
     create_model,
-    is_cnn_name,
     is_distilled,
     model_norm_stats,
 )
-from vitdesk.engine.trainer import DISTILL_MODES, DistInfo, Trainer, dataset_targets
+from vitdesk.engine.plan import (
+    backbone_card_notices,
+    plan_run,
+    resolve_pool,  # noqa: F401 - the engine's name for it (tests, older callers)
+    teacher_mismatch,
+)
+from vitdesk.engine.plan import distill_mode as plan_distill_mode
+from vitdesk.engine.trainer import DistInfo, Trainer, dataset_targets
 from vitdesk.engine.weights import (
     LoadReport,
     build_model,
@@ -354,35 +360,6 @@ def _amp_name(trainer: Trainer) -> str:
 
 
 # ---- the run -----------------------------------------------------------------------------
-def resolve_pool(cfg: RunConfig) -> str:
-    """``model.pool`` with ``auto`` decided by the weights source (see ModelConfig.pool)."""
-    m = cfg.model
-    if m.pool != "auto" or is_cnn_name(m.name):
-        return m.pool  # a CNN pools its feature map: nothing to choose
-    if "distilled" in m.name:
-        return "token"  # DeiT's heads read the class and distillation tokens
-    src = str(cfg.weights.pretrained).strip()
-    if src.lower() == "none":
-        return "avg"
-    if src.lower() == "hub":
-        return "token"
-    p = Path(src).expanduser()
-    folder = p if p.is_dir() else p.parent
-    from vitdesk.engine.pretrain import read_card
-
-    if read_card(folder):
-        # an MAE encoder never trained its class token; formula encoders were trained
-        # with mean pooling
-        return "avg"
-    if (folder / "config.toml").is_file():
-        try:
-            theirs = load_config(folder / "config.toml").model.pool
-        except ConfigError:
-            theirs = "auto"
-        return theirs if theirs in ("token", "avg") else "token"  # runs before pool: token
-    return "token"
-
-
 def _recorded_pool(run: Path) -> str:
     """The pool a run was built with: its checkpoint's architecture must be rebuilt."""
     try:
@@ -392,30 +369,9 @@ def _recorded_pool(run: Path) -> str:
 
 
 def _check_backbone_card(cfg: RunConfig, listeners: Sequence[Listener]) -> None:
-    """Warn when an MAE backbone was pretrained with another window or image size.
-
-    The encoder learnt the intensity statistics of its window: fine-tuning on other
-    windows throws part of that away, so the user should know.
-    """
-    src = str(cfg.weights.pretrained)
-    if src in ("none", "hub") or not Path(src).expanduser().exists():
-        return
-    from vitdesk.engine.pretrain import read_card
-
-    card = read_card(Path(src).expanduser())
-    if not card:
-        return
-    if card.get("window"):  # formula backbones saw no CT window
-        theirs = WindowSpec.from_dict(card["window"])
-        ours = WindowSpec.parse(cfg.data.window)
-        if theirs.windows != ours.windows:
-            emit(list(listeners), Notice("train", (
-                f"the backbone was pretrained with window '{theirs.label()}' but this run "
-                f"uses '{ours.label()}': use --window {theirs.label()} to keep them identical")))
-    if int(card.get("img_size", cfg.model.img_size)) != int(cfg.model.img_size):
-        emit(list(listeners), Notice("train", (
-            f"the backbone was pretrained at {card['img_size']} px and this run uses "
-            f"{cfg.model.img_size} px: position embeddings are resized")))
+    """Emit :func:`vitdesk.engine.plan.backbone_card_notices` as notices."""
+    for text in backbone_card_notices(cfg):
+        emit(list(listeners), Notice("train", text))
 
 
 def train(
@@ -426,6 +382,7 @@ def train(
     data: TrainData | None = None,
     resume: bool = False,
     distill_mode: str | None = None,
+    planned: bool = False,
 ) -> Path:
     """Train ``cfg`` and return the run folder.
 
@@ -437,15 +394,16 @@ def train(
             :func:`vitdesk.data.build.build_datasets`.
         resume: continue ``cfg.out`` from ``checkpoints/last``.
         distill_mode: ``soft``, ``hard`` or ``token`` with a teacher; overrides
-            ``cfg.teacher.mode`` where the config has it (default: ``token`` for a
-            distilled student, else ``soft``; on resume the run's recorded mode).
+            ``cfg.teacher.mode`` (default: :func:`vitdesk.engine.plan.distill_mode`; on
+            resume the run's recorded mode).
+        planned: ``cfg`` came out of :func:`vitdesk.engine.plan.plan_run` and its notices
+            were shown; otherwise it is planned here and the notices go to ``listeners``.
 
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: before anything is written.
         Cancelled: after ``checkpoints/last`` was written.
     """
-    cfg = cfg.resolved()
-    cfg.validate()
+    cfg.resolved().validate()  # a bad field is named before the folder is looked at
     out = Path(cfg.out).expanduser()
     folder_mode = check_out_folder(out, resume)
     if folder_mode == "restart":
@@ -453,7 +411,17 @@ def train(
             f"{out} holds no checkpoint (its run stopped before the first one): "
             + ("nothing to resume, " if resume else "") + "starting it again in place")))
         resume = False
-    cfg.model.pool = _recorded_pool(out) if resume else resolve_pool(cfg)
+    if distill_mode:
+        cfg = RunConfig.from_dict(cfg.to_dict())
+        cfg.teacher.mode = distill_mode
+    notices: list[str] = []
+    if planned or resume:  # a resumed run keeps its recorded config: no rule re-applies
+        cfg = cfg.resolved().validate()
+    else:
+        plan = plan_run(cfg)
+        cfg, notices = plan.cfg, plan.notices
+    if resume:
+        cfg.model.pool = _recorded_pool(out)
     dist = _dist_from_env()
     device = resolve_device(cfg.device, dist)
     if cfg.model.attention == "flash":
@@ -463,14 +431,11 @@ def train(
     if data is None:
         data = _build_data(cfg, mean, std, cancel, listeners)
     _check_data(data)
-    _check_cnn_recipe(cfg, resume)
     # on resume the checkpoint holds the weights: the original source may be gone
     model, report = _build_student(cfg, len(data.classes), resume)
     if not resume:
-        _check_backbone_card(cfg, listeners)
-        coarse = coarse_grid_warning(cfg.model.name, cfg.model.img_size)
-        if coarse:
-            emit(list(listeners), Notice("train", coarse))
+        for text in notices:
+            emit(list(listeners), Notice("train", text))
         if is_distilled(model) and report.source not in ("none",) and report.missing:
             emit(list(listeners), Notice("train", (
                 f"distilled student: {len(report.missing)} tensors start fresh "
@@ -487,7 +452,7 @@ def train(
     mode = None
     if cfg.teacher.run:
         recorded = (resume_cp.meta.get("teacher") or {}).get("mode") if resume_cp else None
-        mode = _distill_mode(cfg, model, distill_mode or recorded)
+        mode = plan_distill_mode(cfg.model.name, distill_mode or recorded or cfg.teacher.mode)
         teacher = _load_teacher(cfg, data.classes, device)
         if cfg.teacher.unlabelled and data.unlabelled is None:
             data = dataclasses.replace(
@@ -602,34 +567,6 @@ def _build_student(cfg: RunConfig, n_classes: int, resume: bool) -> tuple[nn.Mod
     return model, load_weights_into(model, adapt_state_dict(model, sd), str(path))
 
 
-def _check_cnn_recipe(cfg: RunConfig, resume: bool) -> None:
-    """Staged fine-tuning of a random CNN freezes random features: refuse it."""
-    if resume or not is_cnn_name(cfg.model.name) or cfg.recipe.force_staged:
-        return
-    staged = any(s.unfreeze != "all" for s in cfg.stage_plan())
-    if staged and cfg.weights.pretrained.strip().lower() == "none":
-        raise ConfigError(
-            f"recipe '{cfg.recipe.kind}' freezes layers of {cfg.model.name} but its weights "
-            "are random (weights.pretrained='none'): use --recipe full for a CNN from scratch"
-        )
-
-
-def _distill_mode(cfg: RunConfig, model: nn.Module, explicit: str | None) -> str:
-    """The distillation mode: explicit, else ``cfg.teacher.mode``, else by the student."""
-    mode = explicit or getattr(cfg.teacher, "mode", "") or (
-        "token" if is_distilled(model) else "soft")
-    if mode not in DISTILL_MODES:
-        raise ConfigError(f"teacher.mode='{mode}' is not valid: choose one of "
-                          f"{', '.join(DISTILL_MODES)}")
-    if mode == "token" and not is_distilled(model):
-        raise ConfigError(
-            f"distillation mode 'token' needs a student with a distillation token, and "
-            f"{cfg.model.name} has none: use a *_distilled model (e.g. "
-            "deit_tiny_distilled_patch16_224, vit_test_tiny_distilled) or --distill soft|hard"
-        )
-    return mode
-
-
 def _teacher_name(cfg: RunConfig) -> str | None:
     try:
         return load_config(Path(cfg.teacher.run).expanduser() / "config.toml").model.name
@@ -644,16 +581,9 @@ def _load_teacher(cfg: RunConfig, classes: list[str], device: torch.device) -> n
             f"teacher run {cfg.teacher.run} has classes {t.classes}, the data has {classes}: "
             "distil from a teacher trained on the same classes"
         )
-    if t.img_size != cfg.model.img_size:
-        raise ConfigError(
-            f"teacher run {cfg.teacher.run} uses img_size {t.img_size}, this run "
-            f"{cfg.model.img_size}: use the same image size"
-        )
-    if WindowSpec.parse(t.cfg.data.window) != WindowSpec.parse(cfg.data.window):
-        raise ConfigError(
-            f"teacher run {cfg.teacher.run} uses window '{t.cfg.data.window}', this run "
-            f"'{cfg.data.window}': use the same window"
-        )
+    problem = teacher_mismatch(cfg, cfg.teacher.run, t.img_size, t.cfg.data.window)
+    if problem:
+        raise ConfigError(problem)
     return t.model
 
 

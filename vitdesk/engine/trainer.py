@@ -35,6 +35,8 @@ from vitdesk.engine.events import (
     TrainingFailed,
 )
 from vitdesk.engine.models import count_trainable
+from vitdesk.engine.plan import DISTILL_MODES
+from vitdesk.engine.plan import distill_mode as plan_distill_mode
 from vitdesk.engine.recipe import (
     apply_stage,
     build_optimizer,
@@ -137,7 +139,6 @@ def dataset_targets(ds: Dataset) -> list[int]:
 
 
 # ---- losses ---------------------------------------------------------------------------
-DISTILL_MODES = ("soft", "hard", "token")
 
 
 class Distiller:
@@ -282,7 +283,7 @@ class Trainer:
                                label_smoothing=d.label_smoothing, num_classes=n_cls)
         self.distiller = None
         if teacher is not None:
-            mode = distill_mode or getattr(cfg.teacher, "mode", "") or "soft"
+            mode = plan_distill_mode(cfg.model.name, distill_mode or cfg.teacher.mode)
             self.distiller = Distiller(teacher.to(device), cfg.teacher.temperature,
                                        cfg.teacher.alpha, mode)
             if hasattr(self.model, "set_distilled_training"):

@@ -35,13 +35,12 @@ from vitdesk.config import (
     BALANCE,
     POOLS,
     RECIPES,
-    TEST_MODEL_PATCH,
     RunConfig,
     StageConfig,
-    coarse_grid_warning,
     default_stages,
     patch_size_of,
 )
+from vitdesk.engine.plan import Plan, apply_rules, check_run
 from vitdesk.errors import ConfigError
 from vitdesk.gui.tabs.training_plan import (
     MODELS,
@@ -49,9 +48,8 @@ from vitdesk.gui.tabs.training_plan import (
     find_backbones,
     native_img_size,
     plan_text,
-    random_backbone_rule,
 )
-from vitdesk.gui.tabs.training_teacher import TeacherBox, check_teacher
+from vitdesk.gui.tabs.training_teacher import TeacherBox
 from vitdesk.gui.tabs.training_widgets import (
     StageTable,
     combo_box,
@@ -489,27 +487,21 @@ class TrainingForm(QWidget):
             cfg.seed = int(prefs.get("seed", cfg.seed))
         cfg.out = out or self.out_edit.text().strip() or str(default_run_folder(
             self.workspace()))
-        self.warning = "\n".join(w for w in (
-            random_backbone_rule(cfg), coarse_grid_warning(cfg.model.name, cfg.model.img_size))
-            if w)
-        cfg = cfg.resolved()
+        # the plan's rules and notices, the same as `vitdesk train` (vitdesk.engine.plan)
+        try:
+            plan = apply_rules(cfg)
+        except ConfigError:
+            if validate:
+                raise
+            plan = Plan(cfg.resolved(), [])
+        self.warning = "\n".join(plan.notices)
+        cfg = plan.cfg
         if validate:
-            cfg.validate()
+            check_run(cfg)
             if not cfg.data.source:
                 raise ConfigError("no training data: open a workspace or choose a folder/CSV")
             self._check_model(cfg.model.name)
-            self._check_weights(cfg)
-            check_teacher(cfg)
         return cfg
-
-    @staticmethod
-    def _check_weights(cfg: RunConfig) -> None:
-        src = cfg.weights.pretrained.strip()
-        if src.lower() == "hub" and cfg.model.name in TEST_MODEL_PATCH:
-            raise ConfigError(f"{cfg.model.name} is a test model without hub weights: "
-                              "choose 'none' or a file")
-        if src.lower() not in ("hub", "none") and not Path(src).expanduser().exists():
-            raise ConfigError(f"weights '{src}' not found: choose a file or folder that exists")
 
     def _check_model(self, name: str) -> None:
         if self.known_models is not None and name not in self.known_models:

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The CLI's wording, so the GUI and `vitdesk train` say the same thing.
-from vitdesk.commands.train import STAGED_RANDOM_WARNING
 from vitdesk.config import RunConfig, StageConfig
+from vitdesk.engine.cards import CARD, CARD_FORMAT
 from vitdesk.engine.events import EpochEnded, StageStarted, StepDone, TrainingDone
 
 # the ViTs, DeiT students for distillation, and CNN baselines / teachers (any other timm
@@ -23,8 +22,6 @@ MODELS = ("vit_test_tiny", "vit_tiny_patch16_224", "vit_small_patch16_224",
           "vit_base_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224",
           "vit_test_tiny_distilled", "deit_tiny_distilled_patch16_224", "cnn_test_tiny",
           "resnet18", "resnet50")
-# = vitdesk.engine.pretrain.CARD_FORMAT (that module imports torch)
-CARD_FORMAT = "vitdesk-mae-card-1"
 
 
 def native_img_size(model: str) -> int | None:
@@ -33,21 +30,6 @@ def native_img_size(model: str) -> int | None:
         return 32
     tail = model.rsplit("_", 1)[-1]
     return int(tail) if tail.isdigit() else None
-
-
-def random_backbone_rule(cfg: RunConfig) -> str | None:
-    """Apply ``vitdesk train``'s rule in place: staged + no weights -> one full stage.
-
-    Returns the warning to show, or None when the rule does not apply. The full stage
-    trains as many epochs as the staged plan had in total.
-    """
-    if not cfg.staged_on_random_backbone():
-        return None
-    cfg.switch_to_full(sum(s.epochs for s in cfg.stage_plan()))
-    return (STAGED_RANDOM_WARNING.removeprefix("warning: ")
-            .replace("--recipe full", "one full stage of all epochs")
-            .replace("pass --force-staged to keep it",
-                     "tick 'Keep staged without weights' to keep it"))
 
 
 def describe_stage(s: StageConfig) -> str:
@@ -93,7 +75,7 @@ def find_backbones(workspace: str | Path | None) -> list[Backbone]:
     if not workspace:
         return []
     out = []
-    for card in sorted((Path(workspace) / "pretrain").glob("*/card.json")):
+    for card in sorted((Path(workspace) / "pretrain").glob(f"*/{CARD}")):
         try:
             d = json.loads(card.read_text(encoding="utf-8"))
         except (OSError, ValueError):

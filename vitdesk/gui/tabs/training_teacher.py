@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from vitdesk.config import RunConfig, TeacherConfig, load_config, run_folder_problem
+from vitdesk.engine.plan import check_teacher_files, distill_mode
 from vitdesk.errors import ConfigError, VitdeskError
 from vitdesk.gui.run_state import find_runs
 from vitdesk.gui.tabs.training_widgets import dspin_box
@@ -49,14 +50,12 @@ MODES = (
 )
 
 
-def is_distilled_name(model: str) -> bool:
-    """True for a student with a DeiT distillation token, judged by its timm name."""
-    return "distilled" in model
-
-
 def effective_mode(mode: str, model: str) -> str:
-    """The mode the engine will use: ``mode``, else token/soft by the student."""
-    return mode or ("token" if is_distilled_name(model) else "soft")
+    """The mode the engine will use (the plan's rule; an invalid pair shows as given)."""
+    try:
+        return distill_mode(model, mode)
+    except ConfigError:
+        return mode  # check_teacher names the problem
 
 
 def run_problem(folder: str | Path) -> str | None:
@@ -83,41 +82,18 @@ def teacher_config(folder: str | Path) -> RunConfig | None:
 
 
 def check_teacher(cfg: RunConfig) -> None:
-    """Raise what training would refuse about ``cfg.teacher``, without loading a model.
+    """Raise what training would refuse about ``cfg.teacher``, without loading a model
+    (the plan's checks: :func:`vitdesk.engine.plan.check_run`).
 
     Raises:
         ConfigError: the teacher folder is not a run, mode token on a student without
             a distillation token, image size or window differ from the teacher's, or
             the unlabelled source does not exist.
     """
-    t = cfg.teacher
-    if not t.run:
+    if not cfg.teacher.run:
         return
-    problem = run_problem(t.run)
-    if problem:
-        raise ConfigError(problem)
-    if t.mode == "token" and not is_distilled_name(cfg.model.name):
-        raise ConfigError(f"teacher.mode 'token' needs a *_distilled student and "
-                          f"{cfg.model.name} has no distillation token: choose soft or hard")
-    tc = teacher_config(t.run)
-    if tc is not None:
-        if tc.model.img_size != cfg.model.img_size:
-            raise ConfigError(f"teacher run {Path(t.run).name} uses image size "
-                              f"{tc.model.img_size}, this run {cfg.model.img_size}: "
-                              "use the same image size")
-        from vitdesk.imaging.windowing import WindowSpec
-
-        try:
-            same = WindowSpec.parse(tc.data.window) == WindowSpec.parse(cfg.data.window)
-        except ConfigError:
-            same = True  # an unreadable window is reported by validate() or training
-        if not same:
-            raise ConfigError(f"teacher run {Path(t.run).name} uses window "
-                              f"'{tc.data.window}', this run '{cfg.data.window}': use the "
-                              "same window (Dataset tab)")
-    if t.unlabelled and not Path(t.unlabelled).expanduser().exists():
-        raise ConfigError(f"teacher.unlabelled '{t.unlabelled}' not found: choose a folder, "
-                          "CSV or workspace of images")
+    distill_mode(cfg.model.name, cfg.teacher.mode)
+    check_teacher_files(cfg)
 
 
 class _FolderSession:

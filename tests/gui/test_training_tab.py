@@ -65,6 +65,10 @@ def test_form_widgets_write_the_run_config(tab, sample, tmp_path):
     f.balance_combo.setCurrentIndex(f.balance_combo.findData("sampler"))
     f.amp_combo.setCurrentIndex(f.amp_combo.findData("off"))
     f.pool_combo.setCurrentIndex(f.pool_combo.findData("token"))
+    assert f.cfg.data.patient_id == "check"  # CSV patient IDs checked by default
+    f.patient_combo.setCurrentIndex(f.patient_combo.findData("dicom"))
+    assert f.cfg.data.patient_id == "dicom"
+    f.patient_combo.setCurrentIndex(f.patient_combo.findData("check"))
     f.stage_table.cellWidget(1, 2).setValue(5e-4)
     f.stage_table.cellWidget(1, 3).setCurrentText("top:1")
     cfg = f.cfg

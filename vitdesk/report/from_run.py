@@ -4,7 +4,8 @@
 ``history.jsonl`` of a run and combines them with a
 :class:`~vitdesk.analysis.evaluation.RunEvaluation` into a
 :class:`~vitdesk.report.data.ReportData`. Only safe facts are read: no data paths,
-no patient identifiers (split.json holds hashed keys; only counts are used).
+no patient identifiers (split.json holds keyed hashes and paths relative to a
+fingerprinted root; only counts are used).
 """
 
 from __future__ import annotations

@@ -158,6 +158,10 @@ class TrainingForm(QWidget):
         self.patience_spin.setSpecialValueText("off")
         self.attention_combo = combo_box(self, [(k, k) for k in ATTENTION_CHOICES])
         self.balance_combo = combo_box(self, [(k, k) for k in BALANCE])
+        self.patient_combo = combo_box(self, [(k, k) for k in ("check", "csv", "dicom")])
+        self.patient_combo.setToolTip("A labels.csv patient_id column against the files' "
+                                      "DICOM PatientID: check that they agree, or trust "
+                                      "the csv column or the dicom tag")
         self.pool_combo = combo_box(self, [(k, k) for k in POOLS])
         self.pool_combo.setToolTip("What the classifier reads: the class token or the mean "
                                    "patch token; auto = mean for pretrained (MAE, formula) "
@@ -179,6 +183,7 @@ class TrainingForm(QWidget):
                          ("Mixup α", self.mixup_spin), ("CutMix α", self.cutmix_spin),
                          ("Early stopping", self.patience_spin),
                          ("Class balance", self.balance_combo),
+                         ("Patient IDs", self.patient_combo),
                          ("Pooling", self.pool_combo)):
             g.addRow(label, w)
         g.addRow(self.grad_ckpt_box)
@@ -263,6 +268,7 @@ class TrainingForm(QWidget):
             spin.valueChanged.connect(lambda v, path=path: self._set(path, v))
         for combo, path in ((self.amp_combo, "amp"), (self.attention_combo, "model.attention"),
                             (self.balance_combo, "data.balance"),
+                            (self.patient_combo, "data.patient_id"),
                             (self.pool_combo, "model.pool")):
             combo.currentIndexChanged.connect(
                 lambda _i, c=combo, path=path: self._set(path, c.currentData()))
@@ -359,6 +365,7 @@ class TrainingForm(QWidget):
             select_data(self.attention_combo, m.attention if m.attention in ATTENTION_CHOICES
                     else "auto")
             select_data(self.balance_combo, d.balance)
+            select_data(self.patient_combo, d.patient_id)
             select_data(self.pool_combo, m.pool)
             ws = self.workspace()
             if d.source and ws and Path(d.source) == Path(ws):

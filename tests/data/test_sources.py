@@ -223,3 +223,21 @@ def test_unlabelled_use_reads_any_folder_of_images(png_folder, tmp_path):
     assert len(recs) == 6 and all(r.label is None for r in recs)
     # class folders too: every image, whatever the folder names
     assert len(load_records(png_folder, require_labels=False)) == 6
+
+
+def test_a_run_folders_data_ref_loads_here_and_is_explained_elsewhere(png_folder, tmp_path,
+                                                                       monkeypatch):
+    from vitdesk.data.source_refs import remember, same_source, source_ref
+    from vitdesk.imaging import deid
+
+    ref = remember(png_folder)  # what a run folder's config.toml holds
+    assert ref.startswith("ref:") and "png" not in ref and ref == source_ref(png_folder)
+    assert same_source(ref, png_folder) and same_source(str(png_folder) + "/", ref)
+    assert not same_source(ref, tmp_path)
+    assert sorted(r.path for r in load_records(ref)) == sorted(
+        r.path for r in load_records(png_folder))
+    # another installation (another secret, no registry): one line saying what to do
+    monkeypatch.setenv(deid.SECRET_ENV, str(tmp_path / "elsewhere" / "secret.key"))
+    with pytest.raises(DataError, match=r"recorded only as a fingerprint \(ref:.*give its "
+                                        r"path again"):
+        load_records(ref)

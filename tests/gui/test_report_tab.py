@@ -94,3 +94,66 @@ def test_report_compares_with_a_baseline_run(qtbot, tiny_run, sample_dir, tmp_pa
     assert "Baseline run" in html and "cnn_test_tiny (weights: none)" in html
     assert "Paired accuracy difference" in html
     session.shutdown()
+
+
+def _inside(widget, tab) -> bool:
+    """True when ``widget`` is shown whole inside ``tab`` (nothing cut off)."""
+    from PySide6.QtCore import QRect
+
+    top_left = widget.mapTo(tab, widget.rect().topLeft())
+    rect = QRect(top_left, widget.size())
+    return widget.isVisible() and tab.rect().contains(rect)
+
+
+def test_report_tab_fits_its_place_at_1440x880(qtbot):
+    """Issue 16 #7: buttons and preview were cut and the page scrolled sideways. At
+    1440x880 the tab is about 418 x 781 px; with long run names everything fits."""
+    session = Session()
+    tab = ReportTab(session, CurrentRun(session, device="cpu"))
+    qtbot.addWidget(tab)
+    long = "vit_tiny_patch16_224-20261202-171500-a-long-run-name"
+    tab.baseline_combo.addItem(f"{long} (vit_tiny_patch16_224)", "x")
+    tab.baseline_combo.setCurrentIndex(1)
+    tab.picker.combo.addItem(f"vitdesk-demo/{long}", "y")
+    tab.picker.summary.setText(f"{long}: vit_tiny_patch16_224, 224 px, window brain+subdural"
+                               "+bone, classes normal, lesion")
+    tab.out_edit.setText("/home/someone/a/very/long/folder/for/the/report/output/files")
+    tab.resize(418, 781)
+    tab.show()
+    qtbot.waitExposed(tab)
+    qtbot.wait(20)  # the splitter is sized once laid out
+    area = tab.options_area
+    body = area.widget()
+    assert body.minimumSizeHint().width() <= area.viewport().width()  # no sideways scroll
+    assert area.horizontalScrollBar().maximum() == 0
+    for w in (tab.build_button, tab.open_html_button, tab.open_pdf_button, tab.status):
+        assert _inside(w, tab), w
+    assert _inside(tab.preview, tab) and tab.preview.height() >= 160
+    # focus on the last option must not shift the page sideways
+    tab.out_button.setFocus()
+    area.ensureWidgetVisible(tab.out_button)
+    assert area.horizontalScrollBar().value() == 0
+    session.shutdown()
+
+
+def test_open_without_a_desktop_viewer_says_where_the_file_is(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtGui import QDesktopServices
+
+    session = Session()
+    tab = ReportTab(session, CurrentRun(session, device="cpu"))
+    qtbot.addWidget(tab)
+    messages = []
+    session.message.connect(messages.append)
+    asked = []
+    monkeypatch.setattr(QDesktopServices, "openUrl",
+                        staticmethod(lambda url: asked.append(url.toLocalFile()) or False))
+    pdf = tmp_path / "rep" / "report.pdf"
+    assert tab._open(pdf) is False
+    assert asked == [str(pdf)]
+    assert str(pdf) in tab.status.text() and "PDF" in tab.status.text()
+    assert tab.last_message is not None and str(pdf) in tab.last_message.text()
+    assert messages and str(pdf) in messages[-1]
+    monkeypatch.setattr(QDesktopServices, "openUrl", staticmethod(lambda url: True))
+    tab.last_message = None
+    assert tab._open(tmp_path / "report.html") is True and tab.last_message is None
+    session.shutdown()

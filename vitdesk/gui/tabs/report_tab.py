@@ -14,7 +14,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QUrl
+from PySide6.QtCore import Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices, QImage, QTextDocument
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -26,9 +26,14 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QSpinBox,
+    QSplitter,
     QTextBrowser,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -67,6 +72,7 @@ class ReportTab(QWidget):
         self.session, self.current = session, current
         self.files: Any = None
         self.task: Task | None = None
+        self.last_message: QMessageBox | None = None
 
         self.notice = QLabel(f"⚠ {NOTICE}. Reports describe a research model; they are not "
                              "medical findings.", self)
@@ -109,10 +115,12 @@ class ReportTab(QWidget):
         out_row.addWidget(self.out_button)
         checks = QGridLayout()
         checks.addWidget(self.tta_check, 0, 0)
-        checks.addWidget(self.robust_check, 0, 1)
-        checks.addWidget(self.shift_check, 1, 0)
+        checks.addWidget(self.robust_check, 1, 0)
+        checks.addWidget(self.shift_check, 2, 0)
         box = QGroupBox("Contents", self)
         form = QFormLayout(box)
+        # labels go above their field when the tab is narrow, instead of widening it
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         form.addRow(checks)
         form.addRow("Attention samples", self.att_spin)
         form.addRow("Bootstrap resamples", self.boot_spin)
@@ -141,18 +149,67 @@ class ReportTab(QWidget):
         self.preview.setPlaceholderText("The report preview appears here once it is built.")
         # The report is a light, printable page: preview it as paper, not in the dark theme.
         self.preview.setStyleSheet("QTextBrowser { background: #ffffff; color: #1a1a1a; }")
-        self.preview.setMinimumHeight(320)
+        self.preview.setMinimumHeight(160)
 
-        lay = scroll_layout(self)
+        # Options scroll (vertically only) above the buttons; the preview takes the rest
+        # below a splitter. Every control may shrink to the tab's width: long run names
+        # used to widen the page past the tab, which then scrolled sideways on focus.
+        for combo in (self.baseline_combo, self.source.combo):
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
+            combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.out_edit.setMinimumWidth(60)
+        top = QWidget(self)
+        top_lay = QVBoxLayout(top)
+        top_lay.setContentsMargins(0, 0, 0, 0)
+        options = QWidget(top)
+        lay = scroll_layout(options)
+        lay.setContentsMargins(9, 9, 9, 0)
         lay.addWidget(self.notice)
         lay.addWidget(self.picker)
         lay.addWidget(self.source)
         lay.addWidget(box)
-        lay.addLayout(buttons)
-        lay.addWidget(self.status)
-        lay.addWidget(self.preview, 1)
+        lay.addStretch(1)
+        self.options_area = options.findChild(QScrollArea)
+        top_lay.addWidget(options, 1)
+        bottom_bar = QVBoxLayout()
+        bottom_bar.setContentsMargins(9, 0, 9, 0)
+        bottom_bar.addLayout(buttons)
+        bottom_bar.addWidget(self.status)
+        top_lay.addLayout(bottom_bar)
+        self.splitter = QSplitter(Qt.Orientation.Vertical, self)
+        self.splitter.addWidget(top)
+        self.splitter.addWidget(self.preview)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([470, 330])
+        self._bottom_bar = bottom_bar
+        self._split_done = False
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 9)
+        outer.addWidget(self.splitter)
         current.changed.connect(self._on_run)
         self.refresh_baselines()
+
+    def showEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        super().showEvent(ev)
+        if not self._split_done:
+            self._split_done = True
+            QTimer.singleShot(0, self, self._size_split)  # once laid out: wrapped labels known
+
+    def _size_split(self) -> None:
+        """Options at their natural height (at most 70 %), the preview below."""
+        body = self.options_area.widget()
+        width = self.options_area.viewport().width()
+        natural = body.heightForWidth(width) if body.hasHeightForWidth() else -1
+        natural = natural if natural > 0 else body.sizeHint().height()
+        want = (natural + 2 * self.options_area.frameWidth()
+                + self._bottom_bar.sizeHint().height() + 12)
+        total = self.splitter.height()
+        top = min(want, int(total * 0.7))
+        self.splitter.setSizes([top, max(160, total - top)])
 
     # ----------------------------------------------------------------- options
     def refresh_baselines(self) -> None:
@@ -280,5 +337,17 @@ class ReportTab(QWidget):
             self.out_edit.setText(folder)
             self._build_or_cancel()
 
-    def _open(self, path: Path) -> None:
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+    def _open(self, path: Path) -> bool:
+        """Open a written file in the desktop's viewer; without one, say where it is."""
+        opened = QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+        if not opened:
+            text = (f"No application to open {Path(path).suffix.lstrip('.').upper()} files "
+                    f"was found on this desktop. The file is {path}")
+            self.status.setText(text)
+            self.session.message.emit(f"Report file: {path}")
+            box = QMessageBox(QMessageBox.Icon.Information, "Report file", text,
+                              QMessageBox.StandardButton.Ok, self)
+            box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            box.open()
+            self.last_message = box
+        return opened

@@ -106,6 +106,7 @@ SECRET_ENV = "VITDESK_SECRET_FILE"
 # Stored next to keys (workspaces) so keys made another way are never joined silently.
 KEY_SCHEME = "hmac-sha256/1"
 _secret_cache: dict[str, bytes] = {}
+_keyed: dict[tuple, Any] = {}  # where the secret is -> an HMAC object keyed with it
 
 
 def config_dir() -> Path:
@@ -182,8 +183,13 @@ def safe_key(text: str) -> str:
     HMAC-SHA256 under the installation secret: the same text gives the same key on
     this installation; without the secret the key cannot be brute-forced back.
     """
-    digest = hmac.new(installation_secret(), str(text).encode("utf-8"), hashlib.sha256)
-    return digest.hexdigest()[:12]
+    where = (os.environ.get(SECRET_ENV), os.environ.get("XDG_CONFIG_HOME"))
+    base = _keyed.get(where)
+    if base is None:  # keyed once per secret location: copying is cheaper than hmac.new
+        base = _keyed[where] = hmac.new(installation_secret(), digestmod=hashlib.sha256)
+    h = base.copy()
+    h.update(str(text).encode("utf-8"))
+    return h.hexdigest()[:12]
 
 
 def _plain(value: Any) -> Any:

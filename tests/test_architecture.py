@@ -39,12 +39,14 @@ def test_qt_is_imported_only_in_gui():
 
 
 def test_lower_layers_do_not_import_upper_layers():
-    # engine -> data -> imaging; nothing below gui imports gui
-    order = {"imaging": 0, "data": 1, "engine": 2, "analysis": 3, "report": 4, "gui": 5}
+    # commands -> gui -> report -> analysis -> engine -> config -> data -> imaging -> jobs;
+    # nothing below gui imports gui, and gui never imports the command line's modules
+    order = {"jobs": 0, "imaging": 1, "data": 2, "config": 3, "engine": 4, "analysis": 5,
+             "report": 6, "gui": 7, "commands": 8}
     offenders = []
     for path in PKG.rglob("*.py"):
         rel = path.relative_to(PKG)
-        layer = rel.parts[0]
+        layer = rel.parts[0].removesuffix(".py")
         if layer not in order:
             continue
         tree = ast.parse(path.read_text())
@@ -59,6 +61,50 @@ def test_lower_layers_do_not_import_upper_layers():
                 if target in order and order[target] > order[layer]:
                     offenders.append(f"{rel} imports {mod}")
     assert not offenders, "; ".join(offenders)
+
+
+def _engine_imports() -> dict[str, set[str]]:
+    """engine module -> the engine modules it imports, at any depth (function-level
+    imports count: a lazy import hides a cycle from Python, not from the design)."""
+    graph: dict[str, set[str]] = {}
+    for path in (PKG / "engine").glob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+                if node.module == "vitdesk.engine":  # from vitdesk.engine import checkpoint
+                    names = [f"vitdesk.engine.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for n in names:
+                if n.startswith("vitdesk.engine."):
+                    deps.add(n.split(".")[2])
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def test_engine_has_no_import_cycle():
+    graph = _engine_imports()
+    assert "run" in graph and "plan" in graph["run"]  # the walk sees real imports
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        if node in stack:
+            cycles.append(" -> ".join(stack[stack.index(node):] + [node]))
+            return
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, [*stack, node])
+
+    for start in sorted(graph):
+        visit(start, [])
+    assert not cycles, "import cycles in vitdesk/engine: " + "; ".join(sorted(set(cycles)))
+
+
+def test_plan_is_torch_free():
+    loaded = _modules_after("import vitdesk.engine.plan")
+    assert "torch" not in loaded and not (loaded & QT_MODULES)
 
 
 def _modules_after(code: str) -> set[str]:

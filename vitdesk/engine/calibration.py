@@ -183,33 +183,18 @@ def validation_probs(run: Any, batch_size: int = 32, cancel: CancelToken = NEVER
 def calibrate_run(run: Any, *, device: str = "cpu", write: bool = True, batch_size: int = 32,
                   cancel: CancelToken = NEVER, listener: Listener | None = None
                   ) -> Calibration | None:
-    """Fit temperature scaling of a run (folder or LoadedRun, best checkpoint) on its
-    validation slices; store it as ``calibration.json`` when ``write``.
+    """Fit temperature scaling of a loaded run (:class:`vitdesk.engine.run.LoadedRun`,
+    best checkpoint) on its validation slices; store it as ``calibration.json`` when
+    ``write``. (A loaded run, not a folder: this module must not import run.py, which
+    calls it at the end of training.)
 
     Returns None when there is nothing to fit on (no validation split, or its files
     are not here); the run then stays uncalibrated (temperature 1).
     """
-    from vitdesk.engine.run import LoadedRun, load_run
-
-    lr = run if isinstance(run, LoadedRun) else load_run(run, device=device)
-    got = validation_probs(lr, batch_size, cancel, listener)
+    got = validation_probs(run, batch_size, cancel, listener)
     if got is None:
         return None
     cal = fit_calibration(*got)
     if write:
-        write_calibration(lr.run_dir, cal)
+        write_calibration(run.run_dir, cal)
     return cal
-
-
-def calibrate_after_training(run_dir: str | Path, device: Any,
-                             cancel: CancelToken = NEVER) -> Calibration | None:
-    """The end-of-training step: calibrate the best checkpoint; a failure here only
-    leaves the run uncalibrated (evaluate fits it later), it never fails the training."""
-    from vitdesk.errors import Cancelled, VitdeskError
-
-    try:
-        return calibrate_run(run_dir, device=str(device), cancel=cancel)
-    except Cancelled:
-        raise
-    except (VitdeskError, OSError, ValueError, RuntimeError):
-        return None

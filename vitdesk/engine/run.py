@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from vitdesk.config import RunConfig, load_config, save_config
 from vitdesk.data.source_refs import for_run_folder
 from vitdesk.engine import checkpoint as ckpt
-from vitdesk.engine.calibration import calibrate_after_training
+from vitdesk.engine.calibration import calibrate_run
 from vitdesk.engine.events import EpochEnded, TrainingDone
 from vitdesk.engine.history import read_history
 from vitdesk.engine.models import (
@@ -503,13 +503,27 @@ def train(
         if dist.main:
             env["train_seconds"] = round(time.perf_counter() - t0, 2)
             atomic_write_text(out / "env.json", json.dumps(env, indent=2))
-            calibrate_after_training(out, device, cancel)  # calibration.json (validation)
+            _calibrate_after_training(out, device, cancel)  # calibration.json (validation)
     finally:
         if created_pg:
             import torch.distributed as tdist
 
             tdist.destroy_process_group()
     return out
+
+
+def _calibrate_after_training(run_dir: Path, device: torch.device,
+                              cancel: CancelToken = NEVER) -> Any:
+    """The end-of-training step: calibrate the best checkpoint; a failure here only
+    leaves the run uncalibrated (evaluate fits it later), it never fails the training."""
+    from vitdesk.errors import Cancelled, VitdeskError
+
+    try:
+        return calibrate_run(load_run(run_dir, device=str(device)), cancel=cancel)
+    except Cancelled:
+        raise
+    except (VitdeskError, OSError, ValueError, RuntimeError):
+        return None
 
 
 def _check_flash(device: torch.device) -> None:

@@ -137,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
+    p = sub.add_parser("export", help="the trained model as ONNX or TorchScript, with its "
+                       "preprocessing contract (vitdesk-export.json)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--format", required=True, metavar="onnx|torchscript")
+    p.add_argument("--int8", action="store_true",
+                   help="also an int8 ONNX model (kept when within one accuracy point of fp32)")
+    p.add_argument("--data", metavar="SRC",
+                   help="the run's data source, to check the export on its test slices")
+    p.add_argument("--out", required=True, metavar="DIR")
+
     p = sub.add_parser("demo", help="sample -> train -> evaluate -> report")
     p.add_argument("--out", default="vitdesk-demo", metavar="DIR")
     p.add_argument("--quick", action="store_true", help="a few minutes on a laptop CPU")

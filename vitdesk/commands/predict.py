@@ -9,6 +9,10 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitdesk.engine.export_contract import is_export_dir
+
+    if is_export_dir(args.run):  # an exported model: ONNX Runtime, no torch
+        return _run_exported(args)
     from vitdesk.analysis.evaluation import predict_input
     from vitdesk.analysis.tta import TTAConfig
     from vitdesk.commands._common import load_run_for, sigint_cancels
@@ -37,6 +41,34 @@ def run(args: argparse.Namespace) -> int:
         _write(sys.stdout, res)
     if res.overlays:
         print(f"{len(res.overlays)} attention overlays -> {args.attention}", file=sys.stderr)
+    return 0
+
+
+def _run_exported(args: argparse.Namespace) -> int:
+    """``vitdesk predict EXPORTED_DIR INPUT``: the same CSV, scored by the exported model."""
+    from vitdesk.analysis.exported import predict_exported
+    from vitdesk.commands._common import sigint_cancels
+    from vitdesk.console import ConsoleProgress
+    from vitdesk.errors import ConfigError
+    from vitdesk.fileio import atomic_write_text, check_output_path
+
+    for flag in ("tta", "attention"):
+        if getattr(args, flag, None):
+            raise ConfigError(f"--{flag} needs the run's PyTorch model: predict with the run "
+                              "folder instead of the export")
+    out = check_output_path(args.out, "--out", folder=False) if args.out else None
+    with sigint_cancels() as token:
+        res = predict_exported(args.run, args.input, alpha=getattr(args, "alpha", 0.1),
+                               cancel=token, listener=ConsoleProgress())
+    for err in res.errors:
+        print(f"warning: skipped {err}", file=sys.stderr)
+    if out is not None:
+        buf = io.StringIO()
+        _write(buf, res)
+        atomic_write_text(out, buf.getvalue())
+        print(f"{len(res.keys)} slices ({res.precision}) -> {out}", file=sys.stderr)
+    else:
+        _write(sys.stdout, res)
     return 0
 
 

@@ -251,20 +251,47 @@ def open_bounded(path: str | Path) -> BoundedReader:
     return BoundedReader(io.FileIO(path, "rb"))
 
 
+# Most headers fit here: one read per file, parsed from memory (BytesIO reads
+# allocate only what is there, so corrupt lengths cost nothing either).
+_HEAD_CHUNK = 32 * 1024
+# (7FE0,0010) Pixel Data, (7FE0,0008) Float and (7FE0,0009) Double Float Pixel Data,
+# little and big endian: where stop_before_pixels stops when the header is complete.
+_PIXEL_TAGS_RAW = (_PIXEL_DATA_TAG, b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00",
+                   b"\x7f\xe0\x00\x10", b"\x7f\xe0\x00\x08", b"\x7f\xe0\x00\x09")
+
+
+def _parse(fh: Any, tags: list | None) -> tuple[Any, int, bytes]:
+    """(header, offset where parsing stopped, the 12 bytes there)."""
+    ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True,
+                         specific_tags=_SCAN_TAGS if tags is None else tags)
+    # dcmread stopped at the start of the Pixel Data element: note where its
+    # value lies so the loader can read native pixels without parsing again.
+    where = fh.tell()
+    return ds, where, fh.read(12)
+
+
 def _read_header(path: Path, tags: list | None = None) -> tuple[bytes, FileHeader | None]:
     """Return the first 132 bytes and, if they look like DICOM, the parsed header."""
-    with open_bounded(path) as fh:
-        head = fh.read(132)
-        if not looks_like_dicom(head):
-            return head, None
-        size = fh.size
-        fh.seek(0)
-        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True,
-                             specific_tags=_SCAN_TAGS if tags is None else tags)
-        # dcmread stopped at the start of the Pixel Data element: note where its
-        # value lies so the loader can read native pixels without parsing again.
-        where = fh.tell()
-        elem = fh.read(12)
+    with open(path, "rb") as raw:
+        size = os.fstat(raw.fileno()).st_size
+        chunk = raw.read(_HEAD_CHUNK)
+    head = chunk[:132]
+    if not looks_like_dicom(head):
+        return head, None
+    parsed = None
+    if len(chunk) == size:  # the whole file is in memory
+        parsed = _parse(io.BytesIO(chunk), tags)
+    else:
+        try:
+            ds, where, elem = _parse(io.BytesIO(chunk), tags)
+            if elem[:4] in _PIXEL_TAGS_RAW and where + 12 <= len(chunk):
+                parsed = ds, where, elem  # stopped at the pixels: the header is complete
+        except Exception:  # noqa: BLE001 - cut mid-element: parse the whole file below
+            parsed = None
+    if parsed is None:
+        with open_bounded(path) as fh:
+            parsed = _parse(fh, tags)
+    ds, where, elem = parsed
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     offset = length = -1

@@ -67,3 +67,21 @@ def test_loader_with_workers_matches_single_process(dicom_folder):
             first = ref
     assert not torch.allclose(first, ref)  # a new epoch gives new augmentations
     del loader  # shuts the persistent workers down
+
+
+def test_unreadable_dicom_in_class_folder_is_skipped_with_a_notice(tmp_path):
+    from vitdesk.imaging.dicom_write import write_ct_series
+    from vitdesk.jobs import Notice
+
+    from .conftest import patient_hu
+
+    for k, label in enumerate(("lesion", "normal")):
+        write_ct_series(tmp_path / label / f"p{k}", patient_hu(100.0 * k),
+                        spacing=(2.0, 1.0, 1.0), patient={"PatientID": f"P{k}"})
+    bad = tmp_path / "lesion" / "broken.dcm"
+    bad.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff")  # cut header
+    events = []
+    recs = load_records(tmp_path, listener=events.append)
+    assert len(recs) == 6 and str(bad) not in {r.path for r in recs}
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    assert any(n.startswith(f"skipped {bad}: ") for n in notes), notes

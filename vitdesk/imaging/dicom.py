@@ -533,7 +533,11 @@ def read_frame_hu(path: str | Path, frame: int = 0) -> np.ndarray:
     Raises:
         LoadError: one line naming the file, the problem and what to do.
     """
-    frames = _decode_file(str(path), None, int(frame))
+    return _frame_hu(path, None, frame)
+
+
+def _frame_hu(path: str | Path, known: FileHeader | None, frame: int) -> np.ndarray:
+    frames = _decode_file(str(path), known, int(frame))
     if not frames:
         raise LoadError(f"{path}: no image frame {frame}; rebuild the dataset")
     fr = frames[0]
@@ -556,7 +560,7 @@ def read_slice_hu(path: str | Path) -> np.ndarray:
         raise LoadError(
             f"{path}: {n} frames in one file; read it with load_series instead"
         )
-    return read_frame_hu(path, 0)
+    return _frame_hu(path, known, 0)  # the header is parsed once
 
 
 def _workers() -> int:

@@ -315,8 +315,8 @@ def read_file_header(path: str | Path, tags: list | None = None) -> FileHeader:
 
     Raises:
         LoadError: one line naming the file, the problem and what to do, whatever
-            went wrong (pydicom, OS, permission), or when the header claims more
-            pixel bytes than the file holds.
+            went wrong (pydicom, OS, permission), when it holds no image, or when
+            the header claims more pixel bytes than the file holds.
     """
     file = Path(path)
     wanted = None if tags is None else [Tag(t) for t in tags] + _CLAIM_TAGS
@@ -328,6 +328,9 @@ def read_file_header(path: str | Path, tags: list | None = None) -> FileHeader:
     if info is None:
         raise LoadError(f"{file}: not a readable DICOM file (no DICOM header found); "
                         "remove it or give a DICOM image")
+    if "Rows" not in info.header or "Columns" not in info.header:
+        raise LoadError(f"{file}: DICOM file without an image (no Rows/Columns: a report, an "
+                        "index or a cut header); remove it or give a DICOM image")
     if problem:
         raise LoadError(f"{file}: {problem}")
     return info

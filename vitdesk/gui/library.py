@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from vitdesk.gui.state import CT_FALLBACK_WINDOW, auto_window, display_window
 from vitdesk.imaging.volume import Volume
 from vitdesk.imaging.windowing import window_uint8
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
@@ -67,14 +68,20 @@ class ImportResult:
         return sum(len(e.files) or 1 for e in self.entries)
 
 
-def thumbnail(hu2d: np.ndarray, width: float = 400.0, level: float = 40.0) -> np.ndarray:
-    """A small windowed uint8 preview of one slice (nearest-neighbour downsampling)."""
+def thumbnail(hu2d: np.ndarray, width: float | None = 400.0,
+              level: float | None = 40.0) -> np.ndarray:
+    """A small windowed uint8 preview of one slice (nearest-neighbour downsampling);
+    ``width=None``: the slice's own 1st..99th percentile range."""
     h, w = hu2d.shape
     step = max(1, int(np.ceil(max(h, w) / THUMB_PX)))
-    return window_uint8(hu2d[::step, ::step], width, level)
+    small = hu2d[::step, ::step]
+    if width is None or level is None:
+        width, level = auto_window(small)
+    return window_uint8(small, width, level)
 
 
-def _first_window(meta: dict) -> tuple[float, float]:
+def _first_window(meta: dict) -> tuple[float, float] | tuple[None, None]:
+    """The file's window, else CT's soft tissue, else (None, None): the slice's range."""
     try:
         w = meta.get("WindowWidth")
         c = meta.get("WindowCenter")
@@ -84,14 +91,16 @@ def _first_window(meta: dict) -> tuple[float, float]:
             return w, c
     except (TypeError, ValueError, IndexError):
         pass
-    return 400.0, 40.0
+    if str(meta.get("Modality") or "CT").upper() != "CT":
+        return None, None
+    return CT_FALLBACK_WINDOW
 
 
 def entry_from_volume(volume: Volume, patient_key: str = "", study_key: str = "") -> SeriesEntry:
     """Browser entry for an already loaded volume (volume files, tests)."""
     meta = volume.meta
     key = volume.key or f"vol{id(volume):x}"[-12:]
-    w, lv = volume.default_window or (400.0, 40.0)
+    w, lv = display_window(volume)
     return SeriesEntry(
         key=key, patient_key=patient_key or key, study_key=study_key or key,
         modality=str(meta.get("Modality") or "CT"),

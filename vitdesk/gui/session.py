@@ -21,12 +21,19 @@ from vitdesk.gui.library import (
     load_entry,
     make_thumbnails,
 )
-from vitdesk.gui.state import ViewerState, WindowState
+from vitdesk.gui.state import (
+    CT_FALLBACK_WINDOW,
+    ViewerState,
+    WindowState,
+    display_window,
+    value_unit,
+    window_limits,
+)
 from vitdesk.gui.worker import Task
 from vitdesk.imaging.volume import Volume
 
 WORKSPACE_DB = "workspace.sqlite"
-FALLBACK_WINDOW = (400.0, 40.0)  # soft tissue, when a file carries no window
+FALLBACK_WINDOW = CT_FALLBACK_WINDOW  # soft tissue, when a CT file carries no window
 
 
 def is_workspace(path: str | Path) -> bool:
@@ -144,7 +151,9 @@ class Session(QObject):
 
     def _show(self, key: str, volume: Volume) -> None:
         self.current_key = key
-        self.window.default = volume.default_window or FALLBACK_WINDOW
+        # CT in HU with CT windows; other modalities with their own window or range
+        self.window.set_scale(value_unit(volume), window_limits(volume))
+        self.window.default = display_window(volume)
         self.viewer.set_volume(volume)
         self.window.reset()
         self.series_shown.emit(key)

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 
 from vitdesk.gui import geometry
 from vitdesk.gui.resources import preset_keys
-from vitdesk.gui.state import AXES, ViewerState, WindowState
+from vitdesk.gui.state import AXES, ViewerState, WindowState, is_ct
 from vitdesk.imaging.windowing import apply_window, clahe
 
 PAGE_STEP = 10
@@ -51,6 +51,11 @@ def window_drag_delta(width: float, dx: float, dy: float) -> tuple[float, float]
     """
     scale = max(1.0, width / 200.0)
     return (dx * scale, -dy * scale)
+
+
+def _num(value: float, volume) -> str:
+    """A window number: whole HU for CT, four significant digits for other values."""
+    return f"{value:.0f}" if is_ct(volume) else f"{value:.4g}"
 
 
 class _SliceViewBox(pg.ViewBox):
@@ -235,7 +240,7 @@ class SliceView(QWidget):
         extra = "  CLAHE" if self.window.clahe else ""
         self.info_label.setText(
             f"{axis.capitalize()}  slice {i + 1}/{n}   {where}   "
-            f"W {self.window.width:.0f}  L {self.window.level:.0f}{extra}"
+            f"W {_num(self.window.width, vol)}  L {_num(self.window.level, vol)}{extra}"
         )
 
     def _update_phi(self) -> None:
@@ -327,10 +332,11 @@ class SliceView(QWidget):
         vol = self.viewer.volume
         axis, i = self.viewer.axis, self.viewer.index
         x, y, z = geometry.voxel_at(vol, axis, i, row, col)
-        hu = float(vol.hu[z, y, x])
+        v = float(vol.hu[z, y, x])
         mm = geometry.voxel_to_mm(vol, x, y, z)
-        unit = " HU" if str(vol.meta.get("Modality") or "CT").upper() == "CT" else ""
-        return (f"{hu:.0f}{unit}   voxel ({x}, {y}, {z})   "
+        # CT in whole HU; other modalities have no fixed scale (PET values are small)
+        value = f"{v:.0f} HU" if is_ct(vol) else f"{v:.5g} value"
+        return (f"{value}   voxel ({x}, {y}, {z})   "
                 f"({mm[0]:.1f}, {mm[1]:.1f}, {mm[2]:.1f}) mm")
 
     def grab_focus(self) -> None:

@@ -18,6 +18,65 @@ AXES = ("axial", "coronal", "sagittal")
 # Limits of the W/L controls: wide enough for any CT window, never a zero width.
 MIN_WIDTH, MAX_WIDTH = 1.0, 8000.0
 MIN_LEVEL, MAX_LEVEL = -2000.0, 6000.0
+CT_FALLBACK_WINDOW = (400.0, 40.0)  # soft tissue, for CT without a window in the file
+
+
+def is_ct(volume: Volume | None) -> bool:
+    """True for CT (and volumes that do not say: NIfTI/MHA files carry no modality)."""
+    if volume is None:
+        return True
+    return str(volume.meta.get("Modality") or "CT").upper() == "CT"
+
+
+def value_unit(volume: Volume | None) -> str:
+    """The unit of the voxel values: ``HU`` for CT, else the neutral ``value`` (an MR
+    or PET value has no fixed scale)."""
+    return "HU" if is_ct(volume) else "value"
+
+
+def auto_window(values: np.ndarray, lo_pct: float = 1.0,
+                hi_pct: float = 99.0) -> tuple[float, float]:
+    """(width, level) spanning the 1st..99th percentile of ``values`` (a subsample of
+    at most ~1M voxels; padding and NaN left out by the caller or ignored)."""
+    flat = np.asarray(values).reshape(-1)
+    step = max(1, flat.size // 1_000_000)
+    sample = flat[::step].astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return CT_FALLBACK_WINDOW
+    lo, hi = np.percentile(sample, [lo_pct, hi_pct])
+    if hi <= lo:  # a flat image: any small window around its value
+        lo, hi = float(sample.min()), float(sample.max())
+        if hi <= lo:
+            span = max(abs(lo) * 0.1, 1.0)
+            lo, hi = lo - span / 2, lo + span / 2
+    return float(hi - lo), float((hi + lo) / 2.0)
+
+
+def display_window(volume: Volume) -> tuple[float, float]:
+    """The window a series opens with: the file's own (Window Center/Width), else for CT
+    the soft-tissue window, else the 1st..99th percentile of its voxels (a CT window on
+    MR values shows a flat grey image)."""
+    if volume.default_window:
+        return volume.default_window
+    if is_ct(volume):
+        return CT_FALLBACK_WINDOW
+    values = volume.hu if volume.padding is None else volume.hu[~volume.padding]
+    return auto_window(values)
+
+
+def window_limits(volume: Volume | None) -> tuple[float, float, float, float]:
+    """(min width, max width, min level, max level) of the W/L controls for ``volume``:
+    the CT limits, widened (and made finer) for other values."""
+    if volume is None or is_ct(volume):
+        return MIN_WIDTH, MAX_WIDTH, MIN_LEVEL, MAX_LEVEL
+    w, lv = display_window(volume)
+    flat = volume.hu.reshape(-1)[:: max(1, volume.hu.size // 1_000_000)]
+    vmin, vmax = float(np.nanmin(flat)), float(np.nanmax(flat))
+    span = max(vmax - vmin, w, 1e-6)
+    min_w = min(MIN_WIDTH, span / 1000.0)
+    return (min_w, max(MAX_WIDTH, 2.0 * span), min(MIN_LEVEL, vmin - span),
+            max(MAX_LEVEL, vmax + span))
 
 
 class WindowState(QObject):
@@ -30,6 +89,7 @@ class WindowState(QObject):
     changed = Signal(float, float)  # width, level
     preset_changed = Signal(str)
     clahe_changed = Signal(bool)
+    scale_changed = Signal()  # unit or limits changed (another kind of series)
 
     def __init__(self, width: float = 400.0, level: float = 40.0) -> None:
         super().__init__()
@@ -38,6 +98,16 @@ class WindowState(QObject):
         self._clahe = False
         self.default: tuple[float, float] = (self._width, self._level)
         self.custom: dict[str, tuple[float, float]] = {}
+        self.unit = "HU"
+        self.limits: tuple[float, float, float, float] = (MIN_WIDTH, MAX_WIDTH, MIN_LEVEL,
+                                                          MAX_LEVEL)
+
+    def set_scale(self, unit: str, limits: tuple[float, float, float, float]) -> None:
+        """The unit of the values shown and the range of the W/L controls."""
+        limits = tuple(float(v) for v in limits)
+        if (unit, limits) != (self.unit, self.limits):
+            self.unit, self.limits = unit, limits
+            self.scale_changed.emit()
 
     @property
     def width(self) -> float:
@@ -53,12 +123,13 @@ class WindowState(QObject):
 
     @property
     def levels(self) -> tuple[float, float]:
-        """Display range (L - W/2, L + W/2) in HU."""
+        """Display range (L - W/2, L + W/2) in the values' unit (HU for CT)."""
         return (self._level - self._width / 2.0, self._level + self._width / 2.0)
 
     def set_window(self, width: float, level: float, preset: str = "") -> None:
-        width = float(np.clip(width, MIN_WIDTH, MAX_WIDTH))
-        level = float(np.clip(level, MIN_LEVEL, MAX_LEVEL))
+        min_w, max_w, min_l, max_l = self.limits
+        width = float(np.clip(width, min_w, max_w))
+        level = float(np.clip(level, min_l, max_l))
         if (width, level) != (self._width, self._level):
             self._width, self._level = width, level
             self.changed.emit(width, level)

@@ -26,7 +26,15 @@ from PySide6.QtWidgets import (
 
 from vitdesk.gui import settings as gui_settings
 from vitdesk.gui.resources import icon, preset_keys
-from vitdesk.gui.state import MAX_LEVEL, MAX_WIDTH, MIN_LEVEL, MIN_WIDTH, ViewerState, WindowState
+from vitdesk.gui.state import (
+    MAX_LEVEL,
+    MAX_WIDTH,
+    MIN_LEVEL,
+    MIN_WIDTH,
+    ViewerState,
+    WindowState,
+    is_ct,
+)
 
 _KEY_ROLE = Qt.ItemDataRole.UserRole
 
@@ -114,6 +122,7 @@ class WindowingTab(QWidget):
         lay.addWidget(display)
         lay.addWidget(hint)
 
+        window.scale_changed.connect(self._sync_scale)
         window.changed.connect(self._sync_spins)
         window.preset_changed.connect(self._sync_selection)
         window.clahe_changed.connect(self._sync_clahe)
@@ -154,6 +163,19 @@ class WindowingTab(QWidget):
             self.width_spin.setValue(width)
             self.level_spin.setValue(level)
 
+    def _sync_scale(self) -> None:
+        """Unit and ranges of the spin boxes follow the series (HU for CT, else values)."""
+        min_w, max_w, min_l, max_l = self.window.limits
+        # values spanning a few units (PET, some MR maps) need decimals to be adjusted
+        decimals = 0 if max_w >= 1000 and min_w >= 1 else 3
+        with QSignalBlocker(self.width_spin), QSignalBlocker(self.level_spin):
+            for spin, lo, hi in ((self.width_spin, min_w, max_w),
+                                 (self.level_spin, min_l, max_l)):
+                spin.setDecimals(decimals)
+                spin.setRange(lo, hi)
+                spin.setSuffix(f" {self.window.unit}")
+        self._sync_spins(self.window.width, self.window.level)
+
     def _sync_selection(self, key: str) -> None:
         item = self.item_for(key) if key else None
         with QSignalBlocker(self.presets):
@@ -176,6 +198,10 @@ class WindowingTab(QWidget):
         if volume is not None and volume.default_window:
             w, lv = volume.default_window
             self.default_label.setText(f"File's window: W {w:g} / L {lv:g}")
+        elif volume is not None and not is_ct(volume):
+            w, lv = self.window.default
+            self.default_label.setText(f"No window in the file; reset uses the 1st-99th "
+                                       f"percentile of its values: W {w:.4g} / L {lv:.4g}")
         else:
             w, lv = self.window.default
             self.default_label.setText(f"No window in the file; reset uses W {w:g} / L {lv:g}")

@@ -138,3 +138,11 @@ def test_evaluate_predict_and_tta_apply_it(cal_run, tmp_path):
     ev_tta = evaluate_run(run, tta=tta, **kw)
     np.testing.assert_allclose(ev_tta.plain_probs, ev.probs, atol=1e-5)
     assert ev_tta.to_dict()["calibration"]["temperature"] == pytest.approx(t)
+
+
+def test_a_fit_at_the_search_bound_is_flagged():
+    y, p = _overconfident(400, 2, 2.0, seed=5)
+    assert fit_calibration(y, p).plausible()
+    # a model whose confident calls are wrong: NLL wants T -> infinity, the fit stops at e^3 ~ 20
+    cal = fit_calibration(1 - y, p)
+    assert cal.temperature == pytest.approx(np.exp(3.0), rel=1e-3) and not cal.plausible()

@@ -507,6 +507,11 @@ def evaluate_run(
     if calibrate and cal is None:
         notes.append("probabilities are not calibrated: the run's validation slices are not "
                      "available to fit a temperature on")
+    elif cal is not None and not cal.plausible():
+        notes.append(f"the calibration temperature ({cal.temperature:.3g}, fitted on "
+                     f"{cal.n} validation slices) is at the end of its range: the validation "
+                     "set is too small or the model barely separates the classes there; "
+                     "read probabilities with care")
     idx = np.arange(n)
     tta_info = None
     uncertainty = None

@@ -112,6 +112,12 @@ class Calibration:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def plausible(self) -> bool:
+        """False when the fit ran into the search bounds (tiny or uninformative
+        validation set): the temperature is then a limit, not an estimate."""
+        lo, hi = (math.exp(b) for b in LOG_T_BOUNDS)
+        return lo * 1.05 < self.temperature < hi / 1.05
+
 
 def fit_calibration(y: np.ndarray, probs: np.ndarray,
                     fitted_on: str = "validation slices") -> Calibration:

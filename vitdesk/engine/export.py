@@ -167,16 +167,33 @@ def write_torchscript(model: torch.nn.Module, path: Path, img_size: int) -> None
 
 def write_int8(fp32: Path, path: Path) -> None:
     """ONNX Runtime dynamic quantisation: int8 weights of every MatMul/Gemm, activations
-    quantised per batch at run time (no calibration data needed; ViT linear layers hold
-    almost all the compute)."""
+    quantised per batch at run time (no calibration data needed; a ViT's linear layers
+    hold almost all its compute). The graph is first shape-inferred and optimised as ORT
+    recommends (``quant_pre_process``); a graph that step cannot handle is quantised as
+    it is."""
+    import logging
+    import tempfile
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from vitdesk.fileio import atomic_write_bytes
 
     def write(tmp: str) -> None:
-        with _quiet():
-            quantize_dynamic(str(fp32), tmp, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
+        with _quiet(), tempfile.TemporaryDirectory(dir=path.parent) as work:
+            src = Path(work) / "pre.onnx"
+            try:
+                quant_pre_process(str(fp32), str(src))
+            except Exception:  # noqa: BLE001 - an optional optimisation, never a failure
+                src = fp32
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # "consider pre-processing" when it was skipped
+            try:
+                quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul", "Gemm"])
+            finally:
+                root.setLevel(level)
 
     atomic_write_bytes(path, write)
 

@@ -9,6 +9,7 @@ only when one is opened). ``vitdesk predict EXPORTED_DIR``, the export's own che
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,9 @@ class ExportedModel:
         if threads:
             torch.set_num_threads(int(threads))
         try:
-            return torch.jit.load(str(self.path), map_location="cpu").eval()
+            with warnings.catch_warnings():  # torch.jit's deprecation note is not the user's
+                warnings.simplefilter("ignore")
+                return torch.jit.load(str(self.path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as exc:
             raise LoadError(f"{self.path}: cannot load the TorchScript model "
                             f"({type(exc).__name__}): export the run again") from None

@@ -84,6 +84,7 @@ def test_unreadable_files_are_listed_with_a_reason(qtbot, win, tmp_path):
     summary = win.last_errors_dialog.summary.text()
     assert summary.startswith("Imported 1 series (3 files).") and "2 files could not" in summary
     assert "skipped" not in summary
+    qtbot.waitUntil(lambda: win.session.current_key is not None, timeout=10000)
     assert win.browser.series_keys() == [win.session.current_key]
     qtbot.waitUntil(lambda: win.session.load_task is None or not win.session.load_task.is_running())
 

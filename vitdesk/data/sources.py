@@ -525,6 +525,10 @@ def load_records(
         records = read_manifest(p, cancel, listener, patient_id=patient_id)
     else:
         records = read_class_folder(p, cancel, listener)
+    if not records and kind == "workspace" and require_labels:
+        # a workspace lists only labelled slices here: it may hold hundreds of others
+        raise DataError(f"{p}: no labelled images: label slices or series in the "
+                        "Dataset tab of the workbench")
     if not records:
         raise DataError(f"{p}: no images found: check the folder or the CSV rows")
     if require_labels:

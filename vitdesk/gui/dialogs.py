@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from PySide6.QtCore import Qt
@@ -20,6 +21,45 @@ from PySide6.QtWidgets import (
 from vitdesk.errors import VitdeskError
 from vitdesk.gui.worker import format_exception
 
+# Engine and data errors are shared with the command line and some still name its
+# flags. Shown in the workbench they must use its words: one table, applied wherever
+# an error reaches the screen (error_box, the training log). Specific phrases first.
+_GUI_WORDS: tuple[tuple[str, str], ...] = (
+    (r"resume it with 'vitdesk pretrain --resume --out ([^']+)'",
+     r"resume it from the Pretrain page of the Training tab (folder \1)"),
+    (r"pass it with --pretrained (?:PATH|DIR)", "choose it under Weights"),
+    (r"resume with --resume", "resume it with Resume in the Training tab"),
+    (r"continue with --resume", "continue it with Resume in the Training tab"),
+    (r"start without --resume", "start it as a new run"),
+    (r"add --resume to continue it", "resume it from the Training tab"),
+    (r"choose a new --out", "choose a new run folder"),
+    (r"(?:use )?--pretrained (?:PATH|DIR)", "choose that file under Weights"),
+    (r"use --pretrained none or a file", "choose 'none' or a weights file under Weights"),
+    (r"--pretrained none", "Weights 'none (random init)'"),
+    (r"use --pretrained ([^\s)]+)", r"choose \1 under Weights"),
+    (r"--recipe full", "the 'full' recipe"),
+    (r"--window ([^\s:;,)]+)", r"window \1"),
+    (r"--device cpu or auto", "device cpu or auto"),
+    (r"--device (\w+)", r"device \1"),
+    (r"--distill soft\|hard", "distillation soft or hard"),
+    (r"--teacher RUN", "a teacher run"),
+    (r"--force-staged", "keep the staged recipe"),
+    (r"--epochs ", "epochs "),
+    (r"--data SRC", "the data source"),
+    (r"--val SRC", "the validation source"),
+    (r"(?:a )?--out (?:RUN|DIR)", "a run folder"),
+    (r"--batch-size", "the batch size"),
+)
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z-]*)")
+
+
+def gui_words(text: str) -> str:
+    """``text`` with command-line phrasing ("--pretrained PATH", "resume with --resume")
+    put in the workbench's words; any other ``--flag`` becomes "the 'flag' setting"."""
+    for pattern, repl in _GUI_WORDS:
+        text = re.sub(pattern, repl, text)
+    return _FLAG.sub(lambda m: f"the '{m.group(1).replace('-', ' ')}' setting", text)
+
 
 def error_box(parent: QWidget | None, exc: BaseException, title: str = "vitdesk") -> QMessageBox:
     """Build (not show) the message box for ``exc``.
@@ -32,7 +72,7 @@ def error_box(parent: QWidget | None, exc: BaseException, title: str = "vitdesk"
     box.setWindowTitle(title)
     if isinstance(exc, VitdeskError):
         box.setIcon(QMessageBox.Icon.Warning)
-        box.setText(str(exc))
+        box.setText(gui_words(str(exc)))
     else:
         box.setIcon(QMessageBox.Icon.Critical)
         box.setText(f"Something went wrong inside vitdesk: {type(exc).__name__}: {exc}")

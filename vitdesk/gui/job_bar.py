@@ -6,9 +6,23 @@ from typing import Any
 
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QToolButton, QWidget
 
+from vitdesk.gui.dialogs import gui_words
 from vitdesk.gui.resources import icon
 from vitdesk.gui.worker import Task
 from vitdesk.jobs import Notice, Progress
+
+
+def progress_text(ev: Progress) -> str:
+    """One status line for a progress event: "load dataset 63/64", "evaluate: metrics
+    with bootstrap intervals…". Without a total, ``done`` is a step index, not a count,
+    so it is not shown ("evaluate: 1 metrics..." read as a count of one metric)."""
+    msg = ev.message.strip()
+    if ev.total:
+        count = f"{min(ev.done, ev.total)}/{ev.total}"
+        return f"{ev.task}: {count}" + (f" · {msg}" if msg else "")
+    if msg:
+        return f"{ev.task}: {msg}…" if not msg.endswith(("…", ".")) else f"{ev.task}: {msg}"
+    return f"{ev.task}…" if ev.done <= 0 else f"{ev.task}: {ev.done}"
 
 
 class JobBar(QWidget):
@@ -56,11 +70,9 @@ class JobBar(QWidget):
                 self.bar.setValue(min(ev.done, ev.total))
             else:
                 self.bar.setRange(0, 0)
-            msg = f" {ev.message}" if ev.message else ""
-            self.label.setText(f"{ev.task}: {ev.done}{'/' + str(ev.total) if ev.total else ''}"
-                               f"{msg}")
+            self.label.setText(progress_text(ev))
         elif isinstance(ev, Notice):
-            self.label.setText(ev.message)
+            self.label.setText(gui_words(ev.message))
 
     def _on_done(self, task: Task) -> None:
         if task is self.task:

@@ -159,7 +159,8 @@ class Session(QObject):
         self.series_shown.emit(key)
 
     # ------------------------------------------------------------------ workspace
-    def open_workspace(self, folder: str | Path, create: bool = False) -> Any:
+    def open_workspace(self, folder: str | Path, create: bool = False,
+                       announce: bool = True) -> Any:
         """Open (or create) a workspace and list its series instead of the current ones."""
         from vitdesk.data.workspace import Workspace
 
@@ -176,7 +177,8 @@ class Session(QObject):
         entries = self._entries_from_workspace(ws)
         self.library.add(entries)
         self.workspace_changed.emit(ws)
-        self.message.emit(f"Workspace {Path(folder).name} open: {len(entries)} series.")
+        if announce:
+            self.message.emit(f"Workspace {Path(folder).name} open: {len(entries)} series.")
         if entries:
             self._start_thumbnails(entries)
         return ws
@@ -184,10 +186,16 @@ class Session(QObject):
     def new_workspace(self, folder: str | Path) -> Any:
         """Create a workspace in ``folder`` and add the series already open to it."""
         entries = list(self.library.entries.values())
-        ws = self.open_workspace(folder, create=True)
-        if ws is not None and entries:
+        ws = self.open_workspace(folder, create=True, announce=False)
+        if ws is None:
+            return None
+        if entries:
             self.record_in_workspace(entries)
             self.library.add(entries)
+        n = len(self.library.entries)
+        self.message.emit(f"Workspace {Path(folder).name} open: {n} series"
+                          + (f" ({len(entries)} added from the open folder)." if entries
+                             else "."))
         return ws
 
     def close_workspace(self) -> None:

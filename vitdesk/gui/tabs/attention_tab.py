@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 
 from vitdesk.gui import geometry
 from vitdesk.gui.analysis_jobs import SliceAttention, attention_job
-from vitdesk.gui.dialogs import show_error
+from vitdesk.gui.dialogs import gui_words, show_error
 from vitdesk.gui.run_state import CurrentRun, RunPicker
 from vitdesk.gui.session import Session
 from vitdesk.gui.slice_view import SliceView
@@ -251,7 +251,7 @@ class AttentionTab(QWidget):
             self.recompute()
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(f"Attention failed: {exc}")
+        self.status.setText(f"Attention failed: {gui_words(str(exc))}")
         show_error(self, exc)
 
     def _on_result(self, res: SliceAttention) -> None:

@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from vitdesk.gui.analysis_jobs import report_job
-from vitdesk.gui.dialogs import show_error
+from vitdesk.gui.dialogs import gui_words, show_error
 from vitdesk.gui.run_state import CurrentRun, RunPicker, find_runs
 from vitdesk.gui.session import Session
 from vitdesk.gui.tabs.analysis_common import SourceChooser, hint, run_or_cancel, scroll_layout
@@ -318,7 +318,7 @@ class ReportTab(QWidget):
         return task.start()
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(f"Report not written: {exc}")
+        self.status.setText(f"Report not written: {gui_words(str(exc))}")
         show_error(self, exc)
 
     def _on_written(self, files: Any) -> None:

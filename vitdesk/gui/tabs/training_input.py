@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 
 from vitdesk.errors import DataError
 from vitdesk.gui import geometry
+from vitdesk.gui.dialogs import gui_words
 from vitdesk.gui.worker import Task
 from vitdesk.imaging.windowing import PRESETS, WindowSpec
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
@@ -276,7 +277,8 @@ class TrainingInputPanel(QGroupBox):
         task = Task(split_workspace, str(ws.folder), self.fractions(), self.seed_spin.value(),
                     name="split")
         task.finished.connect(self._show_split)
-        task.errored.connect(lambda exc: self.split_status.setText(f"No split: {exc}"))
+        task.errored.connect(
+            lambda exc: self.split_status.setText(f"No split: {gui_words(str(exc))}"))
         self.split_task = task
         self.split_status.setText("Computing the split…")
         self.session.task_started.emit(task, "Splitting by patient")

@@ -25,7 +25,8 @@ from PySide6.QtWidgets import (
 )
 
 from vitdesk.engine.events import StepDone, TrainingFailed
-from vitdesk.gui.dialogs import show_error
+from vitdesk.gui.dialogs import gui_words, show_error
+from vitdesk.gui.job_bar import progress_text
 from vitdesk.gui.plots import LossPlot
 from vitdesk.gui.tabs.training_widgets import combo_box, dspin_box, spin_box
 from vitdesk.gui.worker import Task
@@ -39,6 +40,10 @@ def run_pretrain(settings: dict[str, Any], cancel: CancelToken = NEVER,
 
     return pretrain(PretrainConfig.from_dict(settings), cancel,
                     [listener] if listener is not None else [])
+
+
+NO_WORKSPACE = ("Open a workspace: pretraining reads its images (MAE) and writes the encoder "
+                "into it.")
 
 
 class PretrainPanel(QWidget):
@@ -117,26 +122,33 @@ class PretrainPanel(QWidget):
         """The chosen formula family, or "" for MAE on the workspace's images."""
         return str(self.source_combo.currentData() or "")
 
-    def _on_source(self) -> None:
-        if not self.is_running():
-            self.status.setText(
-                "Pretrain the backbone on generated formula images (no patient images): it "
+    def _source_text(self) -> str:
+        return ("Pretrain the backbone on generated formula images (no patient images): it "
                 "learns to tell the formulas apart; the encoder then appears under Weights."
                 if self.formula else
                 "Pretrain the backbone on this workspace's images (no labels needed); the "
                 "encoder then appears under Weights.")
+
+    def _on_source(self) -> None:
+        if not self.is_running():
+            self.status.setText(self._source_text())
         self.refresh()
 
     def refresh(self) -> None:
+        """Enable the controls for the open workspace (or its absence), and say so."""
         running = self.is_running()
         self.start_button.setEnabled(bool(self.workspace()) and not running)
         self.cancel_button.setEnabled(running)
         self.mask_spin.setEnabled(not self.formula and not running)
         self.classes_spin.setEnabled(bool(self.formula) and not running)
         self.source_combo.setEnabled(not running)
-        if not self.workspace() and not running:
-            self.status.setText("Open a workspace: pretraining reads its images (MAE) and "
-                                "writes the encoder into it.")
+        if running:
+            return
+        if not self.workspace():
+            self.status.setText(NO_WORKSPACE)
+        elif self.status.text() in ("", NO_WORKSPACE):
+            # a workspace was opened since: the request to open one no longer applies
+            self.status.setText(self._source_text())
 
     def is_running(self) -> bool:
         return self.task is not None and self.task.is_running()
@@ -199,9 +211,9 @@ class PretrainPanel(QWidget):
             self.bar.setValue(ev.start_epoch)
             self.status.setText(ev.describe())
         elif isinstance(ev, Progress) and ev.task != "pretrain":
-            self.status.setText(f"{ev.task}: {ev.done}/{ev.total or '?'}")
+            self.status.setText(progress_text(ev))
         elif isinstance(ev, TrainingFailed):
-            self.status.setText(ev.message)
+            self.status.setText(gui_words(ev.message))
 
     def _on_finished(self, out: Path) -> None:
         loss = self.plot.epoch.data.y[-1] if len(self.plot.epoch.data) else math.nan
@@ -210,7 +222,7 @@ class PretrainPanel(QWidget):
         self.finished.emit(Path(out))
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(f"Pretraining failed: {exc}")
+        self.status.setText(f"Pretraining failed: {gui_words(str(exc))}")
         show_error(self, exc)
 
     def _on_done(self) -> None:

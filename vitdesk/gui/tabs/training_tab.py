@@ -46,7 +46,8 @@ from vitdesk.engine.events import (
 )
 from vitdesk.engine.history import read_history
 from vitdesk.errors import CheckpointError
-from vitdesk.gui.dialogs import show_error
+from vitdesk.gui.dialogs import gui_words, show_error
+from vitdesk.gui.job_bar import progress_text
 from vitdesk.gui.plots import TrainingPlots
 from vitdesk.gui.run_state import find_runs
 from vitdesk.gui.tabs.training_form import TrainingForm
@@ -443,10 +444,9 @@ class TrainingTab(QWidget):
             p.on_event(ev)
             self.best_val_acc = ev.best_val_acc
         elif isinstance(ev, TrainingFailed | Notice):  # Notice: e.g. a window mismatch
-            self._add_log(ev.message)
+            self._add_log(gui_words(ev.message))
         elif isinstance(ev, Progress) and ev.task != "training epochs":
-            total = f"/{ev.total}" if ev.total else ""
-            self.status_label.setText(f"{ev.task}: {ev.done}{total} {ev.message}".strip())
+            self.status_label.setText(progress_text(ev))
 
     def _add_log(self, text: str) -> None:
         if text:
@@ -486,7 +486,7 @@ class TrainingTab(QWidget):
         self.run_finished.emit(run_dir)
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status_label.setText(f"Training failed: {exc}")
+        self.status_label.setText(f"Training failed: {gui_words(str(exc))}")
         show_error(self, exc)
 
     def _on_cancelled(self) -> None:

@@ -86,6 +86,11 @@ def test_no_marker_in_any_output_or_console(phi_data, tmp_path, capsys):
                  "--device", "cpu"]) == 0
     assert main(["predict", str(run), str(data / "p1"), "--tta", "--attention",
                  str(out / "att"), "--out", str(out / "pred.csv"), "--device", "cpu"]) == 0
+    # an exported model and its contract, and what it predicts, carry no PHI either
+    assert main(["export", str(run), "--format", "onnx", "--int8", "--data", str(data),
+                 "--out", str(out / "export")]) == 0
+    assert main(["predict", str(out / "export"), str(data / "p1"), "--out",
+                 str(out / "pred_export.csv")]) == 0
     captured = capsys.readouterr()
 
     files = [p for p in out.rglob("*") if p.is_file()]

@@ -34,6 +34,12 @@ def main(path: str | None = None) -> int:
     if not display_available():
         print(NO_DISPLAY, file=sys.stderr)
         return 2
+    from vitdesk.gui.xcb_check import problem as xcb_problem
+
+    missing = xcb_problem()  # before Qt loads: its own message names the wrong library
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if path is not None and not Path(path).exists():
         print(f"vitdesk: error: {path}: no such file or folder; check the path",
               file=sys.stderr)

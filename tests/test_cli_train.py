@@ -163,3 +163,32 @@ def test_resume_accepts_the_original_flags_and_refuses_a_real_difference(
     cfg = tomllib.loads((out / "config.toml").read_text())
     assert [s["epochs"] for s in cfg["recipe"]["stages"]] == [3] and cfg["seed"] == 3
     assert main([*_args(png_data, out, "--epochs", "3", "--seed", "3"), "--resume"]) == 0
+
+
+def test_plan_prints_the_run_and_train_without_a_model_runs_it(png_data, tmp_path, capsys):
+    """No --model: the planner chooses for 32 px images (no upsampling, a 16x16 grid of
+    2-px patches, random weights, full recipe) and `train` runs exactly what `plan` says."""
+    common = ["--data", str(png_data), "--device", "cpu", "--budget", "8s"]
+    assert main(["plan", *common]) == 0
+    out = capsys.readouterr().out
+    assert "image size 32 px: native 32 px, not upsampled" in out
+    assert "patch 2 px: a 16x16 grid" in out and "estimate: about" in out
+    assert "run: vit_test_tiny at 32 px, 2-px patches, weights none" in out
+    epochs = int(out.split("1. full: ")[1].split(" ep")[0])
+    assert 3 <= epochs <= 300
+    run = tmp_path / "auto"
+    assert main(["train", *common, "--out", str(run), "--epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: model: vit_test_tiny" in err and "grid" not in err.split("warning")[-1]
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    assert (cfg["model"]["name"], cfg["model"]["img_size"], cfg["model"]["patch_size"]) == (
+        "vit_test_tiny", 32, 2)
+    assert cfg["weights"]["pretrained"] == "none" and cfg["recipe"]["kind"] == "full"
+    assert [s["epochs"] for s in cfg["recipe"]["stages"]] == [2]  # --epochs given: kept
+    from vitdesk.engine.run import load_run
+
+    loaded = load_run(run)
+    assert loaded.model.patch_embed.patch_size == (2, 2)  # the checkpoint rebuilds at 2 px
+    # a bad budget is one line, exit 2
+    assert main(["plan", "--data", str(png_data), "--budget", "soon"]) == 2
+    assert "--budget 'soon' is not a duration" in capsys.readouterr().err

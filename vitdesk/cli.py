@@ -22,7 +22,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="SRC", help="training data source")
     p.add_argument("--val", metavar="SRC", help="separate validation source")
     p.add_argument("--config", metavar="FILE", help="TOML run configuration")
-    p.add_argument("--model", help="timm model name (e.g. vit_tiny_patch16_224)")
+    p.add_argument("--model", help="timm model name (e.g. vit_tiny_patch16_224), or auto (the "
+                   "default without --config): the planner chooses for the data and machine")
     p.add_argument("--pretrained", metavar="PATH|hub|none", help="weights source")
     p.add_argument("--img-size", type=int, metavar="N")
     p.add_argument("--window", metavar="PRESET[,PRESET,PRESET]",
@@ -45,6 +46,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "teacher labels (validation/test patients are left out)")
     p.add_argument("--force-staged", action="store_true",
                    help="keep the staged recipe even with a random backbone")
+    p.add_argument("--budget", metavar="T",
+                   help="with no --model (auto): fit the run to this time, e.g. 20m (10m)")
     p.add_argument("--patient-id", choices=["check", "csv", "dicom"],
                    help="a labels.csv patient_id column against the files' DICOM PatientID: "
                    "check they agree (default), or trust the csv or the dicom one")
@@ -73,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
 
     p = sub.add_parser("train", help="fine-tune a ViT or train a CNN")
+    _add_train_args(p)
+
+    p = sub.add_parser("plan", help="what train would run on this data, machine and budget, "
+                       "with estimated time and memory")
     _add_train_args(p)
 
     p = sub.add_parser("pretrain", help="offline pretraining: MAE on unlabelled images, or "

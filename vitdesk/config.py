@@ -35,6 +35,9 @@ class ModelConfig:
 
     name: str = "vit_tiny_patch16_224"
     img_size: int = 224
+    # A ViT's patch side; 0 = the model's own (its name's "patch16"). Another size is for
+    # random weights only (vitdesk.engine.plan): small images need small patches.
+    patch_size: int = 0
     drop_path: float = 0.1
     grad_checkpointing: bool = False
     attention: str = "auto"  # auto | sdpa | eager | flash
@@ -254,7 +257,10 @@ class RunConfig:
             )
         if m.img_size < 8:
             raise ConfigError(f"model.img_size={m.img_size} is too small: use at least 8")
-        patch = patch_size_of(m.name)
+        if m.patch_size < 0:
+            raise ConfigError(f"model.patch_size={m.patch_size}: use 0 (the model's own) or "
+                              "a patch side in pixels, e.g. 4 or 8")
+        patch = m.patch_size or patch_size_of(m.name)
         if patch and m.img_size % patch:
             lo = m.img_size // patch * patch
             raise ConfigError(
@@ -373,7 +379,7 @@ def run_folder_problem(folder: str | Path, what: str = "run") -> str | None:
 MIN_GRID = 8  # tokens per side below which a ViT's patches swallow small findings
 
 
-def coarse_grid_warning(name: str, img_size: int) -> str | None:
+def coarse_grid_warning(name: str, img_size: int, patch_size: int = 0) -> str | None:
     """A warning when a ViT at ``img_size`` sees fewer than 8x8 patches (else None).
 
     With a 4x4 grid, a lesion or a ring's hole lies inside one patch and the ViT must
@@ -381,7 +387,7 @@ def coarse_grid_warning(name: str, img_size: int) -> str | None:
     disc at 32 px, 40 labels): 8-px patches 0.82-0.88 held-out accuracy, 4-px patches
     0.96, as good as a small CNN.
     """
-    patch = patch_size_of(name)
+    patch = patch_size or patch_size_of(name)
     if not patch or img_size // patch >= MIN_GRID:  # CNN names carry no patch size
         return None
     grid = img_size // patch

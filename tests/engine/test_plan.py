@@ -156,3 +156,105 @@ def test_plan_module_imports_neither_torch_nor_qt():
                          check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     loaded = set(out.stdout.split())
     assert "torch" not in loaded and "PySide6" not in loaded
+
+
+# ---- the planner ------------------------------------------------------------------------
+from vitdesk.engine.plan import (  # noqa: E402
+    Fingerprint,
+    choose_batch,
+    choose_geometry,
+    data_fingerprint,
+    parse_budget,
+    plan_for_data,
+)
+
+
+def test_budget_text():
+    assert parse_budget("20m") == 1200 and parse_budget("90s") == 90
+    assert parse_budget("1h30m") == 5400 and parse_budget("45") == 45
+    assert parse_budget(None) is None
+    for bad in ("soon", "0m", "20x", "m20"):
+        with pytest.raises(ConfigError, match="--budget"):
+            parse_budget(bad)
+
+
+@pytest.mark.parametrize(("native", "own", "random_init", "img", "patch"), [
+    (28, 16, True, 24, 2),     # 28 px digits: no upsampling, 12x12 grid of 2-px patches
+    (32, 8, True, 32, 2),      # 16x16
+    (64, 8, True, 64, 4),      # the demo's slices: 16x16 of 4 px (not 8x8 of 8)
+    (128, 16, True, 128, 8),   # 16x16
+    (512, 16, True, 224, 16),  # CT at 512: capped at 224, 14x14
+    (64, 16, False, 128, 16),  # hub weights keep 16-px patches: 8x8 needs 128 px
+    (512, 16, False, 224, 16),
+])
+def test_geometry_keeps_native_resolution_and_an_8x8_grid(native, own, random_init, img,
+                                                          patch):
+    got_img, got_patch, why = choose_geometry(native, own, random_init)
+    assert (got_img, got_patch) == (img, patch)
+    assert got_img // got_patch >= 8 and got_img % got_patch == 0
+    assert got_img <= max(native, 8 * got_patch)  # upsampled only as far as the grid needs
+    assert why and all(isinstance(w, str) for w in why)
+
+
+def test_batch_follows_the_set_size():
+    assert [choose_batch(n) for n in (50, 200, 460, 5000)] == [8, 8, 16, 64]
+
+
+def _fp(images=768, native=64, classes=None):
+    return Fingerprint(images, 64, classes or {"lesion": 300, "normal": 468}, native, "dicom")
+
+
+def test_plan_for_data_fits_the_budget_with_the_measured_step():
+    calls = []
+
+    def step(name, img, patch, batch):  # a machine where vit_tiny is 10x slower
+        calls.append((name, img, patch, batch))
+        return (0.02 if name == "vit_test_tiny" else 0.2), 100.0
+
+    cfg = _cfg()
+    cfg.model.name = "auto"
+    p = plan_for_data(cfg, _fp(), budget_s=60, step_seconds=step)
+    c = p.cfg
+    assert (c.model.name, c.model.img_size, c.model.patch_size) == ("vit_test_tiny", 64, 4)
+    assert c.weights.pretrained == "none" and c.recipe.kind == "full"
+    assert c.data.batch_size == 32 and c.data.balance == "loss"  # 468:300 > 1.5
+    steps_per_epoch = -(-int(768 * 0.7) // 32)
+    epochs = c.recipe.stages[0].epochs
+    assert epochs == min(300, int(60 * 0.8 / (steps_per_epoch * 0.02 * 1.25)))
+    assert p.estimate.seconds <= 60 and p.estimate.steps == epochs * steps_per_epoch
+    assert any("budget" in r for r in p.reasons)
+    # a long budget buys the larger ViT, still with its 16x16 grid of 4-px patches
+    p = plan_for_data(cfg, _fp(), budget_s=3600, step_seconds=step)
+    assert p.cfg.model.name == "vit_tiny_patch16_224" and p.cfg.model.patch_size == 4
+    assert p.cfg.recipe.stages[0].epochs >= 20
+    # what the user gave is kept
+    cfg.data.batch_size, cfg.model.img_size = 8, 32
+    p = plan_for_data(cfg, _fp(), budget_s=60, step_seconds=step,
+                      explicit={"data.batch_size", "model.img_size"})
+    assert p.cfg.data.batch_size == 8 and p.cfg.model.img_size == 32
+    # and the planned run passes every rule of the plan
+    planned = plan_run(p.cfg, check_files=False)
+    assert planned.cfg.model.patch_size == p.cfg.model.patch_size
+
+
+def test_fingerprint_of_an_image_folder(tmp_path):
+    from tests.pngdata import write_square_pngs
+
+    root = write_square_pngs(tmp_path / "d", per_class=6, size=40)
+    fp = data_fingerprint(str(root))
+    assert (fp.images, fp.native_px, fp.kind) == (12, 40, "image")
+    assert fp.classes == {"lesion": 6, "normal": 6}
+    assert fp.describe() == ("12 images of 12 patients, 2 classes (lesion 6, normal 6), "
+                             "native 40 px")
+
+
+def test_patch_size_is_for_random_weights_only():
+    cfg = _cfg(weights__pretrained="hub", model__name="vit_tiny_patch16_224",
+               model__img_size=64, model__patch_size=4)
+    with pytest.raises(ConfigError, match="hub weights"):
+        plan_run(cfg, check_files=True)
+    with pytest.raises(ConfigError, match="no patches"):
+        plan_run(_cfg(model__name="cnn_test_tiny", weights__pretrained="none",
+                      model__patch_size=4))
+    ok = plan_run(_cfg(weights__pretrained="none", model__patch_size=4, recipe__kind="full"))
+    assert not ok.notices  # 64 px / 4 = 16x16: no coarse-grid notice

@@ -30,6 +30,8 @@ _SIMPLE = {
 def requested_config(args: argparse.Namespace) -> RunConfig:
     """``--config`` (or the defaults) with the flags applied; no rule applied yet."""
     cfg = load_config(args.config) if args.config else RunConfig()
+    if not args.config and getattr(args, "model", None) is None:
+        cfg.model.name = "auto"  # no model named: the planner chooses
     cfg.data.source = args.data
     for attr, dotted in _SIMPLE.items():
         value = getattr(args, attr, None)
@@ -50,22 +52,65 @@ def requested_config(args: argparse.Namespace) -> RunConfig:
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """The planned run: ``--config`` + flags through the plan; on ``--resume`` the run's
-    own config, once the flags agree with it (:func:`vitdesk.engine.plan.plan_resume`)."""
+    own config, once the flags agree with it (:func:`vitdesk.engine.plan.plan_resume`).
+
+    ``--model auto`` (the default when neither ``--model`` nor ``--config`` names one)
+    lets the planner choose the model, image and patch size, batch and epochs for the
+    data, this machine and ``--budget``: ``plan.reasons`` and ``plan.estimate`` say what
+    it chose and how long it should take.
+    """
     out = getattr(args, "out", None)
     stored_path = Path(out).expanduser() / "config.toml" if out else None
     if args.resume and stored_path is not None and stored_path.is_file():
         return _resume_plan(args, load_config(stored_path))
     epochs = getattr(args, "epochs", None)
-    return plan_run(requested_config(args), epochs=str(epochs) if epochs else None,
-                    check_files=True)
+    cfg = requested_config(args)
+    planned = _auto(args, cfg) if cfg.model.name == "auto" else None
+    plan = plan_run(planned.cfg if planned else cfg,
+                    epochs=str(epochs) if epochs else None, check_files=True)
+    if planned is not None:
+        plan.reasons, plan.estimate = planned.reasons, planned.estimate
+    return plan
+
+
+def print_plan(plan: Plan, say: Any = None) -> None:
+    """The planner's reasons and estimate, then the notices (stderr by default)."""
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    for line in plan.reasons:
+        say(f"plan: {line}")
+    if plan.estimate is not None:
+        say(f"plan: estimate {plan.estimate.describe()}")
+    for notice in plan.notices:
+        say(f"warning: {notice}")
+
+
+def explicit_fields(args: argparse.Namespace) -> set[str]:
+    """The dotted fields the flags set (the planner keeps them as given)."""
+    fields = {d for a, d in _SIMPLE.items() if getattr(args, a, None) is not None}
+    if getattr(args, "epochs", None):
+        fields.add("epochs")
+    if getattr(args, "recipe", None):
+        fields.add("recipe.kind")
+    return fields
+
+
+def _auto(args: argparse.Namespace, cfg: RunConfig) -> Any:
+    from vitdesk.engine.plan import parse_budget
+    from vitdesk.engine.probe import plan_auto
+
+    budget = parse_budget(getattr(args, "budget", None))
+    planned, _machine = plan_auto(cfg, budget_s=budget, explicit=explicit_fields(args))
+    if getattr(args, "out", None) is None and not args.config:
+        planned.cfg.out = str(Path("runs") / f"{planned.cfg.model.name}-"
+                              f"{time.strftime('%Y%m%d-%H%M%S')}")
+    return planned
 
 
 def config_from_args(args: argparse.Namespace, warn: Any = None) -> RunConfig:
     """The planned config; its notices go to ``warn`` (stderr by default)."""
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     plan = plan_from_args(args)
-    for notice in plan.notices:
-        warn(f"warning: {notice}")
+    print_plan(plan, warn)
     return plan.cfg
 
 
@@ -101,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from vitdesk.jobs import CancelToken
 
     plan = plan_from_args(args)
-    for notice in plan.notices:
-        print(f"warning: {notice}", file=sys.stderr)
+    print_plan(plan)
     token = CancelToken()
 
     def on_sigint(signum: int, frame: Any) -> None:

@@ -95,8 +95,12 @@ def create_model(
         raise ModelError(f"num_classes={num_classes}: a classifier needs at least 1 class")
     if pool in ("token", "avg") and not is_cnn_name(name) and "distilled" not in name:
         kwargs["global_pool"] = pool
+    patch_override = kwargs.pop("patch_size", None)  # a ViT's patch side (model.patch_size)
+    if patch_override and not is_cnn_name(name):
+        kwargs["patch_size"] = int(patch_override)
     if name in TEST_MODELS:
         spec = dict(TEST_MODELS[name])
+        spec["patch_size"] = kwargs.pop("patch_size", spec["patch_size"])
         cls = VisionTransformerDistilled if spec.pop("distilled", False) else VisionTransformer
         _check_divisible(name, img_size, spec["patch_size"])
         model = cls(

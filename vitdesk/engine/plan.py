@@ -30,8 +30,10 @@ from typing import Any
 from vitdesk.config import (
     RESUME_FREE,
     RunConfig,
+    StageConfig,
     coarse_grid_warning,
     load_config,
+    patch_size_of,
     resume_differences,
     run_folder_problem,
 )
@@ -87,6 +89,16 @@ class Plan:
 
     cfg: RunConfig
     notices: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # what the planner chose, and why
+    estimate: Any = None  # the planner's Estimate, when it planned
+
+
+def describe_stage(s: StageConfig) -> str:
+    """One stage in words (the workbench's plan box and ``vitdesk plan``)."""
+    what = {"head": "head only", "all": "all blocks"}.get(
+        s.unfreeze, f"top {s.top_blocks()} blocks" if s.top_blocks() else s.unfreeze)
+    decay = f", layer decay {s.layer_decay:g}" if s.layer_decay < 1.0 else ""
+    return f"{s.name}: {s.epochs} ep at lr {s.lr:.0e}, {what}{decay}"
 
 
 def parse_epochs(text: str | None) -> list[int] | None:
@@ -151,7 +163,7 @@ def apply_rules(cfg: RunConfig, epochs: str | None = None) -> Plan:
     if cfg.teacher.run:
         cfg.teacher.mode = distill_mode(name, cfg.teacher.mode)
     notices.extend(backbone_card_notices(cfg))
-    coarse = coarse_grid_warning(name, cfg.model.img_size)
+    coarse = coarse_grid_warning(name, cfg.model.img_size, cfg.model.patch_size)
     if coarse:
         notices.append(coarse)
     return Plan(cfg.resolved(), notices)
@@ -163,6 +175,13 @@ def check_run(cfg: RunConfig, check_files: bool = True) -> None:
     if not check_files:
         return
     src = cfg.weights.pretrained.strip()
+    own = patch_size_of(cfg.model.name)
+    if cfg.model.patch_size and (is_cnn_name(cfg.model.name) or not own):
+        raise ConfigError(f"model.patch_size={cfg.model.patch_size}: {cfg.model.name} has no "
+                          "patches to resize: use 0")
+    if cfg.model.patch_size and cfg.model.patch_size != own and src.lower() == "hub":
+        raise ConfigError(f"model.patch_size={cfg.model.patch_size}: hub weights of "
+                          f"{cfg.model.name} have {own}-px patches: use 0, or weights 'none'")
     if src.lower() == "hub" and cfg.model.name in TEST_VIT_NAMES | CNN_TEST_NAMES:
         raise ConfigError(f"{cfg.model.name} is a test model without hub weights: use "
                           "weights 'none' or a file")
@@ -319,3 +338,251 @@ def plan_pretrain(cfg: Any) -> Any:
         raise ConfigError("give the unlabelled images with --data SRC, or --formula "
                           "contours|fractals to pretrain without data")
     return cfg.validate()
+
+
+# ---- the planner: data fingerprint + machine + budget -> the run --------------------------
+# Candidate ViTs from small to large, each with the learning rate it trains at from random
+# weights (full recipe). vit_test_tiny is 2 blocks of 64 dims: what a 2-core CPU trains in
+# minutes; vit_tiny is timm's smallest real ViT (12 blocks of 192).
+AUTO_MODELS = (("vit_test_tiny", 1e-3), ("vit_tiny_patch16_224", 5e-4),
+               ("vit_small_patch16_224", 3e-4))
+PATCHES = (2, 4, 8, 16)
+MAX_TOKENS = 256  # 16x16: finer grids cost more than they give on a workstation
+MIN_EPOCHS = 20  # a ViT from random weights needs this many passes to learn anything
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the planner knows of a dataset (no paths, no identifiers)."""
+
+    images: int
+    patients: int
+    classes: dict[str, int]  # labelled images per class
+    native_px: int  # median longer side of the images, in pixels
+    kind: str = "image"  # dicom | image
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.classes.items())
+        what = "DICOM slices" if self.kind == "dicom" else "images"
+        return (f"{self.images} {what} of {self.patients} patients, "
+                f"{len(self.classes)} classes ({counts}), native {self.native_px} px")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The planner's estimate of a run, from a step time measured on this machine."""
+
+    step_seconds: float
+    steps: int
+    seconds: float
+    peak_memory_mb: float
+
+    def describe(self) -> str:
+        return (f"about {_duration(self.seconds)} ({self.steps} steps at "
+                f"{self.step_seconds * 1000:.0f} ms), peak memory about "
+                f"{self.peak_memory_mb:.0f} MB")
+
+
+@dataclass
+class DataPlan:
+    """What :func:`plan_for_data` chose, why, and how long it should take."""
+
+    cfg: RunConfig
+    reasons: list[str]
+    estimate: Estimate | None = None
+
+
+def parse_budget(text: str | float | int | None) -> float | None:
+    """``20m``, ``90s``, ``1h30m`` or plain seconds -> seconds (None when not given)."""
+    if text is None or str(text).strip() == "":
+        return None
+    import re
+
+    s = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        seconds = float(s)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
+        if not parts or "".join(f"{a}{b}" for a, b in parts) != s.replace(" ", ""):
+            raise ConfigError(f"--budget '{text}' is not a duration: use e.g. 90s, 20m or "
+                              "1h30m")
+        seconds = sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
+    if seconds <= 0:
+        raise ConfigError(f"--budget '{text}': use a positive duration")
+    return seconds
+
+
+def choose_geometry(native_px: int, own_patch: int | None, random_init: bool
+                    ) -> tuple[int, int, list[str]]:
+    """Image size and patch size for images of ``native_px``, with the reasons.
+
+    The input is not upsampled beyond the native resolution (upsampling adds pixels, not
+    detail) and is capped at 224 px; a ViT from random weights takes the smallest patch
+    that keeps the grid at most 16x16 tokens, so it sees at least an 8x8 grid. Weights
+    with their own patch keep it, and the image grows to 8 patches a side if it must.
+    """
+    img = max(16, min(224, native_px) // 8 * 8)
+    why = [f"image size {img} px: native {native_px} px, not upsampled"
+           + (" (capped at 224)" if native_px > 224 else "")]
+    if random_init or not own_patch:
+        for p in PATCHES:
+            if img % p == 0 and (img // p) ** 2 <= MAX_TOKENS:
+                why.append(f"patch {p} px: a {img // p}x{img // p} grid (at least 8x8 so small "
+                           f"findings are not lost inside one patch, at most "
+                           f"{int(MAX_TOKENS ** 0.5)}x{int(MAX_TOKENS ** 0.5)} for speed)")
+                return img, p, why
+    p = int(own_patch or 16)
+    if img // p < MIN_GRID_PLAN:
+        img = p * MIN_GRID_PLAN
+        why.append(f"image size raised to {img} px: the weights' {p}-px patches need an "
+                   f"{MIN_GRID_PLAN}x{MIN_GRID_PLAN} grid")
+    img = img // p * p
+    why.append(f"patch {p} px: the weights' own ({img // p}x{img // p} grid)")
+    return img, p, why
+
+
+MIN_GRID_PLAN = 8
+
+
+def choose_batch(train_images: int) -> int:
+    """A power of two near 1/16 of the training images, 8 to 64: small sets want steps."""
+    target = max(8, min(64, train_images // 16))
+    return 1 << (target.bit_length() - 1)
+
+
+def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
+                  step_seconds: Any, explicit: set[str] | frozenset[str] = frozenset(),
+                  device: str = "cpu", memory_mb: float | None = None) -> DataPlan:
+    """Fill in the model, image and patch size, batch, epochs and recipe for ``fp``.
+
+    Args:
+        cfg: the requested configuration (``model.name`` may be ``auto``).
+        fp: the dataset fingerprint (:func:`data_fingerprint`).
+        budget_s: wall-clock budget for training in seconds (None: 10 minutes).
+        step_seconds: ``(model, img_size, patch, batch) -> (seconds per step, peak MB)``,
+            measured on this machine (:func:`vitdesk.engine.probe.measure_step`).
+        explicit: dotted fields the user set (``model.img_size``...): kept as given.
+        device: where the run trains (cpu or cuda), for the choice of model.
+        memory_mb: memory the run may use (None: not checked).
+    """
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    budget = budget_s or 600.0
+    why: list[str] = [f"data: {fp.describe()}"]
+    weights = cfg.weights.pretrained.strip().lower()
+    auto = cfg.model.name == "auto"
+    if auto and "weights.pretrained" not in explicit:
+        cfg.weights.pretrained, weights = "none", "none"
+        why.append("weights: none (no pretrained backbone chosen; random init, full recipe)")
+    random_init = weights == "none"
+    train_images = max(1, int(fp.images * cfg.data.fractions[0]))
+    batch = cfg.data.batch_size if "data.batch_size" in explicit else choose_batch(train_images)
+    steps_per_epoch = max(1, -(-train_images // batch))
+    candidates = AUTO_MODELS if auto else ((cfg.model.name, None),)
+    if auto and device != "cuda":
+        candidates = AUTO_MODELS[:2]  # a ViT-S from scratch is a GPU job
+    chosen = None
+    for name, lr in candidates:
+        own = patch_size_of(name)
+        if "model.img_size" in explicit:
+            img = cfg.model.img_size
+            p = cfg.model.patch_size or own or 0
+            geo_why = [f"image size {img} px (given)"]
+        else:
+            img, p, geo_why = choose_geometry(fp.native_px, own, random_init)
+        step, peak = step_seconds(name, img, p, batch)
+        epochs = int(budget * 0.8 / (steps_per_epoch * step * 1.25))  # 25 %: validation
+        if memory_mb and peak > memory_mb:
+            continue
+        if chosen is None or epochs >= MIN_EPOCHS or not auto:
+            chosen = (name, lr, img, p, geo_why, step, peak, epochs)
+        if not auto or epochs < MIN_EPOCHS * 3:
+            break  # a larger model would get fewer than MIN_EPOCHS
+    if chosen is None:
+        raise ConfigError(f"no model fits in {memory_mb:.0f} MB at batch {batch}: set "
+                          "--batch-size lower")
+    name, lr, img, p, geo_why, step, peak, epochs = chosen
+    cfg.model.name, cfg.model.img_size = name, img
+    own = patch_size_of(name)
+    cfg.model.patch_size = 0 if p == own else p
+    if auto:
+        why.append(f"model: {name} " + (
+            f"(the largest that trains at least {MIN_EPOCHS} epochs in the budget)"
+            if epochs >= MIN_EPOCHS else
+            f"(the smallest candidate: the budget allows {max(epochs, 0)} epochs; "
+            f"{MIN_EPOCHS} or more learn better, so give a larger --budget)"))
+    else:
+        why.append(f"model: {name} (given)")
+    why.extend(geo_why)
+    cfg.data.batch_size = batch
+    why.append(f"batch {batch}: {steps_per_epoch} steps per epoch over {train_images} "
+               "training images")
+    if "epochs" not in explicit:
+        epochs = max(3, min(300, epochs))
+        if random_init:
+            cfg.recipe.kind = "full"
+            cfg.recipe.stages = [StageConfig("full", epochs, lr or 5e-4, "all", 1.0)]
+            cfg.data.label_smoothing = 0.05
+        else:
+            total = sum(s.epochs for s in cfg.stage_plan()) or 1
+            scale = epochs / total
+            stages = cfg.stage_plan()
+            for s in stages:
+                s.epochs = max(1, round(s.epochs * scale))
+            cfg.recipe.stages = stages
+        why.append(f"epochs {sum(s.epochs for s in cfg.stage_plan())}: what fits "
+                   f"{_duration(budget)} at the measured step time")
+    counts = list(fp.classes.values())
+    if counts and min(counts) > 0 and max(counts) / min(counts) > 1.5 \
+            and "data.balance" not in explicit:
+        cfg.data.balance = "loss"
+        why.append(f"class-balanced loss: the classes are {max(counts) / min(counts):.1f}:1")
+    steps = steps_per_epoch * sum(s.epochs for s in cfg.stage_plan())
+    est = Estimate(step, steps, steps * step * 1.25, peak)
+    return DataPlan(cfg, why, est)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def data_fingerprint(src: str, *, patient_id: str = "check", sample: int = 16) -> Fingerprint:
+    """Count the images, patients and classes of ``src`` and measure the native size of a
+    few images (header reads only for DICOM)."""
+    from collections import Counter
+
+    from vitdesk.data.sources import load_records
+
+    records = load_records(src, patient_id=patient_id)
+    classes = Counter(r.label for r in records if r.label is not None)
+    step = max(1, len(records) // sample)
+    sides = []
+    for r in records[::step][:sample]:
+        side = _native_side(r.path, r.kind)
+        if side:
+            sides.append(side)
+    sides.sort()
+    native = sides[len(sides) // 2] if sides else 224
+    kind = "dicom" if records and records[0].kind == "dicom" else "image"
+    return Fingerprint(len(records), len({r.patient for r in records}),
+                       dict(sorted(classes.items())), int(native), kind)
+
+
+def _native_side(path: str, kind: str) -> int | None:
+    try:
+        if kind == "dicom":
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=["Rows", "Columns"])
+            return max(int(ds.Rows), int(ds.Columns))
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return max(im.size)
+    except Exception:  # noqa: BLE001 - an unreadable file does not decide the size
+        return None

@@ -572,11 +572,15 @@ def _build_student(cfg: RunConfig, n_classes: int, resume: bool) -> tuple[nn.Mod
     """The model and its starting weights; ViT weights are adapted to a distilled model."""
     src = "none" if resume else (cfg.weights.pretrained or "none").strip()
     m = cfg.model
-    if src.lower() in ("none", "hub") or "distilled" not in m.name:
+    if src.lower() == "none" and m.patch_size:  # the plan allows a patch size only here
+        return (create_model(m.name, n_classes, m.img_size, m.drop_path, pool=m.pool,
+                             patch_size=m.patch_size), LoadReport(source="none"))
+    if src.lower() in ("none", "hub") or ("distilled" not in m.name and not m.patch_size):
         return build_model(m.name, n_classes, m.img_size, src, m.drop_path, pool=m.pool)
     path = resolve_weights_path(src)
     sd = read_state_dict(path)
-    model = create_model(m.name, n_classes, m.img_size, m.drop_path, pool=m.pool)
+    model = create_model(m.name, n_classes, m.img_size, m.drop_path, pool=m.pool,
+                         patch_size=m.patch_size or None)
     # an MAE encoder has one prefix position and no dist token/head: those start fresh
     return model, load_weights_into(model, adapt_state_dict(model, sd), str(path))
 
@@ -628,7 +632,8 @@ def load_run(run_dir: str | Path, device: str = "cpu", kind: str = "best",
     classes = list(cp.meta.get("classes") or [])
     if len(classes) < 1:
         raise CheckpointError(f"{folder}/{kind}.json names no classes: the run is incomplete")
-    model = create_model(cfg.model.name, len(classes), cfg.model.img_size, pool=cfg.model.pool)
+    model = create_model(cfg.model.name, len(classes), cfg.model.img_size, pool=cfg.model.pool,
+                         patch_size=cfg.model.patch_size or None)
     try:
         model.load_state_dict(cp.weights)
     except RuntimeError as exc:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitdesk.config import RunConfig, StageConfig
+from vitdesk.config import RunConfig
 from vitdesk.engine.cards import CARD, CARD_FORMAT
 from vitdesk.engine.events import EpochEnded, StageStarted, StepDone, TrainingDone
+from vitdesk.engine.plan import describe_stage
 
 # the ViTs, DeiT students for distillation, and CNN baselines / teachers (any other timm
 # name can be typed in)
@@ -30,13 +31,6 @@ def native_img_size(model: str) -> int | None:
         return 32
     tail = model.rsplit("_", 1)[-1]
     return int(tail) if tail.isdigit() else None
-
-
-def describe_stage(s: StageConfig) -> str:
-    what = {"head": "head only", "all": "all blocks"}.get(
-        s.unfreeze, f"top {s.top_blocks()} blocks" if s.top_blocks() else s.unfreeze)
-    decay = f", layer decay {s.layer_decay:g}" if s.layer_decay < 1.0 else ""
-    return f"{s.name}: {s.epochs} ep at lr {s.lr:.0e}, {what}{decay}"
 
 
 def plan_text(cfg: RunConfig) -> str:

@@ -1,0 +1,127 @@
+"""The machine side of the planner: cores, memory, GPU, and a measured training step.
+
+:func:`measure_step` times a few real optimizer steps of a model at a given image size,
+patch and batch on this machine, so :func:`vitdesk.engine.plan.plan_for_data` estimates
+from what this machine does, not from a table.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from vitdesk.config import RunConfig
+from vitdesk.engine.plan import DataPlan, Fingerprint
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the planner needs to know about the machine."""
+
+    device: str  # cpu | cuda
+    cores: int
+    memory_mb: float | None
+    gpu: str | None = None
+    gpu_memory_mb: float | None = None
+
+    def describe(self) -> str:
+        text = f"{self.cores} CPU cores"
+        if self.memory_mb:
+            text += f", {self.memory_mb / 1024:.0f} GB memory"
+        if self.gpu:
+            text += f", {self.gpu} ({(self.gpu_memory_mb or 0) / 1024:.0f} GB)"
+        return text + f"; training on {self.device}"
+
+
+def probe_machine(device: str = "auto") -> Machine:
+    """Cores, memory and the GPU (if any and asked for)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    gpu = gpu_mem = None
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        gpu, gpu_mem = props.name, props.total_memory / 2**20
+    return Machine("cuda" if cuda else "cpu", os.cpu_count() or 1, memory, gpu, gpu_mem)
+
+
+@functools.lru_cache(maxsize=32)
+def measure_step(name: str, img_size: int, patch: int, batch: int, device: str = "cpu",
+                 steps: int = 3) -> tuple[float, float]:
+    """(seconds per optimizer step, peak memory in MB) of ``name`` from random weights.
+
+    One warm-up step, then the median of ``steps`` timed steps (forward, backward,
+    AdamW). Peak memory is measured on CUDA; on a CPU it is estimated from the weights,
+    optimizer state and activations (the process's peak cannot be isolated).
+    """
+    from vitdesk.config import patch_size_of
+    from vitdesk.engine.models import create_model
+
+    own = patch_size_of(name)
+    kwargs = {"patch_size": patch} if patch and patch != own else {}
+    dev = torch.device(device)
+    model = create_model(name, 2, img_size, **kwargs).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, img_size, img_size, device=dev)
+    y = torch.randint(0, 2, (batch,), device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak = _cpu_peak_mb(model, batch, img_size, patch or own or 16)
+    return times[len(times) // 2], peak
+
+
+def _cpu_peak_mb(model: torch.nn.Module, batch: int, img: int, patch: int) -> float:
+    """Weights, gradients and two AdamW moments, plus the activations a ViT keeps for
+    backward (about 30 floats per token and width per block, and its attention maps)."""
+    params = sum(p.numel() for p in model.parameters())
+    tokens = (img // patch) ** 2 + 1
+    blocks = getattr(model, "blocks", None)
+    depth = len(blocks) if blocks is not None else 4
+    width = int(getattr(model, "embed_dim", 64))
+    heads = int(getattr(blocks[0].attn, "num_heads", 4)) if blocks is not None else 0
+    acts = batch * depth * (30 * tokens * width + 3 * heads * tokens * tokens)
+    return (4 * params + acts) * 4 / 2**20 + 200  # + the interpreter and libraries
+
+
+def plan_auto(cfg: RunConfig, *, budget_s: float | None, explicit: set[str],
+              fingerprint: Fingerprint | None = None) -> tuple[DataPlan, Machine]:
+    """The planner on this machine: fingerprint ``cfg.data.source``, probe the machine,
+    measure the candidates' steps and fill in the run (:func:`plan_for_data`)."""
+    from vitdesk.engine.plan import data_fingerprint, plan_for_data
+
+    machine = probe_machine(cfg.device)
+    fp = fingerprint or data_fingerprint(cfg.data.source, patient_id=cfg.data.patient_id)
+    threads = torch.get_num_threads()
+
+    def step(name: str, img: int, patch: int, batch: int) -> tuple[float, float]:
+        return measure_step(name, img, patch, batch, machine.device)
+
+    try:
+        planned = plan_for_data(cfg, fp, budget_s=budget_s, step_seconds=step,
+                                explicit=explicit, device=machine.device,
+                                memory_mb=(machine.gpu_memory_mb if machine.device == "cuda"
+                                           else machine.memory_mb))
+    finally:
+        torch.set_num_threads(threads)
+    return planned, machine

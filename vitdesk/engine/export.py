@@ -15,6 +15,7 @@ with ``onnx.checker``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import warnings
 from collections.abc import Iterator
@@ -302,7 +303,12 @@ def export_run(run: str | Path | Any, fmt: str = "onnx", out: str | Path = "expo
     names = (CONTRACT_FILE, MODEL_FILES[fmt], *([INT8_FILE] if int8 else []))
     folder = check_output_path(out, "--out", folder=True, files=names)
     lr = run if isinstance(run, LoadedRun) else load_run(run, device="cpu", listener=listener)
-    model = lr.model.float().cpu().eval()
+    model = lr.model
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in model.parameters()):
+        # exported graphs are fp32 on the CPU; a run shared with other work (the GUI's
+        # loaded run on a GPU) is copied, never moved
+        model = copy.deepcopy(model).float().cpu()
+    model.eval()
     steps = 4 + int(int8)
     emit(listener, Progress("export", 0, steps))
     x, y, on = check_slices(lr, data_src, cancel=cancel)

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 from vitdesk import __version__
 from vitdesk.gui import settings as gui_settings
 from vitdesk.gui.dialogs import FileErrorsDialog, show_error
+from vitdesk.gui.export_action import ExportModelAction
 from vitdesk.gui.job_bar import JobBar
 from vitdesk.gui.resources import icon
 from vitdesk.gui.run_state import CurrentRun
@@ -150,6 +151,7 @@ class MainWindow(QMainWindow):
             "&Settings…", self.show_settings, QKeySequence.StandardKey.Preferences, "settings",
             "Where settings are kept")
         self.about_action = self._action("&About vitdesk", self.show_about, None, "about")
+        self.export_model = ExportModelAction(self.session, self.current_run, self)
         self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
 
     def _make_menus(self) -> None:
@@ -162,6 +164,7 @@ class MainWindow(QMainWindow):
         self._fill_recent()
         file_menu.addSeparator()
         file_menu.addAction(self.export_action)
+        file_menu.addAction(self.export_model.action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         edit_menu = mb.addMenu("&Edit")

@@ -123,10 +123,10 @@ def test_any_exception_of_one_file_is_recorded(tmp_path, monkeypatch):
     victim = sorted(tmp_path.iterdir())[0]
     real = scan_mod._read_header
 
-    def flaky(path, tags=None):
+    def flaky(path, *args, **kwargs):
         if Path(path) == victim:
             raise RuntimeError("a plugin bug")  # not in any list of expected types
-        return real(path, tags)
+        return real(path, *args, **kwargs)
 
     monkeypatch.setattr(scan_mod, "_read_header", flaky)
     res = scan_path(tmp_path)

@@ -39,6 +39,7 @@ from vitdesk.errors import DataError
 from vitdesk.imaging.deid import PHI_KEYWORDS, key_id, secret_path
 
 DB_NAME = "workspace.sqlite"
+HEADER_CACHE = "header_cache.sqlite"  # imaging.header_cache: per-file scan results, no PHI
 _PHI = frozenset(PHI_KEYWORDS)
 _UNKNOWN = "unknown"
 
@@ -277,6 +278,13 @@ class Workspace:
         return stored if os.path.isabs(stored) else str(self.folder / stored)
 
     # ---------------------------------------------------------------- import
+    def header_cache(self) -> Any:
+        """This workspace's scan header cache (no PHI): pass it to ``scan_path(cache=)``
+        so opening a folder again parses only new or changed files."""
+        from vitdesk.imaging.header_cache import HeaderCache
+
+        return HeaderCache(self.folder / HEADER_CACHE)
+
     def import_scan(self, scan_result: Any) -> int:
         """Index the series of a ``ScanResult`` (duck-typed: ``.series``, ``.errors``).
 

@@ -26,6 +26,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from vitdesk.errors import Cancelled, LoadError
 from vitdesk.imaging.deid import PHI_KEYWORDS, SAFE_KEYWORDS, safe_key, split_meta
+from vitdesk.imaging.header_cache import HeaderCache, raw_elements
 from vitdesk.imaging.volume import FileError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
@@ -270,8 +271,13 @@ def _parse(fh: Any, tags: list | None) -> tuple[Any, int, bytes]:
     return ds, where, fh.read(12)
 
 
-def _read_header(path: Path, tags: list | None = None) -> tuple[bytes, FileHeader | None]:
-    """Return the first 132 bytes and, if they look like DICOM, the parsed header."""
+def _read_header(
+    path: Path, tags: list | None = None, keep_raw: bool = False
+) -> tuple[bytes, FileHeader | None]:
+    """Return the first 132 bytes and, if they look like DICOM, the parsed header.
+
+    ``keep_raw`` also keeps the raw non-PHI elements for a :class:`HeaderCache`.
+    """
     with open(path, "rb") as raw:
         size = os.fstat(raw.fileno()).st_size
         chunk = raw.read(_HEAD_CHUNK)
@@ -304,7 +310,10 @@ def _read_header(path: Path, tags: list | None = None) -> tuple[bytes, FileHeade
         if length == 0xFFFFFFFF or offset + length > size:
             offset = length = -1
     start = where if len(elem) >= 8 else -1
-    return head, FileHeader(str(path), ds, ts, offset, length, start, size)
+    info = FileHeader(str(path), ds, ts, offset, length, start, size)
+    if keep_raw:  # before anything reads (and so converts) an element
+        object.__setattr__(info, "_raw", raw_elements(ds))
+    return head, info
 
 
 def read_file_header(path: str | Path, tags: list | None = None) -> FileHeader:
@@ -408,7 +417,8 @@ def pixel_claims_problem(info: FileHeader) -> str | None:
 
 
 def scan_path(
-    path: str | Path, cancel: CancelToken = NEVER, listener: Listener | None = None
+    path: str | Path, cancel: CancelToken = NEVER, listener: Listener | None = None,
+    cache: HeaderCache | None = None,
 ) -> ScanResult:
     """Find DICOM series (and SimpleITK volume files) under ``path``.
 
@@ -421,6 +431,8 @@ def scan_path(
         cancel: checked once per file.
         listener: receives :class:`vitdesk.jobs.Progress` events ("scan") every
             ``PROGRESS_EVERY`` files and at the end.
+        cache: unchanged files are taken from it instead of parsed, new ones are
+            added (see :mod:`vitdesk.imaging.header_cache`).
 
     Raises:
         LoadError: ``path`` does not exist or is neither a file nor a folder.
@@ -448,7 +460,14 @@ def scan_path(
             skipped += 1
             continue
         try:
-            kind, gkey, fh_info = _classify(file)
+            hit = cache.lookup(file) if cache is not None else None
+            if hit is not None:
+                kind, (gkey, fh_info) = "image", hit
+                _note_order(fh_info)
+            else:
+                kind, gkey, fh_info = _classify(file, cache is not None)
+                if kind == "image" and cache is not None:
+                    cache.store(file, gkey, fh_info)
         except (Cancelled, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - one file never stops a scan
@@ -461,6 +480,8 @@ def scan_path(
         else:
             groups.setdefault(gkey, []).append((file, fh_info))
 
+    if cache is not None:
+        cache.flush()
     series = []
     for gkey, members in groups.items():
         info = _series_info(gkey, members, errors)
@@ -471,9 +492,13 @@ def scan_path(
     return ScanResult(series, errors, n_files, volume_files, skipped)
 
 
-def _classify(file: Path) -> tuple[str, str, Any]:
-    """("skip" | "error" | "image", group key or error reason, FileHeader) of one file."""
-    _, fh_info = _read_header(file)
+def _classify(file: Path, keep_raw: bool = False) -> tuple[str, str, Any]:
+    """("skip" | "error" | "image", group key or error reason, FileHeader) of one file.
+
+    The group key is the safe key of the SeriesInstanceUID (``file:PATH`` without
+    one), so a :class:`HeaderCache` can store it.
+    """
+    _, fh_info = _read_header(file, keep_raw=keep_raw)
     if fh_info is None:
         return "skip", "", None
     ds = fh_info.header
@@ -489,9 +514,14 @@ def _classify(file: Path) -> tuple[str, str, Any]:
     if problem:
         return "error", problem, None
     uid = str(ds.get("SeriesInstanceUID", "") or "")
-    # computed here, inside the per-file guard, so sorting a series cannot fail later
+    _note_order(fh_info)
+    return "image", safe_key(uid) if uid else f"file:{file}", fh_info
+
+
+def _note_order(fh_info: FileHeader) -> None:
+    # computed inside the per-file guard, so sorting a series cannot fail later
+    ds = fh_info.header
     object.__setattr__(fh_info, "_order", (_slice_position(ds), _int(ds.get("InstanceNumber"))))
-    return "image", uid if uid else f"file:{file}", fh_info
 
 
 def _int(value: Any) -> int:
@@ -515,10 +545,17 @@ def _series_info(
     while members:
         try:
             first = members[0][1].header
+            if getattr(members[0][1], "_cached", False):
+                # the cache holds no PHI: the first file gives the series' identity
+                first = _read_header(members[0][0])[1].header
             meta, phi = split_meta(first)
+            uid = str(first.get("SeriesInstanceUID", "") or "")
+            if uid and safe_key(uid) != gkey:  # changed since it was cached
+                raise ValueError("SeriesInstanceUID differs from the cached one; rescan")
+            ident = uid or gkey  # the raw UID (or file:PATH): keys hash it as before
             patient = str(first.get("PatientID", "") or "") or str(
                 first.get("StudyInstanceUID", "") or "")
-            study = str(first.get("StudyInstanceUID", "") or "") or gkey
+            study = str(first.get("StudyInstanceUID", "") or "") or ident
             modality = str(first.get("Modality", "") or "")
             description = str(first.get("SeriesDescription", "") or "")
             break
@@ -535,8 +572,8 @@ def _series_info(
             n_frames += 1
     meta["NumberOfFiles"] = len(members)
     info = SeriesInfo(
-        key=safe_key(gkey),
-        patient_key=safe_key(patient or gkey),
+        key=safe_key(ident),
+        patient_key=safe_key(patient or ident),
         study_key=safe_key(study),
         files=tuple(str(f) for f, _ in members),
         modality=modality,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -87,18 +88,47 @@ def test_bad_fractions():
         split_by_patient(make_records(2, 2), fractions=(0.5, -0.1, 0.6))
 
 
-def test_save_load_roundtrip_relative_and_rebased(tmp_path):
-    recs = make_records(5, 5, root=str(tmp_path / "data"))
+def touch_all(recs: list[SliceRecord]) -> None:
+    for r in recs:
+        Path(r.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(r.path).touch()
+
+
+def test_save_load_roundtrip_keyed_files_and_rebased(tmp_path):
+    recs = make_records(5, 5, root=str(tmp_path / "data" / "DOE^JANE"))
+    recs += make_records(1, 1, root=str(tmp_path / "data" / "ROE^RICHARD"))
+    touch_all(recs)
     s = split_by_patient(recs, seed=0)
     path = save_split(s, tmp_path / "run" / "split.json")
     doc = json.loads(path.read_text())
-    # the root is a keyed fingerprint, never its path (a folder name may name a patient)
-    assert "root" not in doc and str(tmp_path) not in path.read_text()
+    text = path.read_text()
+    # the root is a keyed fingerprint and files are keyed hashes of their path below it:
+    # real exports name subfolders for the patient
+    assert "root" not in doc and str(tmp_path) not in text
+    assert "DOE" not in text and "ROE" not in text and "s0.dcm" not in text
     assert doc["root_ref"] == source_ref(tmp_path / "data")
-    assert doc["splits"]["train"][0]["path"].startswith("p0")  # relative to the root
+    assert all("path" not in d and d["file"].startswith("f")
+               for rows in doc["splits"].values() for d in rows)
     assert load_split(path) == s  # this installation remembers the root
-    moved = load_split(path, data_root="/elsewhere")
-    assert moved["val"][0].path.startswith("/elsewhere/p")
+    moved_root = tmp_path / "moved"
+    (tmp_path / "data").rename(moved_root)
+    moved = load_split(path, data_root=moved_root)
+    assert moved["val"][0].path.startswith(str(moved_root))
+    assert {r.path for r in moved["train"]} == {
+        r.path.replace(str(tmp_path / "data"), str(moved_root)) for r in s["train"]}
+    next(moved_root.rglob("s1.dcm")).unlink()
+    with pytest.raises(DataError, match="1 of the split's .* files are not under"):
+        load_split(path, data_root=moved_root)
+
+
+def test_version2_relative_paths_still_load(tmp_path):
+    recs = make_records(2, 2, root=str(tmp_path / "data"))
+    doc = {"version": 2, "root_ref": source_ref(tmp_path / "data"),
+           "splits": {"train": [{**r.to_dict(), "path": r.path.split("/data/")[1]}
+                                for r in recs]}}
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(doc))
+    assert load_split(path, data_root="/elsewhere")["train"][0].path == "/elsewhere/p000/s0.dcm"
 
 
 def test_split_root_found_from_the_data_source_when_not_remembered(tmp_path, monkeypatch):
@@ -107,14 +137,16 @@ def test_split_root_found_from_the_data_source_when_not_remembered(tmp_path, mon
     data = tmp_path / "DOE^JOHN_12345678"
     (data / "p0").mkdir(parents=True)
     recs = make_records(5, 5, root=str(data))
+    touch_all(recs)
     s = split_by_patient(recs, seed=0)
     path = save_split(s, tmp_path / "run" / "split.json")
     assert "DOE^JOHN" not in path.read_text()
-    # another installation: no registry entry, and another secret
-    monkeypatch.setenv(deid.SECRET_ENV, str(tmp_path / "other" / "secret.key"))
-    json_doc = json.loads(path.read_text())
-    json_doc["root_ref"] = source_ref(data)  # as that installation would have written it
-    path.write_text(json.dumps(json_doc))
+    # another installation that shares this one's secret (copied, as keyed file and
+    # patient keys need) but has no registry entry for the data folder
+    other = tmp_path / "other" / "secret.key"
+    other.parent.mkdir()
+    other.write_bytes(deid.secret_path().read_bytes())
+    monkeypatch.setenv(deid.SECRET_ENV, str(other))
     with pytest.raises(DataError, match="give the run's data source"):
         load_split(path)
     assert split_root(path, data_src=data / "labels.csv") == str(data)  # the CSV's folder

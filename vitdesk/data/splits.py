@@ -13,11 +13,13 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from vitdesk.data.records import SliceRecord
+from vitdesk.data.records import SliceRecord, safe_key
 from vitdesk.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
-SPLIT_VERSION = 2  # 2: the root is a keyed fingerprint (1 stored its path)
+# 3: files are keyed hashes of their path below the root (subfolders of real exports
+#    are often named for the patient); 2: relative paths; 1: the absolute root
+SPLIT_VERSION = 3
 
 
 def _counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -188,7 +190,7 @@ def _common_root(paths: list[str]) -> str:
 
 
 def save_split(splits: dict[str, Sequence[SliceRecord]], path: str | Path) -> Path:
-    """Write the split as JSON: record paths relative to their common data root.
+    """Write the split as JSON: each file as a keyed hash of its path below the data root.
 
     Only safe fields are stored (keyed patient/series keys, label, sex, age). The root
     itself is stored as a keyed fingerprint (its path may name a patient), remembered
@@ -201,14 +203,20 @@ def save_split(splits: dict[str, Sequence[SliceRecord]], path: str | Path) -> Pa
     root = _common_root([os.path.abspath(p) for p in all_paths])
     out: dict = {"version": SPLIT_VERSION, "root_ref": remember(root) if root else "",
                  "splits": {}}
+    folders: set[str] = set()
     for name, recs in splits.items():
         rows = []
         for r in recs:
             d = r.to_dict()
             if root:
-                d["path"] = Path(os.path.relpath(os.path.abspath(r.path), root)).as_posix()
+                rel = Path(os.path.relpath(os.path.abspath(r.path), root))
+                del d["path"]
+                d["file"] = file_key(rel)
+                folders.update(file_key(p) for p in rel.parents if str(p) != ".")
             rows.append(d)
         out["splits"][name] = rows
+    # keyed folder names let load_split walk only the folders that hold the split's files
+    out["folders"] = sorted(folders)
     path.parent.mkdir(parents=True, exist_ok=True)
     from vitdesk.fileio import atomic_write_text
 
@@ -254,6 +262,27 @@ def _root_of(doc: dict, path: Path, data_src: str | Path | None) -> str:
     return root
 
 
+def file_key(relpath: str | Path) -> str:
+    """Keyed, non-reversible name of a file by its path below the data root."""
+    return "f" + safe_key("split file:" + Path(relpath).as_posix())
+
+
+def _files_by_key(root: str, wanted: set[str], folders: set[str]) -> dict[str, str]:
+    """Map the wanted file keys to absolute paths, walking only the split's folders."""
+    found: dict[str, str] = {}
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs
+                   if file_key(os.path.relpath(os.path.join(folder, d), root)) in folders]
+        for name in names:
+            full = os.path.join(folder, name)
+            k = file_key(os.path.relpath(full, root))
+            if k in wanted:
+                found[k] = full
+                if len(found) == len(wanted):
+                    return found
+    return found
+
+
 def load_split(
     path: str | Path, data_root: str | Path | None = None,
     data_src: str | Path | None = None,
@@ -266,18 +295,30 @@ def load_split(
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
-        needs_root = any(not os.path.isabs(str(d.get("path", "")))
-                         for rows in doc["splits"].values() for d in rows)
+        rows_all = [d for rows in doc["splits"].values() for d in rows]
+        needs_root = any("file" in d or not os.path.isabs(str(d.get("path", "")))
+                         for d in rows_all)
         if data_root is not None:
             root = str(data_root)
         else:
             root = _root_of(doc, path, data_src) if needs_root else ""
+        wanted = {str(d["file"]) for d in rows_all if "file" in d}
+        by_key = (_files_by_key(root, wanted, set(doc.get("folders", [])))
+                  if wanted and root else {})
+        missing = len(wanted - set(by_key))
+        if missing:
+            raise DataError(
+                f"{path}: {missing} of the split's {len(wanted)} files are not under the "
+                "run's data folder any more: give the data the run was trained on (--data SRC)"
+            )
         splits = {}
         for name, rows in doc["splits"].items():
             recs = []
             for d in rows:
+                if "file" in d:
+                    d = {**d, "path": by_key[str(d["file"])]}
                 rec = SliceRecord.from_dict(d)
-                if root and not os.path.isabs(rec.path):
+                if root and not os.path.isabs(rec.path):  # version 2: relative paths
                     rec = SliceRecord.from_dict({**d, "path": os.path.join(root, rec.path)})
                 recs.append(rec)
             splits[name] = recs

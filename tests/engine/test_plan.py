@@ -178,21 +178,21 @@ def test_budget_text():
             parse_budget(bad)
 
 
-@pytest.mark.parametrize(("native", "own", "random_init", "img", "patch"), [
-    (28, 16, True, 24, 2),     # 28 px digits: no upsampling, 12x12 grid of 2-px patches
-    (32, 8, True, 32, 2),      # 16x16
-    (64, 8, True, 64, 4),      # the demo's slices: 16x16 of 4 px (not 8x8 of 8)
-    (128, 16, True, 128, 8),   # 16x16
-    (512, 16, True, 224, 16),  # CT at 512: capped at 224, 14x14
-    (64, 16, False, 128, 16),  # hub weights keep 16-px patches: 8x8 needs 128 px
-    (512, 16, False, 224, 16),
+@pytest.mark.parametrize(("native", "own", "random_init", "img", "patches"), [
+    (28, 16, True, 24, [2]),        # 28 px digits: no upsampling, 12x12 grid of 2-px patches
+    (32, 8, True, 32, [2, 4]),      # 16x16 or 8x8
+    (64, 8, True, 64, [4, 8]),      # the demo's slices: 16x16 of 4 px, else 8x8 of 8
+    (128, 16, True, 128, [8, 16]),
+    (512, 16, True, 224, [16]),     # CT at 512: capped at 224, 14x14
+    (64, 16, False, 128, [16]),     # hub weights keep 16-px patches: 8x8 needs 128 px
+    (512, 16, False, 224, [16]),
 ])
 def test_geometry_keeps_native_resolution_and_an_8x8_grid(native, own, random_init, img,
-                                                          patch):
-    got_img, got_patch, why = choose_geometry(native, own, random_init)
-    assert (got_img, got_patch) == (img, patch)
-    assert got_img // got_patch >= 8 and got_img % got_patch == 0
-    assert got_img <= max(native, 8 * got_patch)  # upsampled only as far as the grid needs
+                                                          patches):
+    got_img, got_patches, why = choose_geometry(native, own, random_init)
+    assert (got_img, got_patches) == (img, patches)
+    assert all(8 <= got_img // p <= 16 and got_img % p == 0 for p in got_patches)
+    assert got_img <= max(native, 8 * got_patches[0])  # upsampled only as far as needed
     assert why and all(isinstance(w, str) for w in why)
 
 
@@ -227,6 +227,13 @@ def test_plan_for_data_fits_the_budget_with_the_measured_step():
     p = plan_for_data(cfg, _fp(), budget_s=3600, step_seconds=step)
     assert p.cfg.model.name == "vit_tiny_patch16_224" and p.cfg.model.patch_size == 4
     assert p.cfg.recipe.stages[0].epochs >= 20
+    # a budget too short for 4-px patches takes the 8x8 grid of 8-px patches
+    def slow_fine(name, img, patch, batch):
+        return (0.5 if patch == 4 or name != "vit_test_tiny" else 0.02), 100.0
+
+    p = plan_for_data(cfg, _fp(), budget_s=60, step_seconds=slow_fine)
+    assert (p.cfg.model.name, p.cfg.model.patch_size) == ("vit_test_tiny", 0)  # its own 8
+    assert any("a finer grid does not fit the budget" in r for r in p.reasons)
     # what the user gave is kept
     cfg.data.batch_size, cfg.model.img_size = 8, 32
     p = plan_for_data(cfg, _fp(), budget_s=60, step_seconds=step,

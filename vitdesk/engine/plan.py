@@ -347,7 +347,6 @@ def plan_pretrain(cfg: Any) -> Any:
 AUTO_MODELS = (("vit_test_tiny", 1e-3), ("vit_tiny_patch16_224", 5e-4),
                ("vit_small_patch16_224", 3e-4))
 PATCHES = (2, 4, 8, 16)
-MAX_TOKENS = 256  # 16x16: finer grids cost more than they give on a workstation
 MIN_EPOCHS = 20  # a ViT from random weights needs this many passes to learn anything
 
 
@@ -413,35 +412,47 @@ def parse_budget(text: str | float | int | None) -> float | None:
 
 
 def choose_geometry(native_px: int, own_patch: int | None, random_init: bool
-                    ) -> tuple[int, int, list[str]]:
-    """Image size and patch size for images of ``native_px``, with the reasons.
+                    ) -> tuple[int, list[int], list[str]]:
+    """Image size and the patch sizes to consider for images of ``native_px``, finest
+    first, with the reasons.
 
     The input is not upsampled beyond the native resolution (upsampling adds pixels, not
-    detail) and is capped at 224 px; a ViT from random weights takes the smallest patch
-    that keeps the grid at most 16x16 tokens, so it sees at least an 8x8 grid. Weights
-    with their own patch keep it, and the image grows to 8 patches a side if it must.
+    detail) and is capped at 224 px. A ViT from random weights may take any patch that
+    gives a grid of 8x8 to 16x16 tokens: at least 8x8 so a small finding is not lost
+    inside one patch, at most 16x16 because finer grids cost more than they give on a
+    workstation (the planner takes the finest one the budget allows). Weights with their
+    own patch keep it, and the image grows to 8 patches a side if it must.
     """
     img = max(16, min(224, native_px) // 8 * 8)
     why = [f"image size {img} px: native {native_px} px, not upsampled"
            + (" (capped at 224)" if native_px > 224 else "")]
     if random_init or not own_patch:
-        for p in PATCHES:
-            if img % p == 0 and (img // p) ** 2 <= MAX_TOKENS:
-                why.append(f"patch {p} px: a {img // p}x{img // p} grid (at least 8x8 so small "
-                           f"findings are not lost inside one patch, at most "
-                           f"{int(MAX_TOKENS ** 0.5)}x{int(MAX_TOKENS ** 0.5)} for speed)")
-                return img, p, why
+        patches = [p for p in PATCHES
+                   if img % p == 0 and MIN_GRID_PLAN <= img // p <= MAX_GRID]
+        if patches:
+            return img, patches, why
     p = int(own_patch or 16)
     if img // p < MIN_GRID_PLAN:
         img = p * MIN_GRID_PLAN
         why.append(f"image size raised to {img} px: the weights' {p}-px patches need an "
                    f"{MIN_GRID_PLAN}x{MIN_GRID_PLAN} grid")
-    img = img // p * p
-    why.append(f"patch {p} px: the weights' own ({img // p}x{img // p} grid)")
-    return img, p, why
+    return img // p * p, [p], why
+
+
+def patch_reason(img: int, patch: int, own: int | None, finer: bool) -> str:
+    """Why this patch: its grid, and whether the budget ruled out a finer one."""
+    if not patch:
+        return "no patches (a CNN)"
+    grid = f"a {img // patch}x{img // patch} grid"
+    why = (f"the model's own, {grid}" if own and patch == own else
+           f"{grid}, at least {MIN_GRID_PLAN}x{MIN_GRID_PLAN} so small findings are not lost "
+           "inside one patch")
+    return f"patch {patch} px: {why}" + ("; a finer grid does not fit the budget" if finer
+                                          else "")
 
 
 MIN_GRID_PLAN = 8
+MAX_GRID = 16
 
 
 def choose_batch(train_images: int) -> int:
@@ -480,23 +491,38 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
     candidates = AUTO_MODELS if auto else ((cfg.model.name, None),)
     if auto and device != "cuda":
         candidates = AUTO_MODELS[:2]  # a ViT-S from scratch is a GPU job
-    chosen = None
+    def option(name: str, lr: float | None, img: int, p: int, geo_why: list[str],
+               finer: bool) -> tuple:
+        step, peak = step_seconds(name, img, p, batch)
+        epochs = int(budget * 0.8 / (steps_per_epoch * step * 1.25))  # 25 %: validation
+        return (name, lr, img, p, [*geo_why, patch_reason(img, p, patch_size_of(name), finer)],
+                step, peak, epochs)
+
+    chosen = fallback = None
     for name, lr in candidates:
         own = patch_size_of(name)
         if "model.img_size" in explicit:
             img = cfg.model.img_size
-            p = cfg.model.patch_size or own or 0
+            patches = [cfg.model.patch_size or own or 0]
             geo_why = [f"image size {img} px (given)"]
         else:
-            img, p, geo_why = choose_geometry(fp.native_px, own, random_init)
-        step, peak = step_seconds(name, img, p, batch)
-        epochs = int(budget * 0.8 / (steps_per_epoch * step * 1.25))  # 25 %: validation
-        if memory_mb and peak > memory_mb:
-            continue
-        if chosen is None or epochs >= MIN_EPOCHS or not auto:
-            chosen = (name, lr, img, p, geo_why, step, peak, epochs)
-        if not auto or epochs < MIN_EPOCHS * 3:
+            img, patches, geo_why = choose_geometry(fp.native_px, own, random_init)
+        fit = None
+        for k, p in enumerate(patches):
+            o = option(name, lr, img, p, geo_why, finer=k > 0)
+            if memory_mb and o[6] > memory_mb:
+                continue
+            if fallback is None or (name == candidates[0][0] and k == len(patches) - 1):
+                fallback = o  # the cheapest: smallest model, coarsest grid
+            if o[7] >= MIN_EPOCHS:
+                fit = o
+                break
+        if fit is None:
+            break  # a larger model fits even less
+        chosen = fit
+        if not auto or fit[7] < MIN_EPOCHS * 3:
             break  # a larger model would get fewer than MIN_EPOCHS
+    chosen = chosen or fallback
     if chosen is None:
         raise ConfigError(f"no model fits in {memory_mb:.0f} MB at batch {batch}: set "
                           "--batch-size lower")

@@ -269,3 +269,25 @@ def test_failed_load_keeps_the_browser_on_the_series_shown(qtbot, win, tmp_path,
     win.browser.select(other)
     qtbot.waitUntil(lambda: len(shown) == 2, timeout=10000)
     assert win.browser.current_key() == first
+
+
+def test_series_opened_without_one_file_lists_it_with_its_reason(qtbot, win, tmp_path):
+    """A slice of another size is left out when the series loads: the viewer shows the
+    rest (with a warning) and a dialog names the file and why."""
+    from tests.imaging.dcmfactory import ct_slice
+
+    stored = np.arange(3 * 8 * 8, dtype=np.int16).reshape(3, 8, 8)
+    for k in range(3):
+        ct_slice(tmp_path / f"a{k}.dcm", stored[k], z=2.0 * k)
+    odd = ct_slice(tmp_path / "b.dcm", np.zeros((9, 8), np.int16), z=8)
+    task = win.open_path(tmp_path)
+    qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
+    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    assert win.session.viewer.volume.n_slices == 3
+    qtbot.waitUntil(lambda: win.last_errors_dialog is not None, timeout=5000)
+    dialog = win.last_errors_dialog
+    assert dialog.windowTitle() == "Series opened with files left out"
+    ((path, status, reason),) = dialog.rows()
+    assert path == str(odd) and status == "left out" and "8x8" in reason
+    assert "without 1 of its files" in dialog.summary.text()
+    assert win.viewer.banner.isVisible()

@@ -99,7 +99,7 @@ class FileErrorsDialog(QDialog):
     def __init__(self, errors: Sequence[tuple[str, str]], parent: QWidget | None = None,
                  notes: Sequence[tuple[str, str]] = (), imported: tuple[int, int] | None = None,
                  ignored: int = 0, title: str = "Import: files that need attention",
-                 intro: str | None = None) -> None:
+                 intro: str | None = None, error_status: str = "not imported") -> None:
         super().__init__(parent)
         self.setWindowTitle(title)
         self.resize(900, 420)
@@ -108,7 +108,7 @@ class FileErrorsDialog(QDialog):
                                                       ignored), self)
         self.summary.setWordWrap(True)
         lay.addWidget(self.summary)
-        rows = [(path, reason, "not imported") for path, reason in errors]
+        rows = [(path, reason, error_status) for path, reason in errors]
         rows += [(path, reason, "imported") for path, reason in notes]
         self.table = QTableWidget(len(rows), 3, self)
         self.table.setHorizontalHeaderLabels(["File", "Status", "Reason"])

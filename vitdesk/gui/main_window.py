@@ -258,7 +258,7 @@ class MainWindow(QMainWindow):
         """A series opened without some of its files: which ones, and why."""
         n = len(left_out)
         self.last_errors_dialog = FileErrorsDialog(
-            left_out, self, title="Series opened with files left out",
+            left_out, self, title="Series opened with files left out", error_status="left out",
             intro=f"'{series}' is shown without {n} of its files (the viewer marks the gap); "
                   "the reason for each is below.")
         self.last_errors_dialog.open()

@@ -109,3 +109,18 @@ def test_workspace_keeps_a_header_cache_in_its_folder(tmp_path):
             assert cache.hits == 8
         assert ws.import_scan(again) == 0  # same series keys: nothing new
     assert (tmp_path / "ws" / "header_cache.sqlite").is_file()
+
+
+def test_files_with_a_character_set_are_cached(tmp_path):
+    # pydicom converts Specific Character Set while reading; the cache keeps its text
+    from vitdesk.imaging.dicom_write import write_ct_series
+
+    hu = np.stack([np.full((8, 8), 10.0 * k, np.float32) for k in range(4)])
+    write_ct_series(tmp_path / "data", hu, spacing=(2.0, 1.0, 1.0))
+    with HeaderCache(tmp_path / "cache.sqlite") as cache:
+        first = scan_path(tmp_path / "data", cache=cache)
+        again = scan_path(tmp_path / "data", cache=cache)
+        assert cache.hits == 4
+    assert "SpecificCharacterSet" in again.series[0].headers[1].header
+    np.testing.assert_array_equal(load_series(again.series[0]).hu, hu)
+    assert _facts(first) == _facts(again)

@@ -22,13 +22,25 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 
 from vitdesk.imaging.deid import PHI_KEYWORDS, safe_key
 
-FORMAT = 1
+FORMAT = 2
 _PHI_TAGS = frozenset(t for t in (tag_for_keyword(k) for k in PHI_KEYWORDS) if t is not None)
+# What loading a slice reads from a scanned header (series metadata comes from the
+# series' first file, parsed again): fewer elements, faster rebuilds.
+LOADER_KEYWORDS = (
+    "SpecificCharacterSet", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
+    "RescaleSlope", "RescaleIntercept", "ImagePositionPatient", "ImageOrientationPatient",
+    "PixelSpacing", "SliceThickness", "SpacingBetweenSlices", "GantryDetectorTilt",
+    "InstanceNumber", "WindowCenter", "WindowWidth", "PixelPaddingValue",
+    "PixelPaddingRangeLimit", "ModalityLUTSequence", "SharedFunctionalGroupsSequence",
+)
+_LOADER_TAGS = frozenset(tag_for_keyword(k) for k in LOADER_KEYWORDS) - _PHI_TAGS
 # safe_key may become keyed (per installation or workspace): entries written under
 # another key would group files differently, so a changed probe empties the cache.
 _PROBE = "vitdesk-header-cache-probe"
@@ -51,6 +63,7 @@ class HeaderCache:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('stamp', ?)", (stamp,))
         self._db.commit()
         self._pending: list[tuple[str, int, int, str]] = []
+        self._metas: dict[str, FileMetaDataset] = {}
         self.hits = self.misses = 0
 
     def lookup(self, path: str | Path) -> tuple[str, Any] | None:
@@ -71,21 +84,34 @@ class HeaderCache:
             e = json.loads(row[2])
             implicit, little = bool(e["im"]), bool(e["le"])
             ds = Dataset({
-                tag: RawDataElement(tag, vr, len(value), value, 0, implicit, little, True,
-                                    False)
-                for tag, vr, value in ((int(t), v, bytes.fromhex(h)) for t, v, h in e["el"])
+                int(el[0]): RawDataElement(int(el[0]), el[1], len(el[2]) // 2,
+                                           bytes.fromhex(el[2]), 0, implicit, little, True,
+                                           False)
+                if el[2] is not None else
+                DataElement(int(el[0]), el[1], el[3][0] if len(el[3]) == 1 else el[3])
+                for el in e["el"]
             })
-            ds.file_meta = FileMetaDataset()
-            if e["ts"]:
-                ds.file_meta.TransferSyntaxUID = e["ts"]
+            ds.file_meta = self._file_meta(e["ts"])
             ds.set_original_encoding(implicit, little)
             info = FileHeader(p, ds, e["ts"], e["po"], e["pl"], e["ps"], e["fs"])
+            order = e["o"]
+            object.__setattr__(info, "_order", (order[0], int(order[1])))
         except (ValueError, KeyError, TypeError):  # an entry from an older format
             self.misses += 1
             return None
         object.__setattr__(info, "_cached", True)
         self.hits += 1
         return e["g"], info
+
+    def _file_meta(self, ts: str) -> FileMetaDataset:
+        # one per transfer syntax, shared by the rebuilt headers (only read, never written)
+        meta = self._metas.get(ts)
+        if meta is None:
+            meta = FileMetaDataset()
+            if ts:
+                meta.TransferSyntaxUID = ts
+            self._metas[ts] = meta
+        return meta
 
     def store(self, path: str | Path, group: str, info: Any) -> None:
         """Remember one scanned image file (call :meth:`flush` to write)."""
@@ -98,6 +124,7 @@ class HeaderCache:
             return
         entry = {"g": group, "ts": info.transfer_syntax, "po": info.pixel_offset,
                  "pl": info.pixel_length, "ps": info.pixel_start, "fs": info.file_size,
+                 "o": list(getattr(info, "_order", (None, 0))),
                  "im": raw[0], "le": raw[1], "el": raw[2]}
         self._pending.append((str(path), st.st_size, st.st_mtime_ns, json.dumps(entry)))
 
@@ -120,7 +147,9 @@ class HeaderCache:
 
 
 def raw_elements(ds: Dataset) -> tuple[bool, bool, list] | None:
-    """(implicit VR, little endian, [[tag, VR, hex value], ...]) of the non-PHI elements.
+    """(implicit VR, little endian, [[tag, VR, hex value (, texts)], ...]) for the loader.
+
+    Only :data:`LOADER_KEYWORDS` are kept, none of them PHI.
 
     Call right after parsing: pydicom converts an element when it is first read.
     None when an element is no longer raw (pydicom parses some sequences eagerly).
@@ -130,10 +159,17 @@ def raw_elements(ds: Dataset) -> tuple[bool, bool, list] | None:
         return None
     out = []
     for tag in list(ds.keys()):  # keys only: nothing is converted
-        if tag in _PHI_TAGS:
+        if tag not in _LOADER_TAGS:
             continue
         elem = ds.get_item(tag)
-        if not getattr(elem, "is_raw", False) or not isinstance(elem.value, bytes):
+        if getattr(elem, "is_raw", False) and isinstance(elem.value, bytes):
+            out.append([int(tag), elem.VR, elem.value.hex()])
+            continue
+        # pydicom converts (0008,0005) Specific Character Set while reading: keep text
+        value = elem.value
+        texts = [value] if isinstance(value, str) else list(value) if isinstance(
+            value, MultiValue | list) else None
+        if texts is None or not all(isinstance(v, str) for v in texts):
             return None
-        out.append([int(tag), elem.VR, elem.value.hex()])
+        out.append([int(tag), elem.VR, None, texts])
     return bool(implicit), bool(little), out

@@ -463,7 +463,6 @@ def scan_path(
             hit = cache.lookup(file) if cache is not None else None
             if hit is not None:
                 kind, (gkey, fh_info) = "image", hit
-                _note_order(fh_info)
             else:
                 kind, gkey, fh_info = _classify(file, cache is not None)
                 if kind == "image" and cache is not None:

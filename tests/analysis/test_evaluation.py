@@ -178,3 +178,23 @@ def test_validation_threshold_is_applied_to_patient_decisions(run, evaluation, m
     assert got.metrics.patient.confusion.sum(0).tolist() == [int((calls == 0).sum()),
                                                              int(calls.sum())]
     assert any("validation patients" in n for n in got.notes)
+
+
+def test_one_image_per_patient_patient_level_equals_slice_level(tmp_path):
+    """An image folder (one image per patient): the patient decision uses the slice cut,
+    so patient accuracy cannot differ from slice accuracy (issue 13)."""
+    from tests.pngdata import write_square_pngs
+
+    data = write_square_pngs(tmp_path / "png", per_class=12, size=32)
+    run = tiny_run(data, tmp_path / "run")
+    ev = evaluate_run(run, robustness=False, shift=False, fairness=False, attention_samples=0,
+                      n_boot=20, device="cpu")
+    assert ev.n_slices == ev.n_patients
+    s, p = ev.metrics.slice, ev.metrics.patient
+    assert p.cut == s.cut == "p >= 0.5"
+    assert p.estimates["accuracy"].value == pytest.approx(s.estimates["accuracy"].value)
+    assert "patient_threshold" not in ev.metrics.settings
+    assert any("one image" in n for n in ev.notes)
+    rows = dict(ev.summary_rows())
+    assert rows["slice accuracy [p >= 0.5]"].split()[0] == rows[
+        "patient accuracy [p >= 0.5]"].split()[0]

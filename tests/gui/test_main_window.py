@@ -155,7 +155,9 @@ def test_one_bad_file_never_stops_a_folder_import(qtbot, win, tmp_path, monkeypa
     assert "1 file could not be read and was not imported" in summary
     assert "1 imported file has a remark" in summary and "1 other file is not an image" in summary
     assert "skipped" not in summary
-    assert "3 series" in win.statusBar().currentMessage()
+    status = win.statusBar().currentMessage()
+    assert status.startswith("Imported 3 series (7 files);") and "1 file(s) could not" in status
+    assert "1 file(s) that are not images left aside" in status
 
 
 def test_cancelled_import_stops_its_thread_and_imports_nothing(qtbot, win, tmp_path):

@@ -103,6 +103,8 @@ class Session(QObject):
             text += f"; {len(result.entries) - len(new)} were already open"
         if result.errors:
             text += f"; {len(result.errors)} file(s) could not be read"
+        if result.ignored:
+            text += f"; {result.ignored} file(s) that are not images left aside"
         self.message.emit(text + ".")
         if result.errors or result.notes:
             self.import_errors.emit(result)

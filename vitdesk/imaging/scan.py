@@ -2,8 +2,11 @@
 
 Walks a folder (or takes one file), reads each DICOM header without its pixels
 and groups files by SeriesInstanceUID. Files that are not DICOM are skipped
-silently; files that look like DICOM but cannot be read become a
-:class:`FileError`. DICOMDIR index files and non-image objects (reports,
+silently; a file that looks like DICOM but cannot be used for any reason (any
+exception, a header claiming more pixels than the file holds) and a folder that
+cannot be listed become one :class:`FileError` (path, reason, what to do), and
+the scan goes on. Reads are bounded by the file size, so corrupt element lengths
+never allocate what the file cannot hold. DICOMDIR index files and non-image objects (reports,
 presentation states) are skipped. Volume formats SimpleITK reads (NIfTI, MHA,
 NRRD) are listed in ``ScanResult.volume_files`` for :func:`vitdesk.imaging.io.load_path`.
 """

@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "holds the true class 90%% of the time; a slice whose set is not one "
                         "class is 'refer')")
     p.add_argument("--out", metavar="CSV", help="probabilities CSV (default: stdout)")
+    p.add_argument("--dicom", metavar="DIR", help="also write a DICOM Comprehensive SR per "
+                   "DICOM series (references the source images; no patient identity)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("report", help="write report.html and report.pdf")
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "holds the true class 90%% of the time; a slice whose set is not one "
                         "class is 'refer')")
     p.add_argument("--out", metavar="DIR")
+    p.add_argument("--dicom", metavar="DIR", help="also write the report as an Encapsulated "
+                   "PDF in each DICOM study of the test split (no patient identity)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("export", help="the trained model as ONNX or TorchScript, with its "

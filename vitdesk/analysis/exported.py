@@ -34,6 +34,7 @@ class ExportedPrediction:
     precision: str = "fp32"
     alpha: float | None = None
     notes: list[str] = field(default_factory=list)
+    contract: dict = field(default_factory=dict, repr=False)  # the export's contract
 
     @property
     def predicted(self) -> list[str]:
@@ -77,6 +78,7 @@ def predict_exported(
     precision: str = "auto",
     batch_size: int = 32,
     threads: int | None = None,
+    sources: dict[str, list[str]] | None = None,
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
 ) -> ExportedPrediction:
@@ -85,6 +87,7 @@ def predict_exported(
     Args:
         alpha: error rate of the conformal sets (None: no ``set`` column).
         precision: "auto" (int8 when exported), "fp32" or "int8".
+        sources: receives each DICOM series' source file per slice (DICOM results).
     """
     from vitdesk.data.inputs import input_slices
     from vitdesk.data.preprocess import preprocess_slice
@@ -93,7 +96,7 @@ def predict_exported(
 
     model = ExportedModel(folder, precision=precision, threads=threads)
     window = window_of(model.contract)
-    slices, errors = input_slices(Path(input_path).expanduser(), cancel, listener)
+    slices, errors = input_slices(Path(input_path).expanduser(), cancel, listener, sources)
     total = math.ceil(len(slices) / batch_size)
     out = []
     for b, i in enumerate(range(0, len(slices), batch_size), start=1):
@@ -108,7 +111,7 @@ def predict_exported(
     return ExportedPrediction(model.classes, [k for k, _, _, _ in slices],
                               [int(z) for _, z, _, _ in slices], probs, errors, sets,
                               model.temperature, model.precision,
-                              alpha if sets is not None else None)
+                              alpha if sets is not None else None, contract=model.contract)
 
 
 __all__ = ["ExportedPrediction", "conformal_sets", "predict_exported"]

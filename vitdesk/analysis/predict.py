@@ -69,6 +69,7 @@ def predict_input(
     calibrate: bool = True,
     conformal_alpha: float | None = 0.1,
     conformal_method: str = "lac",
+    sources: dict[str, list[str]] | None = None,
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
 ) -> PredictResult:
@@ -93,7 +94,8 @@ def predict_input(
     lr = _load(run, device)
     model = lr.model.eval()
     dev = _device_of(model)
-    slices, errors = _input_slices(Path(input_path).expanduser(), cancel, listener)
+    # ``sources`` receives each DICOM series' source files (for DICOM results)
+    slices, errors = _input_slices(Path(input_path).expanduser(), cancel, listener, sources)
     x_all = np.stack([preprocess_slice(raw, kind, lr.window, lr.img_size, lr.mean, lr.std, 3)
                       for _, _, raw, kind in slices])
     xt = torch.from_numpy(x_all)

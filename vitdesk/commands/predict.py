@@ -23,8 +23,11 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, "--out", folder=False) if args.out else None
     if args.attention:
         check_output_path(args.attention, "--attention", folder=True)
+    dicom = _check_dicom(args)
+    sources: dict[str, list[str]] = {}
     with sigint_cancels() as token:
-        res = predict_input(load_run_for(args), args.input,
+        lr = load_run_for(args)
+        res = predict_input(lr, args.input, sources=sources,
                             tta=TTAConfig() if args.tta else None,
                             attention_dir=args.attention,
                             device=getattr(args, "device", "auto") or "auto", cancel=token,
@@ -41,7 +44,38 @@ def run(args: argparse.Namespace) -> int:
         _write(sys.stdout, res)
     if res.overlays:
         print(f"{len(res.overlays)} attention overlays -> {args.attention}", file=sys.stderr)
+    if dicom is not None:
+        import vitdesk
+
+        r = res.rows
+        _write_dicom(dicom, [x.key for x in r], [x.slice_index for x in r],
+                     [x.probs for x in r], [x.predicted for x in r], [x.set for x in r],
+                     sources, res.classes,
+                     {"name": lr.cfg.model.name, "version": f"vitdesk {vitdesk.__version__}"})
     return 0
+
+
+def _check_dicom(args: argparse.Namespace):
+    from vitdesk.fileio import check_output_path
+
+    return (check_output_path(args.dicom, "--dicom", folder=True)
+            if getattr(args, "dicom", None) else None)
+
+
+def _write_dicom(folder, keys, slices, probs, predicted, sets, sources, classes, model) -> None:
+    """One Comprehensive SR per predicted DICOM series into ``folder``."""
+    import numpy as np
+
+    from vitdesk.report.dicom_results import results_by_series, write_prediction_sr
+
+    groups = results_by_series(keys, slices, np.asarray(probs), predicted,
+                               None if all(s is None for s in sets) else sets, sources)
+    if not groups:
+        print("warning: --dicom: no DICOM series among the inputs: no SR written",
+              file=sys.stderr)
+        return
+    written = write_prediction_sr(folder, groups, classes, model)
+    print(f"{len(written)} DICOM SR -> {folder}", file=sys.stderr)
 
 
 def _run_exported(args: argparse.Namespace) -> int:
@@ -57,9 +91,11 @@ def _run_exported(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag} needs the run's PyTorch model: predict with the run "
                               "folder instead of the export")
     out = check_output_path(args.out, "--out", folder=False) if args.out else None
+    dicom = _check_dicom(args)
+    sources: dict[str, list[str]] = {}
     with sigint_cancels() as token:
         res = predict_exported(args.run, args.input, alpha=getattr(args, "alpha", 0.1),
-                               cancel=token, listener=ConsoleProgress())
+                               sources=sources, cancel=token, listener=ConsoleProgress())
     for err in res.errors:
         print(f"warning: skipped {err}", file=sys.stderr)
     if out is not None:
@@ -69,6 +105,15 @@ def _run_exported(args: argparse.Namespace) -> int:
         print(f"{len(res.keys)} slices ({res.precision}) -> {out}", file=sys.stderr)
     else:
         _write(sys.stdout, res)
+    if dicom is not None:
+        c = res.contract
+        sha = (c.get("sha256") or {}).get(c.get("int8_file") if res.precision == "int8"
+                                          else c["model_file"], "")
+        _write_dicom(dicom, res.keys, res.slices, res.probs, res.predicted,
+                     res.sets or [None] * len(res.keys), sources, res.classes,
+                     {"name": c.get("model", {}).get("name", "vitdesk export"),
+                      "version": f"vitdesk {c.get('versions', {}).get('vitdesk', '')} "
+                                 f"{res.precision} sha256 {sha[:16]}"})
     return 0
 
 

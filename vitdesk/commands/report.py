@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(out, "--out", folder=True,
                           files=("report.html", "report.pdf", "metrics.json"))
     baseline = check_baseline(getattr(args, "baseline", None))
+    dicom = (check_output_path(args.dicom, "--dicom", folder=True)
+             if getattr(args, "dicom", None) else None)
     device = getattr(args, "device", "auto") or "auto"
     transfer = None
     with sigint_cancels() as token:
@@ -45,4 +47,20 @@ def run(args: argparse.Namespace) -> int:
         print(transfer_lines(transfer))
     print(files.html)
     print(f"{files.pdf} ({files.pages} pages)")
+    if dicom is not None:
+        _write_dicom(args, dicom, files.pdf)
     return 0
+
+
+def _write_dicom(args: argparse.Namespace, folder: Path, pdf: Path) -> None:
+    """The report PDF as an Encapsulated PDF in every DICOM study of the test split."""
+    from vitdesk.data.splits import load_split
+    from vitdesk.report.dicom_results import study_uids, write_pdf
+
+    recs = load_split(Path(args.run) / "split.json", data_src=args.data).get("test", [])
+    uids = study_uids(sorted({r.path for r in recs if r.kind == "dicom"}))
+    if not uids:
+        print("warning: --dicom: the test split holds no DICOM study: no object written")
+        return
+    written = write_pdf(folder, pdf, uids)
+    print(f"{len(written)} Encapsulated PDF -> {folder}")

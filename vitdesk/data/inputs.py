@@ -14,12 +14,15 @@ from vitdesk.jobs import CancelToken, Listener
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def input_slices(path: Path, cancel: CancelToken, listener: Listener | None
+def input_slices(path: Path, cancel: CancelToken, listener: Listener | None,
+                 sources: dict[str, list[str]] | None = None
                  ) -> tuple[list[tuple[str, int, np.ndarray, str]], list[str]]:
     """(key, slice index, raw array, kind) of every slice under ``path``, and errors.
 
     Keys are safe keys (hashes), never patient names or paths; ``kind`` is "dicom" (HU)
     or "image" (already windowed). One unreadable file becomes one error line.
+    ``sources``, when given, receives each DICOM series key's source file per slice
+    (what DICOM results reference; kept in memory, never written).
     """
     from vitdesk.data.preprocess import read_image
     from vitdesk.data.records import safe_key
@@ -47,6 +50,8 @@ def input_slices(path: Path, cancel: CancelToken, listener: Listener | None
 
     res = load_path(path, cancel=cancel, listener=listener)
     for vol in res.volumes:
+        if sources is not None:
+            sources[vol.key] = list(vol.source_files)
         for z in range(vol.hu.shape[0]):
             out.append((vol.key, z, vol.hu[z], "dicom"))
     # every file left out (unreadable, or skipped from a series that loaded), one line each

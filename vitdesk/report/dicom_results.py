@@ -1,0 +1,262 @@
+"""Results as DICOM objects a PACS or viewer files with the study (highdicom + pydicom).
+
+Per predicted DICOM series :func:`write_prediction_sr` writes one Comprehensive SR
+(its own new series in the source study): for every slice the referenced source
+image, the predicted class, its probability and the conformal prediction set when
+there is one, plus the model's name and version and "research use only" as text. A
+run report goes in as an Encapsulated PDF (:func:`encapsulated_pdf`) in the same study.
+
+Identity: the objects carry the source Study Instance UID (so a viewer files them with
+the study) and reference the source series and SOP instance UIDs; every other Patient
+and Study attribute the standard requires is written empty (they are Type 2), so no
+name, ID, birth date, accession number, date or institution is copied.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitdesk import RESEARCH_NOTICE, __version__
+
+SCHEME = "99VITDESK"  # a private coding scheme (PS3.16: designators starting "99")
+MANUFACTURER = "vitdesk"
+SR_SERIES_NUMBER = 9901
+PDF_SERIES_NUMBER = 9902
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+# Patient/study attributes blanked (Type 2) or removed (Type 3) in every object written
+_TYPE2_BLANK = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate",
+                "StudyTime")
+_TYPE3_DROP = ("IssuerOfPatientID", "OtherPatientIDsSequence", "PatientAge", "PatientSize",
+               "PatientWeight", "InstitutionName", "InstitutionAddress",
+               "InstitutionalDepartmentName", "StudyDescription", "PatientComments",
+               "ReferencedPatientSequence", "ReferencedStudySequence",
+               "ContributingEquipmentSequence")  # highdicom copies the source site there
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """One slice's prediction, for the SR."""
+
+    slice_index: int
+    probs: np.ndarray
+    predicted: str
+    set: str | None = None
+
+
+def _code(value: str, meaning: str) -> Any:
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value, SCHEME, meaning)
+
+
+def _strip_identity(ds: Any) -> Any:
+    """Blank every Type 2 identifying attribute, drop Type 3 ones (in place)."""
+    for kw in _TYPE2_BLANK:
+        setattr(ds, kw, "")
+    for kw in _TYPE3_DROP:
+        if kw in ds:
+            delattr(ds, kw)
+    return ds
+
+
+def _read_headers(files: Sequence[str]) -> list[Any]:
+    import pydicom
+
+    seen, out = set(), []
+    for f in files:
+        if f in seen:
+            continue
+        seen.add(f)
+        out.append(pydicom.dcmread(f, stop_before_pixels=True))
+    return out
+
+
+def prediction_sr(files: Sequence[str], rows: Sequence[SliceResult], classes: Sequence[str],
+                  model: dict[str, str]) -> Any:
+    """A Comprehensive SR of one series' slice predictions.
+
+    Args:
+        files: the source file of each slice (index = slice index; a multi-frame file
+            repeats and is referenced with its frame number).
+        rows: the predictions.
+        classes: class names, in the probabilities' order.
+        model: ``name`` and ``version`` (shown as Algorithm Name / Version).
+    """
+    import highdicom as hd
+    from highdicom.sr import (
+        CodeContentItem,
+        ContainerContentItem,
+        ImageContentItem,
+        NumContentItem,
+        RelationshipTypeValues,
+        TextContentItem,
+    )
+    from pydicom.sr.codedict import codes
+
+    headers = _read_headers(files)
+    by_file = {f: h for f, h in zip(dict.fromkeys(files), headers, strict=True)}
+    contains = RelationshipTypeValues.CONTAINS
+    root = ContainerContentItem(_code("VDR", "vitdesk classification result"))
+    items = [
+        TextContentItem(codes.DCM.Comment, RESEARCH_NOTICE, relationship_type=contains),
+        TextContentItem(codes.DCM.AlgorithmName, str(model.get("name", "vitdesk model")),
+                        relationship_type=contains),
+        TextContentItem(codes.DCM.AlgorithmVersion,
+                        str(model.get("version", f"vitdesk {__version__}"))[:64],
+                        relationship_type=contains),
+    ]
+    for r in rows:
+        f = files[r.slice_index]
+        src = by_file[f]
+        frames = None
+        if int(getattr(src, "NumberOfFrames", 1) or 1) > 1:
+            frames = [files[: r.slice_index + 1].count(f)]
+        sl = ContainerContentItem(_code("VDS", "Slice classification"),
+                                  relationship_type=contains)
+        k = list(classes).index(r.predicted)
+        sl.ContentSequence = [
+            ImageContentItem(codes.DCM.SourceImage, src.SOPClassUID, src.SOPInstanceUID,
+                             referenced_frame_numbers=frames, relationship_type=contains),
+            CodeContentItem(codes.DCM.Finding, _code(f"C{k}", str(r.predicted)[:64]),
+                            relationship_type=contains),
+            NumContentItem(codes.DCM.Probability, float(r.probs[k]),
+                           hd.sr.CodedConcept("1", "UCUM", "no units"),
+                           relationship_type=contains),
+        ]
+        if r.set is not None:
+            sl.ContentSequence.append(TextContentItem(
+                _code("VDC", "Conformal prediction set"), r.set or "(empty)",
+                relationship_type=contains))
+        items.append(sl)
+    root.ContentSequence = items
+    first = headers[0]
+    sr = hd.sr.ComprehensiveSR(
+        evidence=headers, content=root, series_instance_uid=hd.UID(),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True, series_description="vitdesk AI result "
+        "(research use only)", institution_name=None)
+    _strip_identity(sr)
+    sr.StudyInstanceUID = first.StudyInstanceUID
+    return sr
+
+
+def encapsulated_pdf(pdf: bytes, study_uid: str, title: str = "vitdesk report") -> Any:
+    """An Encapsulated PDF in the study ``study_uid`` (no identity besides the UID)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    now = _dt.datetime.now()
+    ds = pydicom.Dataset()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = ENCAPSULATED_PDF
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "DOC"
+    ds.SeriesNumber = PDF_SERIES_NUMBER
+    ds.InstanceNumber = 1
+    ds.Manufacturer = MANUFACTURER
+    ds.ConversionType = "SYN"
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = ""
+    ds.BurnedInAnnotation = "NO"
+    ds.DocumentTitle = title[:64]
+    ds.ConceptNameCodeSequence = []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    data = bytes(pdf) + (b"\0" if len(pdf) % 2 else b"")  # OB values have even length
+    ds.EncapsulatedDocument = data
+    ds.EncapsulatedDocumentLength = len(pdf)
+    _strip_identity(ds)
+    return ds
+
+
+def write_prediction_sr(out_dir: str | Path, results: dict[str, tuple[Sequence[str],
+                                                                       list[SliceResult]]],
+                        classes: Sequence[str], model: dict[str, str]) -> list[Path]:
+    """One SR per series key into ``out_dir`` (named ``<key>_sr.dcm``), atomically."""
+    from vitdesk.fileio import atomic_write_bytes
+
+    out = Path(out_dir).expanduser()
+    written = []
+    for key, (files, rows) in results.items():
+        sr = prediction_sr(files, rows, classes, model)
+        path = out / f"{key}_sr.dcm"
+        atomic_write_bytes(path, lambda tmp, ds=sr: ds.save_as(tmp, enforce_file_format=True))
+        written.append(path)
+    return written
+
+
+def write_pdf(out_dir: str | Path, pdf_path: str | Path, study_uids: Sequence[str],
+              title: str = "vitdesk report") -> list[Path]:
+    """The report PDF as an Encapsulated PDF in each study, ``<n>_report.dcm``."""
+    from vitdesk.fileio import atomic_write_bytes
+
+    pdf = Path(pdf_path).read_bytes()
+    out = Path(out_dir).expanduser()
+    written = []
+    for i, uid in enumerate(dict.fromkeys(study_uids), start=1):
+        ds = encapsulated_pdf(pdf, uid, title)
+        path = out / f"study{i:03d}_report.dcm"
+        atomic_write_bytes(path, lambda tmp, d=ds: d.save_as(tmp, enforce_file_format=True))
+        written.append(path)
+    return written
+
+
+def results_by_series(keys: Sequence[str], slices: Sequence[int], probs: np.ndarray,
+                      predicted: Sequence[str], sets: Sequence[str | None] | None,
+                      sources: dict[str, list[str]]
+                      ) -> dict[str, tuple[list[str], list[SliceResult]]]:
+    """Predict rows grouped by DICOM series (rows of PNG/JPEG inputs have no source
+    DICOM to reference and are left out)."""
+    out: dict[str, tuple[list[str], list[SliceResult]]] = {}
+    for i, (key, z) in enumerate(zip(keys, slices, strict=True)):
+        files = sources.get(key)
+        if not files or not str(files[0]).lower().endswith(".dcm") and not _is_dicom(files[0]):
+            continue
+        st = None if sets is None else sets[i]
+        out.setdefault(key, (list(files), []))[1].append(
+            SliceResult(int(z), np.asarray(probs[i]), str(predicted[i]), st))
+    return out
+
+
+def _is_dicom(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def study_uids(files: Sequence[str]) -> list[str]:
+    """The distinct Study Instance UIDs of DICOM ``files`` (unreadable ones skipped)."""
+    import pydicom
+
+    uids: dict[str, None] = {}
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        except Exception:  # noqa: BLE001 - a file that cannot be read is not referenced
+            continue
+        uid = str(getattr(ds, "StudyInstanceUID", "") or "")
+        if uid:
+            uids[uid] = None
+    return list(uids)
+
+
+__all__ = ["SliceResult", "encapsulated_pdf", "prediction_sr", "results_by_series",
+           "study_uids", "write_pdf", "write_prediction_sr"]

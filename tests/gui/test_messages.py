@@ -56,6 +56,10 @@ def test_job_bar_shows_the_evaluation_steps_in_words(qtbot):
      "source"),
     ("recipe: use --recipe full for a CNN", "recipe: use the 'full' recipe for a CNN"),
     ("odd: --img-size 36", "odd: the 'img size' setting 36"),
+    ("full instead; set recipe.force_staged to keep the stages (--force-staged, or 'Keep "
+     "staged without weights' in the workbench)", "full instead; set recipe.force_staged to "
+     "keep the stages ('Keep staged without weights')"),
+    ("or start a new run with another --out", "or start a new run with another run folder"),
 ])
 def test_command_line_words_become_the_workbenchs(cli, gui):
     assert gui_words(cli) == gui

@@ -43,11 +43,14 @@ _GUI_WORDS: tuple[tuple[str, str], ...] = (
     (r"--device (\w+)", r"device \1"),
     (r"--distill soft\|hard", "distillation soft or hard"),
     (r"--teacher RUN", "a teacher run"),
-    (r"--force-staged", "keep the staged recipe"),
+    (r"\(--force-staged, or ('[^']+') in the workbench\)", r"(\1)"),
+    (r"--force-staged", "'Keep staged without weights'"),
     (r"--epochs ", "epochs "),
     (r"--data SRC", "the data source"),
     (r"--val SRC", "the validation source"),
     (r"(?:a )?--out (?:RUN|DIR)", "a run folder"),
+    (r"(?:another|a new) --out", "another run folder"),
+    (r"--data\b", "the data source"),
     (r"--batch-size", "the batch size"),
 )
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z-]*)")

@@ -42,6 +42,7 @@ from vitdesk.config import (
 )
 from vitdesk.engine.plan import Plan, apply_rules, check_run
 from vitdesk.errors import ConfigError
+from vitdesk.gui.dialogs import gui_words
 from vitdesk.gui.tabs.training_plan import (
     MODELS,
     default_run_folder,
@@ -524,7 +525,7 @@ class TrainingForm(QWidget):
         try:
             cfg = self.run_config(out="-")
         except ConfigError as exc:
-            self.problem = str(exc)
+            self.problem = gui_words(str(exc))  # config errors may name CLI flags
             cfg = self.run_config(out="-", validate=False)
         except Exception as exc:  # noqa: BLE001 - a form must never crash on input
             self.problem = f"{type(exc).__name__}: {exc}"
@@ -534,7 +535,7 @@ class TrainingForm(QWidget):
                                   + (" + CLAHE" if cfg.data.clahe else "")
                                   + f" · split {'/'.join(f'{f:g}' for f in cfg.data.fractions)}"
                                   + f" · seed {cfg.seed} (set in the Dataset tab)")
-        self.warning_label.setText(self.warning)
+        self.warning_label.setText(gui_words(self.warning))
         self.warning_label.setVisible(bool(self.warning))
         self.problem_label.setText(self.problem)
         self.problem_label.setVisible(bool(self.problem))

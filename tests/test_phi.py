@@ -83,20 +83,23 @@ def test_no_marker_in_any_output_or_console(phi_data, tmp_path, capsys):
     assert main(["evaluate", str(run), "--data", str(data), "--tta", "--out",
                  str(out / "eval"), "--device", "cpu"]) == 0
     assert main(["report", str(run), "--data", str(data), "--out", str(out / "report"),
-                 "--device", "cpu"]) == 0
+                 "--dicom", str(out / "dicom_report"), "--device", "cpu"]) == 0
     assert main(["predict", str(run), str(data / "p1"), "--tta", "--attention",
                  str(out / "att"), "--out", str(out / "pred.csv"), "--device", "cpu"]) == 0
     # an exported model and its contract, and what it predicts, carry no PHI either
     assert main(["export", str(run), "--format", "onnx", "--int8", "--data", str(data),
                  "--out", str(out / "export")]) == 0
     assert main(["predict", str(out / "export"), str(data / "p1"), "--out",
-                 str(out / "pred_export.csv")]) == 0
+                 str(out / "pred_export.csv"), "--dicom", str(out / "dicom_sr")]) == 0
     captured = capsys.readouterr()
 
     files = [p for p in out.rglob("*") if p.is_file()]
     assert (out / "report" / "report.html").stat().st_size > 10_000
     assert (out / "report" / "metrics.json") in files and (out / "eval" / "metrics.json") in files
     assert (out / "report" / "report.pdf") in files and len(list((out / "att").iterdir())) == 8
+    # DICOM results: only the referenced UIDs tie them to the patient
+    assert len(list((out / "dicom_sr").iterdir())) == 1
+    assert len(list((out / "dicom_report").iterdir())) >= 1
     pdf_text = "\n".join(pg.extract_text() for pg in PdfReader(out / "report" / "report.pdf").pages)
     assert "Research use only" in pdf_text
     console = captured.out + captured.err

@@ -199,3 +199,29 @@ def test_cancel_stops_generation(tmp_path):
     token.cancel()
     with pytest.raises(Cancelled):
         generate_sample(tmp_path / "s", patients=2, slices=2, size=16, cancel=token)
+
+
+# Checksums of the default sample (no scanner profile) taken from the generator before
+# scanner profiles existed: the default sample must stay byte for byte the same, so
+# runs and benchmarks on it stay comparable.
+_DEFAULT_HU_SHA256 = "e677e6496504579b8dbec88ce57aa6ccfd350a072956dc054551f8b62b129899"
+_DEFAULT_FILES_SHA256 = "9a274ff86c6027b60a1897cefa42038dc89a40af51fb8d2d16820446c8bbdacc"
+
+
+def test_default_sample_is_pinned(tmp_path):
+    import hashlib
+
+    sexes, ages, positive = sample_demographics(3, 5)
+    h = hashlib.sha256()
+    for i in range(3):
+        case = render_case(5, i, sexes[i], ages[i], i in positive, slices=6, size=48)
+        h.update(np.ascontiguousarray(case.hu, dtype=np.float32).tobytes())
+    assert h.hexdigest() == _DEFAULT_HU_SHA256
+    out = tmp_path / "s"
+    generate_sample(out, patients=3, slices=6, size=48, seed=5)
+    h = hashlib.sha256()
+    for p in sorted(out.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(out).as_posix().encode())
+            h.update(p.read_bytes())
+    assert h.hexdigest() == _DEFAULT_FILES_SHA256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -51,6 +52,29 @@ def test_demo_writes_sample_backbone_run_and_report(tmp_path):
     assert "Transfer effectiveness" in html and "Baseline run" in html
     demo_steps = [e.done for e in events if isinstance(e, Progress) and e.task == "demo"]
     assert demo_steps == [0, 1, 2, 3, 4, 5, 6]
+    # the plan: 36 labelled slices is a small set, so the CNN (trained first) teaches the ViT
+    assert any(r.startswith("distillation: 36 labelled images") for r in res.plan)
+    doc = json.loads((res.out / "demo.json").read_text())["settings"]
+    assert doc["distill"] == "soft" and doc["img_size"] == 32 and doc["plan"] == list(res.plan)
+    teacher = json.loads((res.run / "metrics.json").read_text())["teacher"]
+    assert (teacher["mode"], teacher["model"]) == ("soft", "cnn_test_tiny")
+
+
+def test_plan_fills_in_what_the_settings_leave_open(tmp_path):
+    from vitdesk.commands.demo import plan_settings, quick_settings
+    from vitdesk.imaging.synthetic import generate_sample
+
+    info = generate_sample(tmp_path / "s", patients=8, slices=4, size=64, seed=0)
+    s = quick_settings()
+    assert (s.img_size, s.batch_size, s.distill) == (0, 0, "auto")
+    p = plan_settings(s, info.out_dir)
+    # native 64 px with the model's 8-px patches: 64 px, an 8x8 grid, no upsampling
+    assert (p.img_size, p.batch_size, p.distill) == (64, 8, "soft")
+    assert "image size 64 px: native 64 px, not upsampled" in p.plan
+    given = plan_settings(TINY, info.out_dir)  # what the settings give is kept
+    assert (given.img_size, given.batch_size) == (32, 8)
+    off = dataclasses.replace(s, baseline_model="")
+    assert plan_settings(off, info.out_dir).distill == ""  # no CNN, nothing to distil
 
 
 def test_a_previous_demo_is_replaced_part_by_part(tmp_path):

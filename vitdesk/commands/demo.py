@@ -50,14 +50,16 @@ class DemoSettings:
     size: int = 64
     sample_seed: int = 0
     model: str = "vit_test_tiny"
-    img_size: int = 64
+    img_size: int = 0  # 0: the plan's (native size, patch grid of 8x8 or more)
     window: str = "soft_tissue"
     mae_epochs: int = 8
     mae_batch: int = 64
     mae_base_lr: float = 1.5e-3
     epochs: tuple[int, int, int] = (2, 4, 80)  # head, top block, all
     lrs: tuple[float, float, float] = (3e-3, 2e-3, 1e-3)
-    batch_size: int = 16  # more steps per epoch: the loss leaves its plateau sooner
+    # 0: the plan's (1/16 of the training images: more steps per epoch, so the loss leaves
+    # its plateau sooner; 16 for the default sample)
+    batch_size: int = 0
     balance: str = "loss"
     fractions: tuple[float, float, float] = (0.6, 0.1, 0.3)
     tta: bool = True
@@ -74,9 +76,15 @@ class DemoSettings:
     baseline_model: str = "cnn_test_tiny"
     baseline_epochs: int = 20
     baseline_lr: float = 3e-3
+    # the plan for a small labelled set: the CNN (trained first) teaches the ViT ("" = the
+    # ViT learns from the labels alone, auto = as the plan says); soft = its softened
+    # probabilities, weight alpha
+    distill: str = "auto"
+    distill_alpha: float = 0.5
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = half the cores, 1 to 4
     extra: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides "a.b" -> v
+    plan: list[str] = field(default_factory=list)  # what the plan chose, and why (filled in)
 
 
 def quick_settings() -> DemoSettings:
@@ -98,6 +106,7 @@ class DemoResult:
     seconds: float
     baseline: Path | None = None
     transfer: dict | None = None  # analysis.baseline.compare_with_baseline
+    plan: tuple[str, ...] = ()  # what the plan chose, and why
 
 
 def _prepare_out(out: Path) -> None:
@@ -114,8 +123,9 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run_config(s: DemoSettings, sample: Path, backbone: Path, out: Path) -> Any:
-    """The fine-tuning RunConfig of the demo."""
+def run_config(s: DemoSettings, sample: Path, backbone: Path, out: Path,
+               teacher: Path | None = None) -> Any:
+    """The fine-tuning RunConfig of the demo (distilled from ``teacher`` when given)."""
     from vitdesk.config import RunConfig, StageConfig
 
     cfg = RunConfig()
@@ -133,9 +143,44 @@ def run_config(s: DemoSettings, sample: Path, backbone: Path, out: Path) -> Any:
                          if e > 0]
     cfg.device, cfg.seed, cfg.out = "cpu", s.seed, str(out)
     cfg.model.attention = s.attention
+    if teacher is not None:
+        cfg.teacher.run, cfg.teacher.mode = str(teacher), s.distill
+        cfg.teacher.alpha = s.distill_alpha
     for k, v in s.extra.items():
         cfg.set(k, v)
     return cfg.resolved().validate()
+
+
+def plan_settings(s: DemoSettings, sample: Path) -> DemoSettings:
+    """The settings left to the plan (0 or auto) filled in from the sample's fingerprint:
+    image size, batch and whether the CNN teaches the ViT (:mod:`vitdesk.engine.plan`).
+    The reasons are in the returned settings' ``plan``."""
+    from vitdesk.config import patch_size_of
+    from vitdesk.engine.plan import (
+        choose_batch,
+        choose_geometry,
+        data_fingerprint,
+        teacher_reason,
+    )
+
+    fp = data_fingerprint(str(sample))
+    s = dataclasses.replace(s)
+    why = [f"data: {fp.describe()}"]
+    if not s.img_size:
+        # the MAE backbone is built with the model's own patches: the plan keeps them
+        s.img_size, _patches, geo = choose_geometry(fp.native_px, patch_size_of(s.model),
+                                                    random_init=False)
+        why += geo
+    if not s.batch_size:
+        s.batch_size = choose_batch(int(fp.images * s.fractions[0]))
+        why.append(f"batch {s.batch_size}")
+    if s.distill == "auto":
+        reason = teacher_reason(fp) if s.baseline_model else None
+        s.distill = "soft" if reason else ""
+        if reason:
+            why.append(reason)
+    s.plan = why
+    return s
 
 
 def baseline_config(s: DemoSettings, sample: Path, out: Path) -> Any:
@@ -195,6 +240,9 @@ def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
     step(0, "writing the synthetic CT sample")
     info = generate_sample(out / "sample", patients=s.patients, slices=s.slices, size=s.size,
                            seed=s.sample_seed, cancel=cancel, listener=listeners)
+    s = plan_settings(s, info.out_dir)
+    (out / MARKER).write_text(json.dumps({"vitdesk_demo": 1, "settings": dataclasses.asdict(s)},
+                                         indent=2))
     step(1, "MAE pretraining on the unlabelled slices")
     pcfg = PretrainConfig(data=str(info.out_dir), model=s.model, img_size=s.img_size,
                           window=s.window, epochs=s.mae_epochs, batch_size=s.mae_batch,
@@ -202,12 +250,15 @@ def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
                           seed=s.seed, device="cpu", attention=s.attention,
                           out=str(out / "pretrain"))
     backbone = pretrain(pcfg.validate(), cancel, listeners)
-    step(2, "staged fine-tuning from the MAE backbone")
-    run_dir = train(run_config(s, info.out_dir, backbone, out / "run"), cancel, listeners)
     base_dir = None
     if s.baseline_model:
-        step(3, f"CNN baseline ({s.baseline_model}) from scratch on the same labels")
+        step(2, f"CNN baseline ({s.baseline_model}) from scratch on the same labels")
         base_dir = train(baseline_config(s, info.out_dir, out / "baseline"), cancel, listeners)
+    teacher = base_dir if (s.distill and base_dir is not None) else None
+    step(3 if s.baseline_model else 2, "staged fine-tuning from the MAE backbone"
+         + (f", distilled from {s.baseline_model}" if teacher is not None else ""))
+    run_dir = train(run_config(s, info.out_dir, backbone, out / "run", teacher), cancel,
+                    listeners)
     step(n_steps - 2, "evaluating on the held-out patients")
     tta = TTAConfig() if s.tta else None
     ev = evaluate_run(run_dir, None, tta=tta, n_boot=s.n_boot,
@@ -226,7 +277,8 @@ def _run(out: str | Path, s: DemoSettings, t0: float, cancel: CancelToken,
     step(n_steps, "done")
     return DemoResult(out, info.out_dir, Path(backbone), Path(run_dir), files.html, files.pdf,
                       metrics, ev, time.perf_counter() - t0,
-                      Path(base_dir) if base_dir is not None else None, transfer)
+                      Path(base_dir) if base_dir is not None else None, transfer,
+                      tuple(s.plan))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
     with sigint_cancels() as token:
         res = run_demo(args.out, settings, cancel=token, listeners=[ConsoleProgress()])
     ev = res.evaluation
+    if res.plan:
+        print("\nplan:\n" + "\n".join(f"  {line}" for line in res.plan))
     print(f"\nheld-out patients ({ev.n_patients}), 95% bootstrap CIs:")
     print(summary_table(ev.summary_rows()))
     if res.transfer:

@@ -612,3 +612,21 @@ def _native_side(path: str, kind: str) -> int | None:
             return max(im.size)
     except Exception:  # noqa: BLE001 - an unreadable file does not decide the size
         return None
+
+
+SMALL_LABELLED = 5000  # labelled images below which a CNN beats a ViT trained on them alone
+
+
+def teacher_reason(fp: Fingerprint) -> str | None:
+    """Why the plan trains a CNN teacher and distils it into the ViT, or None.
+
+    On a small labelled set a small CNN from scratch beats a ViT (its convolutions
+    assume locality; the ViT must learn it from the data): DeiT's distillation hands
+    that bias over.
+    """
+    labelled = sum(fp.classes.values())
+    if labelled >= SMALL_LABELLED:
+        return None
+    return (f"distillation: {labelled} labelled images is a small set, where a CNN from "
+            "scratch learns faster than a ViT: the CNN is trained first and teaches the "
+            "ViT (soft targets)")

@@ -148,7 +148,7 @@ class MahalanobisDetector:
     @property
     def expected_rate(self) -> float:
         """Alarm rate on new in-distribution cases that the threshold is set for."""
-        return 1.0 - self.percentile / 100.0
+        return round(1.0 - self.percentile / 100.0, 12)  # 0.05, not 0.050000000000000044
 
     @property
     def train_median(self) -> float:

@@ -57,6 +57,7 @@ from vitdesk.gui.tabs.training_plan import (
     history_point,
 )
 from vitdesk.gui.tabs.training_pretrain import PretrainPanel
+from vitdesk.gui.tabs.training_watch import OneClassWatch
 from vitdesk.gui.worker import Task
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, Progress
 
@@ -197,6 +198,12 @@ class TrainingTab(QWidget):
         self.result_label = QLabel(self)
         self.result_label.setWordWrap(True)
         self.result_label.hide()
+        # "the model predicts one class" (validation accuracy stuck at the majority rate)
+        self.one_class_label = QLabel(self)
+        self.one_class_label.setObjectName("banner")
+        self.one_class_label.setWordWrap(True)
+        self.one_class_label.hide()
+        self.one_class: OneClassWatch | None = None
         self.plots = TrainingPlots(self)
         self.plots.setMinimumHeight(150)
         self.log = QListWidget(self)
@@ -215,6 +222,7 @@ class TrainingTab(QWidget):
         ml.addWidget(self.status_label)
         ml.addWidget(self.bar)
         ml.addWidget(self.result_label)
+        ml.addWidget(self.one_class_label)
         ml.addWidget(split, 1)
 
         self.pretrain = PretrainPanel(self._pretrain_settings, self._workspace_folder, self)
@@ -359,6 +367,8 @@ class TrainingTab(QWidget):
         self.log.clear()
         self._stages_marked = set()
         self.result_label.hide()
+        self.one_class_label.hide()
+        self.one_class = OneClassWatch(cfg.out)
         self._prefill(history, names)
         self.bar.setRange(0, 1000)
         self.bar.setValue(int(1000 * self.progress.fraction()))
@@ -435,6 +445,11 @@ class TrainingTab(QWidget):
             self.plots.add_epoch(ev.global_step, ev.train_loss, ev.val_loss, ev.val_acc)
             self._add_log(epoch_line(ev, p.stage_names))
             self._status_dirty = True
+            stuck = self.one_class.check(ev.val_acc) if self.one_class is not None else None
+            if stuck:
+                self.one_class_label.setText("⚠ " + stuck)
+                self.one_class_label.show()
+                self._add_log("warning: " + stuck)
         elif isinstance(ev, StageStarted):
             self._mark_stage(ev.stage, p.global_step, p.stage_names)
             p.on_event(ev)

@@ -6,6 +6,8 @@ import csv
 import subprocess
 import sys
 
+import pydicom
+
 from vitdesk.cli import main
 
 
@@ -49,3 +51,22 @@ def test_sample_command_imports_neither_torch_nor_qt(tmp_path):
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_scanner_flag_records_the_profile(tmp_path, capsys):
+    out = tmp_path / "siteB"
+    rc = main(["sample", "--out", str(out), "--patients", "1", "--slices", "2", "--size", "32",
+               "--scanner", "B"])
+    assert rc == 0
+    assert "(scanner B)" in capsys.readouterr().out
+    ds = pydicom.dcmread(next(out.rglob("*.dcm")))
+    assert (ds.ManufacturerModelName, ds.ConvolutionKernel) == ("Synthetic CT B", "SHARP")
+    assert float(ds.SliceThickness) == 1.0
+
+
+def test_unknown_scanner_exits_2_with_one_line(tmp_path, capsys):
+    rc = main(["sample", "--out", str(tmp_path / "s"), "--scanner", "Q"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--scanner 'Q'" in err[0] and "A, B, C" in err[0]
+    assert not (tmp_path / "s").exists()

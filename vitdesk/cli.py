@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=24, metavar="N")
     p.add_argument("--size", type=int, default=128, metavar="PX", help="rows = columns")
     p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--scanner", metavar="NAME",
+                   help="acquire as scanner profile A, B or C (noise, kernel, HU offset, "
+                   "slice thickness, FOV) to produce site shift; default: the original sample")
 
     p = sub.add_parser("inspect", help="print one line per series found under PATH")
     p.add_argument("path", metavar="PATH")

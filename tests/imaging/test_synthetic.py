@@ -13,9 +13,11 @@ from pydicom.pixels import apply_modality_lut
 from vitdesk.errors import Cancelled, DataError
 from vitdesk.imaging.synthetic import (
     README_MARKER,
+    SCANNERS,
     generate_sample,
     render_case,
     sample_demographics,
+    scanner_profile,
 )
 from vitdesk.jobs import CancelToken, Progress
 
@@ -225,3 +227,80 @@ def test_default_sample_is_pinned(tmp_path):
             h.update(p.relative_to(out).as_posix().encode())
             h.update(p.read_bytes())
     assert h.hexdigest() == _DEFAULT_FILES_SHA256
+
+
+def _site_measures(scanner: str | None) -> dict[str, float]:
+    """Noise SD (noisy minus noise-free, inside the body), liver median HU (eroded
+    interior), edge sharpness (99th percentile of the noise-free gradient, HU/px) and
+    noise texture (lag-1 autocorrelation of the noise) of one patient."""
+    import cv2
+
+    sc = None if scanner is None else SCANNERS[scanner]
+    noisy = render_case(1, 0, "M", 50, False, slices=8, size=96, scanner=sc)
+    clean = render_case(1, 0, "M", 50, False, slices=8, size=96, scanner=sc, noise=False)
+    noise = noisy.hu - clean.hu
+    body = noisy.tissue > 0
+    kernel = np.ones((5, 5), np.uint8)
+    liver = np.stack([cv2.erode((t == LIVER).astype(np.uint8), kernel) for t in noisy.tissue])
+    grad = np.hypot(*np.gradient(clean.hu, axis=(1, 2)))
+    centre = noise[:, 20:70, 20:70]
+    return {
+        "noise": float(noise[body].std()),
+        "liver": float(np.median(noisy.hu[liver > 0])),
+        "edge": float(np.percentile(grad[body], 99)),
+        "texture": float(np.mean(centre[:, :, 1:] * centre[:, :, :-1]) / np.var(centre)),
+        "px_mm": noisy.px_mm,
+    }
+
+
+def test_scanner_profiles_differ_measurably():
+    a, b, c = (_site_measures(name) for name in "ABC")
+    # noise level: B high, C low (profile ranges 22-28, 10-14, 6-9 HU)
+    assert 20 < b["noise"] < 30 and 9 < a["noise"] < 15 and 5 < c["noise"] < 10
+    # noise texture: C's smooth kernel correlates neighbours, B's sharp one does not
+    assert c["texture"] > a["texture"] + 0.15 and b["texture"] < a["texture"] - 0.2
+    # calibration offset on the same patient's liver: +25 HU on B, -20 HU on C
+    assert b["liver"] - a["liver"] == pytest.approx(25.0, abs=5.0)
+    assert c["liver"] - a["liver"] == pytest.approx(-20.0, abs=5.0)
+    # kernel sharpness: sharp B overshoots edges, smooth C blurs them
+    assert b["edge"] > 1.2 * a["edge"] and c["edge"] < 0.7 * a["edge"]
+    # field of view: B reconstructs a wider FOV (bigger pixels), C a tighter one
+    assert b["px_mm"] > a["px_mm"] > c["px_mm"]
+
+
+def test_scanner_profiles_are_deterministic_and_keep_the_anatomy():
+    b = SCANNERS["B"]
+    one = render_case(2, 1, "F", 40, True, slices=6, size=48, scanner=b)
+    two = render_case(2, 1, "F", 40, True, slices=6, size=48, scanner=b)
+    assert np.array_equal(one.hu, two.hu) and one.labels == two.labels
+    other_seed = render_case(3, 1, "F", 40, True, slices=6, size=48, scanner=b)
+    assert not np.array_equal(one.hu, other_seed.hu)
+    # profile A has the default geometry and no kernel: same anatomy, other noise
+    default = render_case(2, 1, "F", 40, True, slices=6, size=48, noise=False)
+    site_a = render_case(2, 1, "F", 40, True, slices=6, size=48, noise=False,
+                         scanner=SCANNERS["A"])
+    assert np.array_equal(default.hu, site_a.hu) and default.labels == site_a.labels
+
+
+def test_scanner_profile_is_recorded_in_the_dicom(tmp_path):
+    out = tmp_path / "siteC"
+    info = generate_sample(out, patients=2, slices=3, size=32, seed=1, scanner="c")
+    assert info.scanner == "C" and "scanner C" in info.describe()
+    rows = _read_labels(info.labels_csv)
+    ds = pydicom.dcmread(out / rows[0]["path"])
+    assert ds.Manufacturer == "vitdesk synthetic"
+    assert ds.ManufacturerModelName == "Synthetic CT C"
+    assert ds.ConvolutionKernel == "SMOOTH"
+    assert float(ds.SliceThickness) == 5.0
+    assert "scanner profile: C" in (out / "README.txt").read_text()
+    # the default sample keeps its original header
+    plain = generate_sample(tmp_path / "plain", patients=1, slices=2, size=32, seed=1)
+    ds0 = pydicom.dcmread(tmp_path / "plain" / _read_labels(plain.labels_csv)[0]["path"])
+    assert ds0.ConvolutionKernel == "STANDARD" and "ManufacturerModelName" not in ds0
+
+
+def test_unknown_scanner_is_a_data_error_before_writing(tmp_path):
+    with pytest.raises(DataError, match="unknown scanner profile 'Z'.*A, B, C"):
+        generate_sample(tmp_path / "s", patients=1, slices=1, size=16, scanner="Z")
+    assert not (tmp_path / "s").exists()
+    assert scanner_profile(" b ").name == "B"

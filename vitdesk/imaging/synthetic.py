@@ -10,6 +10,12 @@ liver-level slices; ``labels.csv`` labels every slice file ``normal`` or
 ``lesion``. Lesions are a little more frequent in older patients so that fairness
 plots have something to show.
 
+Scanner profiles (``SCANNERS``: noise level and texture, reconstruction kernel
+sharpness, HU calibration offset, slice thickness, field of view) re-acquire the
+same patients as another site's scanner would, so site shift can be produced and
+tested; the profile is recorded in the DICOM (Manufacturer, ManufacturerModelName,
+ConvolutionKernel, SliceThickness). Without a profile the sample is the original one.
+
 Everything is a deterministic function of ``seed`` (same seed, same bytes).
 Folder and file names carry no PHI: ``case_007/series_1/IM_0003.dcm``. The
 synthetic names, IDs and dates live only inside the DICOM headers.
@@ -69,10 +75,12 @@ class SampleInfo:
     n_slices_total: int
     n_positive_slices: int
     classes: tuple[str, ...] = CLASSES
+    scanner: str | None = None  # scanner profile name; None for the original sample
 
     def describe(self) -> str:
-        return (f"wrote {self.n_patients} synthetic CT studies, {self.n_slices_total} slices "
-                f"({self.n_positive_slices} with a lesion) to {self.out_dir}")
+        site = "" if self.scanner is None else f" (scanner {self.scanner})"
+        return (f"wrote {self.n_patients} synthetic CT studies{site}, {self.n_slices_total} "
+                f"slices ({self.n_positive_slices} with a lesion) to {self.out_dir}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,49 @@ class Lesion:
     y: float
     radius: float  # in-plane radius (mm) at the middle slice
     hu: float
+
+
+@dataclass(frozen=True)
+class ScannerProfile:
+    """How one synthetic scanner acquires and reconstructs (what differs between sites)."""
+
+    name: str
+    manufacturer: str  # (0008,0070)
+    model: str  # (0008,1090) Manufacturer's Model Name
+    kernel: str  # (0018,1210) Convolution Kernel
+    noise_hu: tuple[float, float]  # per-patient noise SD drawn from this range (HU)
+    noise_corr_px: float  # noise correlation length (px): larger = blotchier texture
+    # soft kernel: Gaussian PSF sigma in px (these matrices have 2.5-4 mm pixels, so a
+    # PSF in mm would vanish below one pixel)
+    blur_px: float
+    sharpen: float  # sharp kernel: unsharp-mask amount (edge overshoot)
+    hu_offset: float  # calibration offset added to every voxel (HU)
+    thickness_mm: float  # (0018,0050) Slice Thickness; thick slabs average through z
+    fov_scale: float  # reconstruction field of view relative to the default
+
+
+# Three sites that differ in every acquisition property at once, as real sites do: A is
+# close to the default sample; B a sharp bone-like kernel with high, fine-grained noise,
+# a +25 HU calibration drift, thin slices and a wide FOV; C a smooth kernel with low,
+# coarse noise, -20 HU drift, thick slabs and a tight FOV.
+SCANNERS: dict[str, ScannerProfile] = {
+    "A": ScannerProfile("A", "vitdesk synthetic", "Synthetic CT A", "STANDARD",
+                        (10.0, 14.0), 0.7, 0.0, 0.0, 0.0, 2.5, 1.0),
+    "B": ScannerProfile("B", "vitdesk synthetic", "Synthetic CT B", "SHARP",
+                        (22.0, 28.0), 0.45, 0.0, 0.8, 25.0, 1.0, 1.15),
+    "C": ScannerProfile("C", "vitdesk synthetic", "Synthetic CT C", "SMOOTH",
+                        (6.0, 9.0), 1.4, 1.0, 0.0, -20.0, 5.0, 0.9),
+}
+
+
+def scanner_profile(name: str) -> ScannerProfile:
+    """The profile called ``name`` (case-insensitive); a :class:`DataError` names the
+    choices otherwise."""
+    profile = SCANNERS.get(str(name).strip().upper())
+    if profile is None:
+        raise DataError(f"unknown scanner profile '{name}': use one of "
+                        f"{', '.join(SCANNERS)}")
+    return profile
 
 
 class _Canvas:
@@ -354,10 +405,11 @@ class _Patient:
             c.ellipse(cx, sy, 11, 3.5, 220)
 
 
-def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """Gaussian noise with a short correlation length, scaled to std ``sigma`` HU."""
+def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float,
+           corr: float = 0.7) -> np.ndarray:
+    """Gaussian noise with correlation length ``corr`` px, scaled to std ``sigma`` HU."""
     white = rng.standard_normal(shape).astype(np.float32)
-    smooth = cv2.GaussianBlur(white, (0, 0), 0.7)
+    smooth = cv2.GaussianBlur(white, (0, 0), corr)
     return smooth * np.float32(sigma / max(float(smooth.std()), 1e-6))
 
 
@@ -442,15 +494,22 @@ class SyntheticCase:
 
 
 def render_case(seed: int, index: int, sex: str, age: int, positive: bool, slices: int = 24,
-                size: int = 128, noise: bool = True) -> SyntheticCase:
+                size: int = 128, noise: bool = True,
+                scanner: ScannerProfile | None = None) -> SyntheticCase:
     """Render patient ``index`` of the sample with ``seed``.
 
     Anatomy, lesion and noise draw from separate random streams, so the same
-    patient rendered with and without a lesion differs only inside the lesion.
+    patient rendered with and without a lesion differs only inside the lesion, and
+    the same patient acquired on another ``scanner`` has the same anatomy.
+    ``scanner=None`` is the original sample, unchanged.
     """
     rng = np.random.default_rng([seed, index + 1, 0])
     anatomy = _Patient(rng, sex, age)
-    fov = float(np.clip(anatomy.A * 2.08 * rng.uniform(1.08, 1.18), 300.0, 440.0))
+    fov_raw = anatomy.A * 2.08 * rng.uniform(1.08, 1.18)
+    if scanner is None:
+        fov = float(np.clip(fov_raw, 300.0, 440.0))
+    else:
+        fov = float(np.clip(fov_raw * scanner.fov_scale, 260.0, 500.0))
     px_mm = fov / size
     coverage = rng.uniform(250.0, 300.0)
     dz = round(coverage / slices, 2) if slices > 1 else 5.0
@@ -459,10 +518,23 @@ def render_case(seed: int, index: int, sex: str, age: int, positive: bool, slice
 
     hu = np.empty((slices, size, size), dtype=np.float32)
     tissue = np.empty((slices, size, size), dtype=np.int8)
+    # a thick slab averages the anatomy across its thickness (partial volume); thin
+    # slices (and the default sample) are one plane
+    slab = [0.0]
+    if scanner is not None and scanner.thickness_mm > 2.5:
+        step = scanner.thickness_mm / 3.0 / coverage  # in level units (t spans ~coverage)
+        slab = [-step, 0.0, step]
     for k, t in enumerate(levels):
         canvas = _Canvas(size, px_mm)
         anatomy.render(float(t), canvas)
         hu[k], tissue[k] = canvas.hu, canvas.lab
+        for dt in slab:
+            if dt:
+                extra = _Canvas(size, px_mm)
+                anatomy.render(float(t + dt), extra)
+                hu[k] += extra.hu
+        if len(slab) > 1:
+            hu[k] /= np.float32(len(slab))
 
     lesions: list[Lesion] = []
     labels = ["normal"] * slices
@@ -485,13 +557,33 @@ def render_case(seed: int, index: int, sex: str, age: int, positive: bool, slice
             canvas.hu, canvas.lab = hu[k], tissue[k].copy()
             canvas.circle(les.x, les.y, r, les.hu)
             labels[k] = "lesion"
+    if scanner is not None:
+        _reconstruct(hu, scanner)
     if noise:
         nrng = np.random.default_rng([seed, index + 1, 2])
-        sigma = nrng.uniform(10.0, 18.0)
-        for k in range(slices):
-            hu[k] += _noise(nrng, (size, size), sigma)
+        if scanner is None:
+            sigma = nrng.uniform(10.0, 18.0)
+            for k in range(slices):
+                hu[k] += _noise(nrng, (size, size), sigma)
+        else:
+            sigma = nrng.uniform(*scanner.noise_hu)
+            for k in range(slices):
+                hu[k] += _noise(nrng, (size, size), sigma, scanner.noise_corr_px)
+    if scanner is not None and scanner.hu_offset:
+        hu += np.float32(scanner.hu_offset)
     np.clip(hu, -1024.0, 3071.0, out=hu)
     return SyntheticCase(hu, tissue, labels, lesions, px_mm, dz, sex, age)
+
+
+def _reconstruct(hu: np.ndarray, scanner: ScannerProfile) -> None:
+    """Apply the profile's reconstruction kernel to the noise-free slices in place: a
+    soft kernel blurs edges (Gaussian PSF), a sharp one overshoots them (unsharp mask)."""
+    for k in range(hu.shape[0]):
+        if scanner.blur_px > 0:
+            hu[k] = cv2.GaussianBlur(hu[k], (0, 0), scanner.blur_px)
+        if scanner.sharpen > 0:
+            low = cv2.GaussianBlur(hu[k], (0, 0), 1.0)
+            hu[k] += np.float32(scanner.sharpen) * (hu[k] - low)
 
 
 def sample_demographics(patients: int, seed: int) -> tuple[list[str], list[int], set[int]]:
@@ -542,6 +634,7 @@ def generate_sample(
     seed: int = 0,
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
+    scanner: str | None = None,
 ) -> SampleInfo:
     """Write synthetic CT studies and a slice-level ``labels.csv``.
 
@@ -553,6 +646,8 @@ def generate_sample(
         seed: all content, UIDs and synthetic PHI derive from it.
         cancel: checked once per patient.
         listener: receives :class:`vitdesk.jobs.Progress` events (task ``"sample"``).
+        scanner: a :data:`SCANNERS` profile name (``"A"``, ``"B"``...) to acquire the
+            same patients as that site's scanner would; None: the original sample.
 
     Returns:
         A :class:`SampleInfo` with the counts and the labels file.
@@ -562,6 +657,7 @@ def generate_sample(
             f"sample needs at least 1 patient, 1 slice and 16 px (got {patients}, {slices}, "
             f"{size})"
         )
+    profile = None if scanner is None else scanner_profile(scanner)
     out = Path(out_dir)
     _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -576,8 +672,14 @@ def generate_sample(
     emit(listener, Progress("sample", 0, patients, "generating"))
     for i in range(patients):
         cancel.check()
-        case = render_case(seed, i, sexes[i], ages[i], i in positive, slices, size)
+        case = render_case(seed, i, sexes[i], ages[i], i in positive, slices, size,
+                           scanner=profile)
         patient, extra = _synthetic_phi(seed, i, sexes[i], ages[i])
+        if profile is not None:
+            extra.update(Manufacturer=profile.manufacturer,
+                         ManufacturerModelName=profile.model,
+                         ConvolutionKernel=profile.kernel,
+                         SliceThickness=f"{profile.thickness_mm:g}")
         name = f"case_{i + 1:0{width}d}"
         # Files go from the most inferior slice up, so z (superior in LPS) grows with the
         # instance number as on most scanners; the rendered anatomy runs apex first.
@@ -599,5 +701,10 @@ def generate_sample(
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["path", "label"])
         writer.writerows(rows)
-    (out / "README.txt").write_text(_readme(patients, slices, size, seed))
-    return SampleInfo(out, labels_csv, patients, len(rows), n_positive_slices, CLASSES)
+    readme = _readme(patients, slices, size, seed)
+    if profile is not None:
+        readme += (f"scanner profile: {profile.name} ({profile.model}, kernel {profile.kernel}, "
+                   f"{profile.thickness_mm:g} mm slices)\n")
+    (out / "README.txt").write_text(readme)
+    return SampleInfo(out, labels_csv, patients, len(rows), n_positive_slices, CLASSES,
+                      None if profile is None else profile.name)

@@ -154,3 +154,36 @@ def test_dicom_out_is_checked_before_work(run, tmp_path, capsys):
     assert main(["predict", str(run), str(case), "--dicom", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vitdesk: error: --dicom") and "is a file" in err
+
+
+def test_attention_overlays_become_aligned_secondary_captures(run, tmp_path):
+    import cv2
+
+    case = run.parent / "sample" / "case_002" / "series_1"
+    source = {d.SOPInstanceUID: d for d in (pydicom.dcmread(p) for p in case.glob("*.dcm"))}
+    out = tmp_path / "dcm"
+    assert main(["predict", str(run), str(case), "--attention", str(tmp_path / "att"),
+                 "--dicom", str(out), "--out", str(tmp_path / "p.csv"),
+                 "--device", "cpu"]) == 0
+    scs = sorted(out.glob("*_sc_*.dcm"))
+    assert len(scs) == 6 and len(list(out.glob("*_sr.dcm"))) == 1
+    pngs = sorted((tmp_path / "att").glob("*_rollout.png"))
+    series = set()
+    for f in scs:
+        assert dciodvfy_errors(f) == []
+        sc = pydicom.dcmread(f)
+        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+        src = source[sc.ReferencedImageSequence[0].ReferencedSOPInstanceUID]
+        assert sc.StudyInstanceUID == src.StudyInstanceUID
+        assert (sc.Rows, sc.Columns) == (src.Rows, src.Columns)
+        assert [float(v) for v in sc.PixelSpacing] == [float(v) for v in src.PixelSpacing]
+        assert list(sc.PatientOrientation) == ["L", "P"]  # axial: rows left, columns back
+        assert str(sc.PatientName) == "" and sc.PatientID == ""
+        for value in _identity(src):
+            assert value.encode() not in f.read_bytes()
+        # the pixels are the rollout overlay of that slice (slice order = z order)
+        z = sorted(source.values(), key=lambda d: float(d.ImagePositionPatient[2])).index(src)
+        png = cv2.cvtColor(cv2.imread(str(pngs[z])), cv2.COLOR_BGR2RGB)
+        assert (sc.pixel_array == png).all()
+        series.add(sc.SeriesInstanceUID)
+    assert len(series) == 1 and series.isdisjoint({d.SeriesInstanceUID for d in source.values()})

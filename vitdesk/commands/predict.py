@@ -52,7 +52,22 @@ def run(args: argparse.Namespace) -> int:
                      [x.probs for x in r], [x.predicted for x in r], [x.set for x in r],
                      sources, res.classes,
                      {"name": lr.cfg.model.name, "version": f"vitdesk {vitdesk.__version__}"})
+        _write_overlays(dicom, res.rows, sources)
     return 0
+
+
+def _write_overlays(folder, rows, sources) -> None:
+    """With --attention: each DICOM slice's overlay as a Secondary Capture image."""
+    from vitdesk.report.dicom_results import results_by_series, write_overlay_sc
+
+    dicom_keys = set(results_by_series(
+        [r.key for r in rows], [r.slice_index for r in rows],
+        [r.probs for r in rows], [r.predicted for r in rows], None, sources))
+    items = [(r.key, sources[r.key][r.slice_index], r.overlay) for r in rows
+             if r.overlay is not None and r.key in dicom_keys]
+    if items:
+        written = write_overlay_sc(folder, items)
+        print(f"{len(written)} DICOM Secondary Capture overlays -> {folder}", file=sys.stderr)
 
 
 def _check_dicom(args: argparse.Namespace):

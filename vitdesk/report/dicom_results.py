@@ -4,7 +4,9 @@ Per predicted DICOM series :func:`write_prediction_sr` writes one Comprehensive 
 (its own new series in the source study): for every slice the referenced source
 image, the predicted class, its probability and the conformal prediction set when
 there is one, plus the model's name and version and "research use only" as text. A
-run report goes in as an Encapsulated PDF (:func:`encapsulated_pdf`) in the same study.
+run report goes in as an Encapsulated PDF (:func:`encapsulated_pdf`) in the same study,
+attention overlays as Secondary Capture images aligned with their source slices
+(:func:`overlay_sc`).
 
 Identity: the objects carry the source Study Instance UID (so a viewer files them with
 the study) and reference the source series and SOP instance UIDs; every other Patient
@@ -28,6 +30,7 @@ SCHEME = "99VITDESK"  # a private coding scheme (PS3.16: designators starting "9
 MANUFACTURER = "vitdesk"
 SR_SERIES_NUMBER = 9901
 PDF_SERIES_NUMBER = 9902
+SC_SERIES_NUMBER = 9903
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 # Patient/study attributes blanked (Type 2) or removed (Type 3) in every object written
 _TYPE2_BLANK = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
@@ -258,5 +261,81 @@ def study_uids(files: Sequence[str]) -> list[str]:
     return list(uids)
 
 
-__all__ = ["SliceResult", "encapsulated_pdf", "prediction_sr", "results_by_series",
-           "study_uids", "write_pdf", "write_prediction_sr"]
+def _orientation_letter(v: Sequence[float]) -> str:
+    """The PS3.3 C.7.6.1.1.1 Patient Orientation letter of a direction cosine vector."""
+    axis = int(np.argmax(np.abs(v)))
+    return ("LR", "PA", "HF")[axis][0 if v[axis] > 0 else 1]
+
+
+def overlay_sc(source_file: str, rgb: np.ndarray, series_uid: str, instance_number: int,
+               description: str) -> Any:
+    """An attention overlay (RGB, the source slice's rows x columns) as a Secondary Capture
+    image in the source study, referencing its source image and carrying its pixel spacing
+    and patient orientation so a viewer shows it aligned with the slice."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    src = pydicom.dcmread(source_file, stop_before_pixels=True)
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.shape[:2] != (int(src.Rows), int(src.Columns)):
+        raise ValueError(f"overlay {rgb.shape[:2]} does not match the slice "
+                         f"{int(src.Rows)} x {int(src.Columns)}")
+    kw: dict[str, Any] = {}
+    iop = getattr(src, "ImageOrientationPatient", None)
+    if iop is not None and len(iop) == 6:
+        kw["patient_orientation"] = (_orientation_letter([float(x) for x in iop[:3]]),
+                                     _orientation_letter([float(x) for x in iop[3:]]))
+    if getattr(src, "PixelSpacing", None):
+        kw["pixel_spacing"] = tuple(float(x) for x in src.PixelSpacing)
+    sc = hd.sc.SCImage(
+        pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", study_instance_uid=src.StudyInstanceUID,
+        series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(), instance_number=instance_number,
+        manufacturer=MANUFACTURER, **kw)
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    sc.ReferencedImageSequence = [ref]
+    sc.SeriesDescription = description[:64]
+    sc.ImageComments = RESEARCH_NOTICE
+    sc.BurnedInAnnotation = "NO"
+    sc.Laterality = ""  # Type 2C (General Series): unknown; dciodvfy asks for it
+    _strip_identity(sc)
+    return sc
+
+
+def write_overlay_sc(out_dir: str | Path, items: Sequence[tuple[str, str, str | Path]]
+                     ) -> list[Path]:
+    """Overlays as Secondary Capture images, one new series per source series.
+
+    Args:
+        items: (series key, source DICOM file of the slice, overlay PNG) per slice.
+    """
+    import cv2
+    import highdicom as hd
+
+    from vitdesk.fileio import atomic_write_bytes
+
+    out = Path(out_dir).expanduser()
+    series: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    written = []
+    for key, source, png in items:
+        bgr = cv2.imread(str(png), cv2.IMREAD_COLOR)
+        if bgr is None:
+            continue
+        uid = series.setdefault(key, str(hd.UID()))
+        counts[key] = counts.get(key, 0) + 1
+        sc = overlay_sc(source, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), uid, counts[key],
+                        "vitdesk attention overlay (research use only)")
+        path = out / f"{key}_sc_{counts[key]:04d}.dcm"
+        atomic_write_bytes(path, lambda tmp, d=sc: d.save_as(tmp, enforce_file_format=True))
+        written.append(path)
+    return written
+
+
+__all__ = ["SliceResult", "encapsulated_pdf", "overlay_sc", "prediction_sr",
+           "results_by_series", "study_uids", "write_overlay_sc", "write_pdf",
+           "write_prediction_sr"]

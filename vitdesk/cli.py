@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="CSV", help="probabilities CSV (default: stdout)")
     p.add_argument("--dicom", metavar="DIR", help="also write a DICOM Comprehensive SR per "
                    "DICOM series (references the source images; no patient identity)")
+    p.add_argument("--deid", action="store_true", help="with --dicom: de-identified copies "
+                   "(PS3.15 basic profile; every UID, the referenced ones too, remapped "
+                   "consistently)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("report", help="write report.html and report.pdf")
@@ -149,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--dicom", metavar="DIR", help="also write the report as an Encapsulated "
                    "PDF in each DICOM study of the test split (no patient identity)")
+    p.add_argument("--deid", action="store_true", help="with --dicom: de-identified copies "
+                   "(PS3.15 basic profile; every UID, the referenced ones too, remapped "
+                   "consistently)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("export", help="the trained model as ONNX or TorchScript, with its "

@@ -187,3 +187,34 @@ def test_attention_overlays_become_aligned_secondary_captures(run, tmp_path):
         assert (sc.pixel_array == png).all()
         series.add(sc.SeriesInstanceUID)
     assert len(series) == 1 and series.isdisjoint({d.SeriesInstanceUID for d in source.values()})
+
+
+def test_deid_copies_remap_every_uid_like_the_de_identified_sources(run, tmp_path):
+    from vitdesk.imaging.deid import deidentify
+
+    case = run.parent / "sample" / "case_002" / "series_1"
+    source = [pydicom.dcmread(p) for p in sorted(case.glob("*.dcm"))]
+    deid_source = [deidentify(d) for d in source]
+    out = tmp_path / "dcm"
+    assert main(["predict", str(run), str(case), "--attention", str(tmp_path / "att"),
+                 "--dicom", str(out), "--deid", "--device", "cpu"]) == 0
+    files = sorted(out.iterdir())
+    assert len(files) == 7  # one SR, six overlays
+    original = {u for d in source for u in (d.StudyInstanceUID, d.SeriesInstanceUID,
+                                            d.SOPInstanceUID, d.FrameOfReferenceUID)}
+    for f in files:
+        assert dciodvfy_errors(f) == []
+        blob = f.read_bytes()
+        assert not any(u.encode() in blob for u in original)
+        ds = pydicom.dcmread(f)
+        assert ds.PatientIdentityRemoved == "YES"
+        assert ds.StudyInstanceUID == deid_source[0].StudyInstanceUID
+    sr = pydicom.dcmread(next(f for f in files if f.name.endswith("_sr.dcm")))
+    refs = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert refs.SeriesInstanceUID == deid_source[0].SeriesInstanceUID
+    assert {r.ReferencedSOPInstanceUID for r in refs.ReferencedSOPSequence} == {
+        d.SOPInstanceUID for d in deid_source}
+    assert set(_content(sr)) == {d.SOPInstanceUID for d in deid_source}
+    sc = pydicom.dcmread(next(f for f in files if "_sc_" in f.name))
+    assert sc.ReferencedImageSequence[0].ReferencedSOPInstanceUID in {
+        d.SOPInstanceUID for d in deid_source}

@@ -51,12 +51,13 @@ def run(args: argparse.Namespace) -> int:
         _write_dicom(dicom, [x.key for x in r], [x.slice_index for x in r],
                      [x.probs for x in r], [x.predicted for x in r], [x.set for x in r],
                      sources, res.classes,
-                     {"name": lr.cfg.model.name, "version": f"vitdesk {vitdesk.__version__}"})
-        _write_overlays(dicom, res.rows, sources)
+                     {"name": lr.cfg.model.name, "version": f"vitdesk {vitdesk.__version__}"},
+                     args.deid)
+        _write_overlays(dicom, res.rows, sources, args.deid)
     return 0
 
 
-def _write_overlays(folder, rows, sources) -> None:
+def _write_overlays(folder, rows, sources, deid: bool = False) -> None:
     """With --attention: each DICOM slice's overlay as a Secondary Capture image."""
     from vitdesk.report.dicom_results import results_by_series, write_overlay_sc
 
@@ -66,7 +67,7 @@ def _write_overlays(folder, rows, sources) -> None:
     items = [(r.key, sources[r.key][r.slice_index], r.overlay) for r in rows
              if r.overlay is not None and r.key in dicom_keys]
     if items:
-        written = write_overlay_sc(folder, items)
+        written = write_overlay_sc(folder, items, deid)
         print(f"{len(written)} DICOM Secondary Capture overlays -> {folder}", file=sys.stderr)
 
 
@@ -77,7 +78,8 @@ def _check_dicom(args: argparse.Namespace):
             if getattr(args, "dicom", None) else None)
 
 
-def _write_dicom(folder, keys, slices, probs, predicted, sets, sources, classes, model) -> None:
+def _write_dicom(folder, keys, slices, probs, predicted, sets, sources, classes, model,
+                 deid: bool = False) -> None:
     """One Comprehensive SR per predicted DICOM series into ``folder``."""
     import numpy as np
 
@@ -89,7 +91,7 @@ def _write_dicom(folder, keys, slices, probs, predicted, sets, sources, classes,
         print("warning: --dicom: no DICOM series among the inputs: no SR written",
               file=sys.stderr)
         return
-    written = write_prediction_sr(folder, groups, classes, model)
+    written = write_prediction_sr(folder, groups, classes, model, deid=deid)
     print(f"{len(written)} DICOM SR -> {folder}", file=sys.stderr)
 
 
@@ -128,7 +130,7 @@ def _run_exported(args: argparse.Namespace) -> int:
                      res.sets or [None] * len(res.keys), sources, res.classes,
                      {"name": c.get("model", {}).get("name", "vitdesk export"),
                       "version": f"vitdesk {c.get('versions', {}).get('vitdesk', '')} "
-                                 f"{res.precision} sha256 {sha[:16]}"})
+                                 f"{res.precision} sha256 {sha[:16]}"}, args.deid)
     return 0
 
 

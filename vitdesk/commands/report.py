@@ -62,5 +62,5 @@ def _write_dicom(args: argparse.Namespace, folder: Path, pdf: Path) -> None:
     if not uids:
         print("warning: --dicom: the test split holds no DICOM study: no object written")
         return
-    written = write_pdf(folder, pdf, uids)
+    written = write_pdf(folder, pdf, uids, deid=getattr(args, "deid", False))
     print(f"{len(written)} Encapsulated PDF -> {folder}")

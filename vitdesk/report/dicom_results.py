@@ -69,6 +69,43 @@ def _strip_identity(ds: Any) -> Any:
     return ds
 
 
+# Our own values that the basic profile would drop (they hold no patient data) and Type 1
+# attributes the written IODs need back.
+_KEEP_ON_DEID = ("ContentDate", "ContentTime", "SeriesDescription", "ImageComments",
+                 "InstanceCreationDate", "InstanceCreationTime")
+
+
+def deidentified(ds: Any) -> Any:
+    """A copy of a written object under PS3.15 Annex E's basic profile
+    (:func:`vitdesk.imaging.deid.deidentify`): every UID, the referenced source ones
+    included, is replaced by the same ``2.25.`` UID that de-identifying the source files
+    gives, so the copies still reference de-identified copies of the sources."""
+    from vitdesk.imaging.deid import deidentify
+
+    keep = {kw: ds[kw].value for kw in _KEEP_ON_DEID if kw in ds}
+    refs = list(ds.ReferencedImageSequence) if "ReferencedImageSequence" in ds else []
+    out = deidentify(ds)
+    for kw, value in keep.items():
+        setattr(out, kw, value)
+    if "ReferencedPerformedProcedureStepSequence" in ds:  # Type 2 in SR Document Series
+        out.ReferencedPerformedProcedureStepSequence = []
+    if refs:  # the SC's alignment reference, remapped like the source's own UID
+        out.ReferencedImageSequence = [deidentify(r) for r in refs]
+        for r in out.ReferencedImageSequence:
+            for kw in ("PatientIdentityRemoved", "DeidentificationMethod"):
+                if kw in r:
+                    delattr(r, kw)
+    return out
+
+
+def _save(ds: Any, path: Path, deid: bool) -> Path:
+    from vitdesk.fileio import atomic_write_bytes
+
+    obj = deidentified(ds) if deid else ds
+    atomic_write_bytes(path, lambda tmp: obj.save_as(tmp, enforce_file_format=True))
+    return path
+
+
 def _read_headers(files: Sequence[str]) -> list[Any]:
     import pydicom
 
@@ -189,33 +226,29 @@ def encapsulated_pdf(pdf: bytes, study_uid: str, title: str = "vitdesk report") 
 
 def write_prediction_sr(out_dir: str | Path, results: dict[str, tuple[Sequence[str],
                                                                        list[SliceResult]]],
-                        classes: Sequence[str], model: dict[str, str]) -> list[Path]:
-    """One SR per series key into ``out_dir`` (named ``<key>_sr.dcm``), atomically."""
-    from vitdesk.fileio import atomic_write_bytes
-
+                        classes: Sequence[str], model: dict[str, str],
+                        deid: bool = False) -> list[Path]:
+    """One SR per series key into ``out_dir`` (named ``<key>_sr.dcm``), atomically;
+    ``deid``: de-identified copies (see :func:`deidentified`)."""
     out = Path(out_dir).expanduser()
     written = []
     for key, (files, rows) in results.items():
         sr = prediction_sr(files, rows, classes, model)
         path = out / f"{key}_sr.dcm"
-        atomic_write_bytes(path, lambda tmp, ds=sr: ds.save_as(tmp, enforce_file_format=True))
-        written.append(path)
+        written.append(_save(sr, path, deid))
     return written
 
 
 def write_pdf(out_dir: str | Path, pdf_path: str | Path, study_uids: Sequence[str],
-              title: str = "vitdesk report") -> list[Path]:
+              title: str = "vitdesk report", deid: bool = False) -> list[Path]:
     """The report PDF as an Encapsulated PDF in each study, ``<n>_report.dcm``."""
-    from vitdesk.fileio import atomic_write_bytes
-
     pdf = Path(pdf_path).read_bytes()
     out = Path(out_dir).expanduser()
     written = []
     for i, uid in enumerate(dict.fromkeys(study_uids), start=1):
         ds = encapsulated_pdf(pdf, uid, title)
         path = out / f"study{i:03d}_report.dcm"
-        atomic_write_bytes(path, lambda tmp, d=ds: d.save_as(tmp, enforce_file_format=True))
-        written.append(path)
+        written.append(_save(ds, path, deid))
     return written
 
 
@@ -306,8 +339,8 @@ def overlay_sc(source_file: str, rgb: np.ndarray, series_uid: str, instance_numb
     return sc
 
 
-def write_overlay_sc(out_dir: str | Path, items: Sequence[tuple[str, str, str | Path]]
-                     ) -> list[Path]:
+def write_overlay_sc(out_dir: str | Path, items: Sequence[tuple[str, str, str | Path]],
+                     deid: bool = False) -> list[Path]:
     """Overlays as Secondary Capture images, one new series per source series.
 
     Args:
@@ -315,8 +348,6 @@ def write_overlay_sc(out_dir: str | Path, items: Sequence[tuple[str, str, str | 
     """
     import cv2
     import highdicom as hd
-
-    from vitdesk.fileio import atomic_write_bytes
 
     out = Path(out_dir).expanduser()
     series: dict[str, str] = {}
@@ -331,11 +362,10 @@ def write_overlay_sc(out_dir: str | Path, items: Sequence[tuple[str, str, str | 
         sc = overlay_sc(source, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), uid, counts[key],
                         "vitdesk attention overlay (research use only)")
         path = out / f"{key}_sc_{counts[key]:04d}.dcm"
-        atomic_write_bytes(path, lambda tmp, d=sc: d.save_as(tmp, enforce_file_format=True))
-        written.append(path)
+        written.append(_save(sc, path, deid))
     return written
 
 
-__all__ = ["SliceResult", "encapsulated_pdf", "overlay_sc", "prediction_sr",
+__all__ = ["SliceResult", "deidentified", "encapsulated_pdf", "overlay_sc", "prediction_sr",
            "results_by_series", "study_uids", "write_overlay_sc", "write_pdf",
            "write_prediction_sr"]

@@ -154,6 +154,9 @@ def test_dicom_out_is_checked_before_work(run, tmp_path, capsys):
     assert main(["predict", str(run), str(case), "--dicom", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vitdesk: error: --dicom") and "is a file" in err
+    assert main(["predict", str(run), str(case), "--deid"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--deid de-identifies the DICOM results: add --dicom DIR" in err
 
 
 def test_attention_overlays_become_aligned_secondary_captures(run, tmp_path):

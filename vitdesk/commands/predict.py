@@ -72,8 +72,11 @@ def _write_overlays(folder, rows, sources, deid: bool = False) -> None:
 
 
 def _check_dicom(args: argparse.Namespace):
+    from vitdesk.errors import ConfigError
     from vitdesk.fileio import check_output_path
 
+    if getattr(args, "deid", False) and not getattr(args, "dicom", None):
+        raise ConfigError("--deid de-identifies the DICOM results: add --dicom DIR")
     return (check_output_path(args.dicom, "--dicom", folder=True)
             if getattr(args, "dicom", None) else None)
 

@@ -29,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(out, "--out", folder=True,
                           files=("report.html", "report.pdf", "metrics.json"))
     baseline = check_baseline(getattr(args, "baseline", None))
+    if getattr(args, "deid", False) and not getattr(args, "dicom", None):
+        from vitdesk.errors import ConfigError
+
+        raise ConfigError("--deid de-identifies the DICOM results: add --dicom DIR")
     dicom = (check_output_path(args.dicom, "--dicom", folder=True)
              if getattr(args, "dicom", None) else None)
     device = getattr(args, "device", "auto") or "auto"

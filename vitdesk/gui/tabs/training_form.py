@@ -525,7 +525,7 @@ class TrainingForm(QWidget):
         try:
             cfg = self.run_config(out="-")
         except ConfigError as exc:
-            self.problem = gui_words(str(exc))  # config errors may name CLI flags
+            self.problem = str(exc)
             cfg = self.run_config(out="-", validate=False)
         except Exception as exc:  # noqa: BLE001 - a form must never crash on input
             self.problem = f"{type(exc).__name__}: {exc}"
@@ -537,7 +537,7 @@ class TrainingForm(QWidget):
                                   + f" · seed {cfg.seed} (set in the Dataset tab)")
         self.warning_label.setText(gui_words(self.warning))
         self.warning_label.setVisible(bool(self.warning))
-        self.problem_label.setText(self.problem)
+        self.problem_label.setText(gui_words(self.problem))  # shown in the GUI's words
         self.problem_label.setVisible(bool(self.problem))
         self.force_staged_box.setVisible(self.cfg.recipe.kind == "staged")
         self.changed.emit()

@@ -310,7 +310,7 @@ class TrainingTab(QWidget):
         running = self.is_training()
         paused = running and self.task.token.paused
         self.start_button.setEnabled(not running and not self.form.problem)
-        self.start_button.setToolTip(self.form.problem or "Train with these settings")
+        self.start_button.setToolTip(gui_words(self.form.problem) or "Train with these settings")
         self.pause_button.setEnabled(running and not paused)
         self.resume_button.setEnabled(paused)
         self.cancel_button.setEnabled(running and not self.task.token.cancelled)

@@ -167,6 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run's data source, to check the export on its test slices")
     p.add_argument("--out", required=True, metavar="DIR")
 
+    p = sub.add_parser("suggest", help="slices or series to label next (uncertainty + "
+                       "diversity under the run's model)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--data", required=True, metavar="SRC",
+                   help="a workspace (its unlabelled slices) or any source (all its slices)")
+    p.add_argument("--n", type=int, default=20, metavar="N", help="suggestions (20)")
+    p.add_argument("--by", choices=["slice", "series"], default="slice",
+                   help="rank slices, or series by their most uncertain slices")
+    p.add_argument("--uncertainty", choices=["entropy", "margin"], default="entropy",
+                   help="of the TTA-averaged probabilities (entropy)")
+    p.add_argument("--no-tta", action="store_true", help="plain probabilities (faster)")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--out", metavar="CSV", help="also write the suggestions as CSV")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
     p = sub.add_parser("demo", help="sample -> train -> evaluate -> report")
     p.add_argument("--out", default="vitdesk-demo", metavar="DIR")
     p.add_argument("--quick", action="store_true", help="a few minutes on a laptop CPU")

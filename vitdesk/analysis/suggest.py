@@ -56,8 +56,9 @@ def k_center_greedy(features: np.ndarray, k: int, first: int = 0,
     if k <= 0:
         return []
     if centres is not None and len(centres):
-        c = np.asarray(centres, dtype=np.float64)
-        d = np.min(np.linalg.norm(x[:, None, :] - c[None, :, :], axis=-1), axis=1)
+        d = np.full(n, np.inf)
+        for c in np.asarray(centres, dtype=np.float64):  # one at a time: O(n) memory
+            d = np.minimum(d, np.linalg.norm(x - c, axis=1))
         picked: list[int] = []
     else:
         if not 0 <= first < n:

@@ -2,8 +2,8 @@
 and of a greyscale image folder.
 
 For each data set: train a small run, then measure on its held-out test split and on
-shifted copies of new patients (CT: +300 HU, Gaussian noise of 150 HU; images: +60
-grey levels):
+shifted copies of new patients (CT: +300 HU, Gaussian noise of 150 HU, the sample
+generator's scanner profiles B and C; images: +60 grey levels):
 
 - shift alarm rate (nominal 5 %) in- and out-of-distribution and the AUROC of the
   shifted cases against held-out in-distribution ones; reference in the same run: the
@@ -214,9 +214,13 @@ def main() -> None:
         new_ct = generate_sample(root / "ct_new", patients=max(4, args.patients // 3),
                                  slices=args.slices, size=args.size, seed=7).out_dir
         run = _train(ct, root / "run_ct", args.epochs, args.model, args.img_size)
-        results.append(measure("synthetic CT", run, {
-            "+300 HU": _hu_copy(new_ct, root / "ct_offset", 300.0, 0.0),
-            "noise 150 HU": _hu_copy(new_ct, root / "ct_noise", 0.0, 150.0)}, new_ct))
+        ood = {"+300 HU": _hu_copy(new_ct, root / "ct_offset", 300.0, 0.0),
+               "noise 150 HU": _hu_copy(new_ct, root / "ct_noise", 0.0, 150.0)}
+        for name in ("B", "C"):  # the same new patients acquired by another site's scanner
+            ood[f"scanner {name}"] = generate_sample(
+                root / f"ct_scanner_{name}", patients=max(4, args.patients // 3),
+                slices=args.slices, size=args.size, seed=7, scanner=name).out_dir
+        results.append(measure("synthetic CT", run, ood, new_ct))
 
         import sys
 

@@ -45,30 +45,14 @@ def run(args: argparse.Namespace) -> int:
     if res.overlays:
         print(f"{len(res.overlays)} attention overlays -> {args.attention}", file=sys.stderr)
     if dicom is not None:
-        import vitdesk
+        from vitdesk.report.dicom_results import run_model_info
 
         r = res.rows
         _write_dicom(dicom, [x.key for x in r], [x.slice_index for x in r],
                      [x.probs for x in r], [x.predicted for x in r], [x.set for x in r],
-                     sources, res.classes,
-                     {"name": lr.cfg.model.name, "version": f"vitdesk {vitdesk.__version__}"},
-                     args.deid)
-        _write_overlays(dicom, res.rows, sources, args.deid)
+                     sources, res.classes, run_model_info(lr), args.deid,
+                     [x.overlay for x in r])
     return 0
-
-
-def _write_overlays(folder, rows, sources, deid: bool = False) -> None:
-    """With --attention: each DICOM slice's overlay as a Secondary Capture image."""
-    from vitdesk.report.dicom_results import results_by_series, write_overlay_sc
-
-    dicom_keys = set(results_by_series(
-        [r.key for r in rows], [r.slice_index for r in rows],
-        [r.probs for r in rows], [r.predicted for r in rows], None, sources))
-    items = [(r.key, sources[r.key][r.slice_index], r.overlay) for r in rows
-             if r.overlay is not None and r.key in dicom_keys]
-    if items:
-        written = write_overlay_sc(folder, items, deid)
-        print(f"{len(written)} DICOM Secondary Capture overlays -> {folder}", file=sys.stderr)
 
 
 def _check_dicom(args: argparse.Namespace):
@@ -82,20 +66,19 @@ def _check_dicom(args: argparse.Namespace):
 
 
 def _write_dicom(folder, keys, slices, probs, predicted, sets, sources, classes, model,
-                 deid: bool = False) -> None:
-    """One Comprehensive SR per predicted DICOM series into ``folder``."""
-    import numpy as np
+                 deid: bool = False, overlays=None) -> None:
+    """The DICOM results (SR per series, overlays as Secondary Capture) into ``folder``."""
+    from vitdesk.report.dicom_results import write_results
 
-    from vitdesk.report.dicom_results import results_by_series, write_prediction_sr
-
-    groups = results_by_series(keys, slices, np.asarray(probs), predicted,
-                               None if all(s is None for s in sets) else sets, sources)
-    if not groups:
-        print("warning: --dicom: no DICOM series among the inputs: no SR written",
+    srs, scs = write_results(folder, keys, slices, probs, predicted, sets, sources, classes,
+                             model, overlays, deid)
+    if not srs:
+        print("warning: --dicom: no DICOM series among the inputs: nothing written",
               file=sys.stderr)
         return
-    written = write_prediction_sr(folder, groups, classes, model, deid=deid)
-    print(f"{len(written)} DICOM SR -> {folder}", file=sys.stderr)
+    print(f"{len(srs)} DICOM SR -> {folder}", file=sys.stderr)
+    if scs:
+        print(f"{len(scs)} DICOM Secondary Capture overlays -> {folder}", file=sys.stderr)
 
 
 def _run_exported(args: argparse.Namespace) -> int:
@@ -126,14 +109,11 @@ def _run_exported(args: argparse.Namespace) -> int:
     else:
         _write(sys.stdout, res)
     if dicom is not None:
-        c = res.contract
-        sha = (c.get("sha256") or {}).get(c.get("int8_file") if res.precision == "int8"
-                                          else c["model_file"], "")
-        _write_dicom(dicom, res.keys, res.slices, res.probs, res.predicted,
-                     res.sets or [None] * len(res.keys), sources, res.classes,
-                     {"name": c.get("model", {}).get("name", "vitdesk export"),
-                      "version": f"vitdesk {c.get('versions', {}).get('vitdesk', '')} "
-                                 f"{res.precision} sha256 {sha[:16]}"}, args.deid)
+        from vitdesk.report.dicom_results import export_model_info
+
+        _write_dicom(dicom, res.keys, res.slices, res.probs, res.predicted, res.sets,
+                     sources, res.classes, export_model_info(res.contract, res.precision),
+                     args.deid)
     return 0
 
 

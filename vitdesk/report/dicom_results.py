@@ -366,6 +366,43 @@ def write_overlay_sc(out_dir: str | Path, items: Sequence[tuple[str, str, str | 
     return written
 
 
-__all__ = ["SliceResult", "deidentified", "encapsulated_pdf", "overlay_sc", "prediction_sr",
-           "results_by_series", "study_uids", "write_overlay_sc", "write_pdf",
-           "write_prediction_sr"]
+def write_results(out_dir: str | Path, keys: Sequence[str], slices: Sequence[int],
+                  probs: Any, predicted: Sequence[str], sets: Sequence[str | None] | None,
+                  sources: dict[str, list[str]], classes: Sequence[str],
+                  model: dict[str, str], overlays: Sequence[Any] | None = None,
+                  deid: bool = False) -> tuple[list[Path], list[Path]]:
+    """Every DICOM result of one prediction: (SR files, Secondary Capture files).
+
+    Rows are predict's rows (one per slice); ``sources`` maps each series key to its
+    slices' source files (``input_slices(..., sources=)``); ``overlays`` the overlay PNG
+    of each row (or None). Rows without a DICOM source are left out.
+    """
+    if sets is not None and all(st is None for st in sets):
+        sets = None
+    groups = results_by_series(keys, slices, np.asarray(probs), predicted, sets, sources)
+    srs = write_prediction_sr(out_dir, groups, classes, model, deid=deid) if groups else []
+    items = [(k, sources[k][int(z)], ov) for k, z, ov in
+             zip(keys, slices, overlays or [None] * len(keys), strict=True)
+             if ov is not None and k in groups]
+    scs = write_overlay_sc(out_dir, items, deid) if items else []
+    return srs, scs
+
+
+def run_model_info(run: Any) -> dict[str, str]:
+    """Algorithm name/version of a loaded run, as the SR states them."""
+    return {"name": str(run.cfg.model.name), "version": f"vitdesk {__version__}"}
+
+
+def export_model_info(contract: dict, precision: str) -> dict[str, str]:
+    """Algorithm name/version of an exported model (its file hash names the version)."""
+    sha = (contract.get("sha256") or {}).get(
+        contract.get("int8_file") if precision == "int8" else contract.get("model_file"), "")
+    return {"name": str((contract.get("model") or {}).get("name", "vitdesk export")),
+            "version": f"vitdesk {(contract.get('versions') or {}).get('vitdesk', '')} "
+                       f"{precision} sha256 {sha[:16]}"}
+
+
+__all__ = ["SliceResult", "deidentified", "encapsulated_pdf", "export_model_info",
+           "overlay_sc", "prediction_sr", "results_by_series", "run_model_info",
+           "study_uids", "write_overlay_sc", "write_pdf", "write_prediction_sr",
+           "write_results"]

@@ -73,6 +73,7 @@ class MainWindow(QMainWindow):
         # One loaded run shared by the analysis tabs (see vitdesk.gui.run_state).
         self.current_run = CurrentRun(self.session, self)
         self.training_tab.run_finished.connect(self.current_run.load)
+        self.dataset_tab.suggest_panel.set_current_run(self.current_run)
         self.attention_tab = AttentionTab(self.session, self.current_run, self.viewer, self)
         self.inference_tab = InferenceTab(self.session, self.current_run, self)
         self.fairness_tab = FairnessTab(self.session, self.current_run, self)

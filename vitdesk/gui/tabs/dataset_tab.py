@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
 from vitdesk.errors import DataError
 from vitdesk.gui.dialogs import show_error
 from vitdesk.gui.session import Session
+from vitdesk.gui.tabs.suggest_panel import SuggestPanel
 from vitdesk.gui.tabs.training_input import TrainingInputPanel, fit_table_height
 
 
@@ -134,6 +135,7 @@ class DatasetTab(QWidget):
         QVBoxLayout(counts_box).addWidget(self.counts_table)
 
         self.training_input = TrainingInputPanel(session, self)
+        self.suggest_panel = SuggestPanel(session, self)  # run set by the main window
 
         body = QWidget(self)
         lay = QVBoxLayout(body)
@@ -142,6 +144,7 @@ class DatasetTab(QWidget):
         lay.addWidget(classes_box)
         lay.addWidget(label_box)
         lay.addWidget(counts_box)
+        lay.addWidget(self.suggest_panel)
         lay.addWidget(self.training_input)
         lay.addStretch(1)
         self.scroll = scroll = QScrollArea(self)
@@ -157,6 +160,7 @@ class DatasetTab(QWidget):
         session.viewer.slice_changed.connect(lambda _i: self._update_current())
         session.viewer.volume_changed.connect(lambda _v: self._on_volume())
         self.labels_changed.connect(lambda _k: self._after_label_change())
+        self.labels_changed.connect(lambda _k: self.suggest_panel.mark_labelled())
         self.refresh()
 
     # ------------------------------------------------------------------ helpers

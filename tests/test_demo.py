@@ -55,9 +55,9 @@ def test_demo_writes_sample_backbone_run_and_report(tmp_path):
     # the plan: 36 labelled slices is a small set, so the CNN (trained first) teaches the ViT
     assert any(r.startswith("distillation: 36 labelled images") for r in res.plan)
     doc = json.loads((res.out / "demo.json").read_text())["settings"]
-    assert doc["distill"] == "soft" and doc["img_size"] == 32 and doc["plan"] == list(res.plan)
+    assert doc["distill"] == "hard" and doc["img_size"] == 32 and doc["plan"] == list(res.plan)
     teacher = json.loads((res.run / "metrics.json").read_text())["teacher"]
-    assert (teacher["mode"], teacher["model"]) == ("soft", "cnn_test_tiny")
+    assert (teacher["mode"], teacher["model"]) == ("hard", "cnn_test_tiny")
 
 
 def test_plan_fills_in_what_the_settings_leave_open(tmp_path):
@@ -69,7 +69,7 @@ def test_plan_fills_in_what_the_settings_leave_open(tmp_path):
     assert (s.img_size, s.batch_size, s.distill) == (0, 0, "auto")
     p = plan_settings(s, info.out_dir)
     # native 64 px with the model's 8-px patches: 64 px, an 8x8 grid, no upsampling
-    assert (p.img_size, p.batch_size, p.distill) == (64, 8, "soft")
+    assert (p.img_size, p.batch_size, p.distill) == (64, 8, "hard")
     assert "image size 64 px: native 64 px, not upsampled" in p.plan
     given = plan_settings(TINY, info.out_dir)  # what the settings give is kept
     assert (given.img_size, given.batch_size) == (32, 8)

@@ -629,4 +629,4 @@ def teacher_reason(fp: Fingerprint) -> str | None:
         return None
     return (f"distillation: {labelled} labelled images is a small set, where a CNN from "
             "scratch learns faster than a ViT: the CNN is trained first and teaches the "
-            "ViT (soft targets)")
+            "ViT (its predicted classes as targets, DeiT's hard distillation)")

@@ -36,8 +36,15 @@ def test_suggest_prints_a_table_and_writes_the_csv(setup, tmp_path, capsys):
     assert all(r["description"] == "Synthetic axial chest/abdomen" for r in rows)
     assert all(0 <= int(r["slice"]) < 6 and float(r["uncertainty"]) > 0 for r in rows)
     # keys, descriptions and indices only: no data path, no identity
-    text = captured.out + out.read_text()
-    assert str(pool) not in text and "SYN" not in text and ".dcm" not in text
+    text = (captured.out + captured.err + out.read_text()).lower()
+    assert str(pool).lower() not in text and ".dcm" not in text
+    import pydicom
+
+    for f in pool.rglob("IM_0001.dcm"):  # the synthetic identity of every patient
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for value in (str(ds.PatientName).split("^")[0], ds.PatientID, ds.AccessionNumber,
+                      ds.StudyDate, ds.PatientBirthDate):
+            assert str(value).lower() not in text, value
     # same seed, same table
     assert main(["suggest", str(run), "--data", str(pool), "--n", "5", "--seed", "1",
                  "--device", "cpu"]) == 0

@@ -7,7 +7,12 @@ import json
 import numpy as np
 
 from tests.gui.conftest_runs import sample_dir, tiny_run  # noqa: F401
-from vitdesk.gui.export_action import ExportDialog, ExportModelAction
+from vitdesk.gui.export_action import (
+    DicomResultsAction,
+    DicomResultsDialog,
+    ExportDialog,
+    ExportModelAction,
+)
 from vitdesk.gui.run_state import CurrentRun
 from vitdesk.gui.session import Session
 
@@ -92,4 +97,45 @@ def test_main_window_file_menu_offers_export_model(qtbot):
     qtbot.addWidget(win)
     file_menu = win.menuBar().actions()[0].menu()
     assert win.export_model.action in file_menu.actions()
+    assert win.dicom_results.action in file_menu.actions()
     assert not win.export_model.action.isEnabled()  # no run loaded yet
+    assert not win.dicom_results.action.isEnabled()
+
+
+def test_dicom_results_from_the_dialog(qtbot, tiny_run, sample_dir, tmp_path, monkeypatch):  # noqa: F811
+    import pydicom
+
+    import vitdesk.gui.export_action as ea
+    from vitdesk.engine.run import load_run
+
+    shown = []
+    monkeypatch.setattr(ea, "show_error", lambda parent, exc: shown.append(str(exc)))
+    session = Session()
+    current = CurrentRun(session, device="cpu")
+    from PySide6.QtWidgets import QWidget
+
+    host = QWidget()
+    qtbot.addWidget(host)
+    act = DicomResultsAction(session, current, host)
+    assert not act.action.isEnabled() and act.open_dialog() is None
+    current.set_run(load_run(tiny_run, "cpu"))
+    assert act.action.isEnabled()
+    assert act.write(str(tmp_path / "missing"), str(tmp_path / "o")) is None
+    assert "not found" in shown[-1]
+    case = sample_dir / "case_001" / "series_1"
+    dialog = act.open_dialog()
+    assert isinstance(dialog, DicomResultsDialog)
+    dialog.input_edit.setText(str(case))
+    dialog.out_edit.setText(str(tmp_path / "dcm"))
+    dialog.deid_check.setChecked(True)
+    messages = []
+    session.message.connect(messages.append)
+    with qtbot.waitSignal(act.written, timeout=120000) as blocker:
+        dialog.accept()
+    srs, scs = blocker.args[0]
+    assert len(srs) == 1 and scs == [] and messages == ["1 DICOM SR written"]
+    sr = pydicom.dcmread(srs[0])
+    assert sr.Modality == "SR" and sr.PatientIdentityRemoved == "YES"
+    src = pydicom.dcmread(next(case.glob("*.dcm")))
+    assert sr.StudyInstanceUID != src.StudyInstanceUID  # de-identified: remapped
+    qtbot.waitUntil(lambda: not act.task.is_running(), timeout=5000)

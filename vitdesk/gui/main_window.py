@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 from vitdesk import __version__
 from vitdesk.gui import settings as gui_settings
 from vitdesk.gui.dialogs import FileErrorsDialog, show_error
-from vitdesk.gui.export_action import ExportModelAction
+from vitdesk.gui.export_action import DicomResultsAction, ExportModelAction
 from vitdesk.gui.job_bar import JobBar
 from vitdesk.gui.resources import icon
 from vitdesk.gui.run_state import CurrentRun
@@ -153,6 +153,7 @@ class MainWindow(QMainWindow):
             "Where settings are kept")
         self.about_action = self._action("&About vitdesk", self.show_about, None, "about")
         self.export_model = ExportModelAction(self.session, self.current_run, self)
+        self.dicom_results = DicomResultsAction(self.session, self.current_run, self)
         self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
 
     def _make_menus(self) -> None:
@@ -166,6 +167,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.export_action)
         file_menu.addAction(self.export_model.action)
+        file_menu.addAction(self.dicom_results.action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         edit_menu = mb.addMenu("&Edit")

@@ -83,6 +83,10 @@ def test_export_out_is_a_file_exit_2_before_any_work(run, tmp_path, capsys):
     assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "o")]) == 2
     assert "is a folder where a file is written" in _last_line(capsys)
     assert not (tmp_path / "o" / "vitdesk-export.json").exists()
+    # never into a run folder: its predict would read the export instead of the run
+    assert main(["export", str(run), "--format", "onnx", "--out", str(run)]) == 2
+    assert "is a run folder" in _last_line(capsys)
+    assert not (run / "vitdesk-export.json").exists()
 
 
 def test_predict_export_user_errors_exit_2(run, tmp_path, capsys):

@@ -36,9 +36,10 @@ from vitdesk.engine.export_contract import (
     MODEL_FILES,
     OUTPUT,
     OUTPUT_NAME,
+    check_export_folder,
     check_format,
 )
-from vitdesk.errors import ConfigError, DataError
+from vitdesk.errors import DataError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, Progress, emit
 
 OPSET = 17
@@ -295,13 +296,10 @@ def export_run(run: str | Path | Any, fmt: str = "onnx", out: str | Path = "expo
     """
     from vitdesk.engine.exported_model import ort_session
     from vitdesk.engine.run import LoadedRun, load_run
-    from vitdesk.fileio import atomic_write_json, check_output_path
+    from vitdesk.fileio import atomic_write_json
 
     fmt = check_format(fmt)
-    if int8 and fmt != "onnx":
-        raise ConfigError("--int8 quantises an ONNX model: use --format onnx --int8")
-    names = (CONTRACT_FILE, MODEL_FILES[fmt], *([INT8_FILE] if int8 else []))
-    folder = check_output_path(out, "--out", folder=True, files=names)
+    folder = check_export_folder(out, fmt, int8)
     lr = run if isinstance(run, LoadedRun) else load_run(run, device="cpu", listener=listener)
     model = lr.model
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in model.parameters()):

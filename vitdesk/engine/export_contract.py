@@ -58,6 +58,24 @@ def check_format(fmt: str) -> str:
     return f
 
 
+def check_export_folder(out: str | Path, fmt: str, int8: bool = False,
+                        flag: str = "--out") -> Path:
+    """The export folder, checked before any work (ConfigError naming the problem): the
+    format and int8 option, a writable folder, and never a run folder (its predict
+    would then read the export instead of the run)."""
+    from vitdesk.fileio import check_output_path
+
+    fmt = check_format(fmt)
+    if int8 and fmt != "onnx":
+        raise ConfigError("--int8 quantises an ONNX model: use --format onnx --int8")
+    folder = check_output_path(out, flag, folder=True, files=(
+        CONTRACT_FILE, MODEL_FILES[fmt], *([INT8_FILE] if int8 else [])))
+    if (folder / "config.toml").is_file():
+        raise ConfigError(f"{flag} {folder} is a run folder: export into another folder, "
+                          f"e.g. {folder / 'export'}")
+    return folder
+
+
 def read_contract(folder: str | Path) -> dict[str, Any]:
     """The contract of an export folder, checked; a LoadError names what is wrong."""
     folder = Path(folder).expanduser()
@@ -96,5 +114,5 @@ def temperature_of(contract: dict[str, Any]) -> float:
 
 
 __all__ = ["CONTRACT_FILE", "FORMAT", "FORMATS", "INT8_FILE", "INPUT_NAME", "LETTERBOX",
-           "MODEL_FILES", "OUTPUT_NAME", "check_format", "is_export_dir", "read_contract",
-           "temperature_of", "window_of"]
+           "MODEL_FILES", "OUTPUT_NAME", "check_export_folder", "check_format",
+           "is_export_dir", "read_contract", "temperature_of", "window_of"]

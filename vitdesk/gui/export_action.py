@@ -132,14 +132,8 @@ class ExportModelAction(QObject):
 
     def export(self, fmt: str, int8: bool, out_dir: str) -> Task | None:
         """Check the folder, then export in a worker; errors go to one dialog."""
-        from vitdesk.engine.export_contract import (
-            CONTRACT_FILE,
-            INT8_FILE,
-            MODEL_FILES,
-            check_format,
-        )
+        from vitdesk.engine.export_contract import check_export_folder, check_format
         from vitdesk.errors import ConfigError
-        from vitdesk.fileio import check_output_path
 
         try:
             if self.current.run is None:
@@ -148,9 +142,7 @@ class ExportModelAction(QObject):
                 raise ConfigError("Export: choose a folder to write the model to")
             fmt = check_format(fmt)
             int8 = bool(int8) and fmt == "onnx"
-            check_output_path(out_dir, "Export folder", folder=True,
-                              files=(CONTRACT_FILE, MODEL_FILES[fmt],
-                                     *([INT8_FILE] if int8 else [])))
+            check_export_folder(out_dir, fmt, int8, flag="Export folder")
         except ConfigError as exc:
             show_error(self.widget, exc)
             return None

@@ -101,6 +101,11 @@ def test_predict_export_user_errors_exit_2(run, tmp_path, capsys):
     assert "is a folder" in _last_line(capsys)
     (out / "model.onnx").write_bytes(b"not a model")
     assert main(["predict", str(out), str(case)]) == 2
+    assert "the model file differs from the one exported" in _last_line(capsys)
+    contract = json.loads((out / "vitdesk-export.json").read_text())
+    contract["sha256"] = {}  # an export without hashes: ONNX Runtime names the problem
+    (out / "vitdesk-export.json").write_text(json.dumps(contract))
+    assert main(["predict", str(out), str(case)]) == 2
     assert "ONNX Runtime cannot open the model" in _last_line(capsys)
     (out / "vitdesk-export.json").write_text("[]")
     assert main(["predict", str(out), str(case)]) == 2

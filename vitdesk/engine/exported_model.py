@@ -79,12 +79,30 @@ class ExportedModel:
         self.channels = int(pre.get("channels", 3))
         self.mean = tuple(float(v) for v in pre["mean"])
         self.std = tuple(float(v) for v in pre["std"])
+        self._check_hash()
         if self.model_format == "onnx":
             self._session = ort_session(self.path, threads)
             self._run = self._run_onnx
         else:
             self._module = self._load_torchscript(threads)
             self._run = self._run_torchscript
+
+    def _check_hash(self) -> None:
+        """A model file changed after the export (a partial copy, an edit) is refused:
+        its numbers would no longer be the ones the export was checked with."""
+        import hashlib
+
+        want = (self.contract.get("sha256") or {}).get(self.path.name)
+        if not want:
+            return
+        h = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != want:
+            raise LoadError(f"{self.path}: the model file differs from the one exported "
+                            "(sha256): copy the whole export folder again, or export the run "
+                            "again")
 
     def _load_torchscript(self, threads: int | None) -> Any:
         import torch  # a TorchScript export runs in PyTorch by definition

@@ -8,6 +8,7 @@ source study/series/instances, and for the absence of the source's identity.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 
@@ -131,8 +132,20 @@ def test_report_writes_the_pdf_into_each_test_study(run, tmp_path):
     test = load_split(run / "split.json", data_src=data)["test"]
     studies = {pydicom.dcmread(r.path, stop_before_pixels=True).StudyInstanceUID
                for r in test}
-    files = sorted(out.iterdir())
+    files = sorted(out.glob("*_report.dcm"))
     assert len(files) == len(studies) == 2
+    # and an SR per scored series: every test slice with the class the report counted
+    srs = sorted(out.glob("*_sr.dcm"))
+    assert len(srs) == 2
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    by_uid = {pydicom.dcmread(r.path, stop_before_pixels=True).SOPInstanceUID: r
+              for r in test}
+    for f in srs:
+        assert dciodvfy_errors(f) == []
+        content = _content(pydicom.dcmread(f))
+        assert set(content) <= set(by_uid) and len(content) == 6
+        assert all(0.5 <= prob <= 1.0 and cset for _, prob, cset in content.values())
+    assert metrics["n_slices"] == 12
     pdf = (tmp_path / "rep" / "report.pdf").read_bytes()
     source = pydicom.dcmread(test[0].path)
     for f in files:

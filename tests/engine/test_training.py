@@ -59,6 +59,7 @@ def test_tiny_vit_learns_the_synthetic_finding(tmp_path):
 
 def _staged_cfg(out):
     cfg = tiny_cfg(out, kind="staged")
+    cfg.recipe.force_staged = True  # random weights: the plan would train one full stage
     cfg.recipe.stages = [StageConfig("head", 1, 3e-3, "head"),
                          StageConfig("top", 2, 1e-3, "top:1"),
                          StageConfig("all", 1, 5e-4, "all", layer_decay=0.7)]
@@ -144,7 +145,7 @@ def test_bad_input_raises_before_anything_is_written(tmp_path):
         train(cfg, data=data(32, 8))
     cfg = tiny_cfg(tmp_path / "new", epochs=1)
     cfg.weights.pretrained = str(tmp_path / "nope.safetensors")
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(ConfigError, match="weights '.*' not found"):  # the plan's check
         train(cfg, data=data(32, 8))
     assert not (tmp_path / "new").exists()
     assert _snapshot(prev) == before

@@ -217,14 +217,14 @@ def teacher_mismatch(cfg: RunConfig, run: str, img_size: int, window: str) -> st
 
     if int(img_size) != int(cfg.model.img_size):
         return (f"teacher run {run} uses image size {img_size}, this run "
-                f"{cfg.model.img_size}: use the same image size")
+                f"{cfg.model.img_size} (model.img_size): use the same image size")
     try:
         same = WindowSpec.parse(window) == WindowSpec.parse(cfg.data.window)
     except ConfigError:
         return None  # an unreadable window is reported by validate() or the teacher's load
     if not same:
-        return (f"teacher run {run} uses window '{window}', this run '{cfg.data.window}': "
-                "use the same window")
+        return (f"teacher run {run} uses window '{window}', this run '{cfg.data.window}' "
+                "(data.window): use the same window")
     return None
 
 

@@ -186,6 +186,9 @@ def test_plan_prints_the_run_and_train_without_a_model_runs_it(png_data, tmp_pat
     assert main(["train", *common, "--out", str(run), "--epochs", "2"]) == 0
     err = capsys.readouterr().err
     assert f"plan: model: {model}" in err and "grid of" not in err  # no coarse-grid warning
+    assert "the plan estimated" in err.splitlines()[-1]  # the closing line: actual vs plan
+    env = json.loads((run / "env.json").read_text())
+    assert env["plan_estimate"]["seconds"] > 0 and env["train_seconds"] > 0
     cfg = tomllib.loads((run / "config.toml").read_text())
     assert (cfg["model"]["name"], cfg["model"]["img_size"], cfg["model"]["patch_size"]) == (
         model, 32, patch)

@@ -8,6 +8,7 @@ requested config.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
@@ -70,6 +71,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                     epochs=str(epochs) if epochs else None, check_files=True)
     if planned is not None:
         plan.reasons, plan.estimate = planned.reasons, planned.estimate
+        before = sum(s.epochs for s in planned.cfg.stage_plan())
+        after = sum(s.epochs for s in plan.cfg.recipe.stages)
+        if plan.estimate is not None and before and after != before:  # --epochs given
+            plan.estimate = plan.estimate.scaled(after / before)
     return plan
 
 
@@ -157,10 +162,25 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    est = plan.estimate
     try:
         out = train(plan.cfg, token, [ConsoleProgress()], resume=bool(args.resume),
-                    planned=True)
+                    planned=True, estimate=None if est is None else dataclasses.asdict(est))
     finally:
         signal.signal(signal.SIGINT, previous)
+    if est is not None:
+        print(closing_line(out, est.seconds), file=sys.stderr)
     print(out)
     return 0
+
+
+def closing_line(run: Path, estimated_s: float) -> str:
+    """Trained time against the plan's estimate (from the run's ``env.json``)."""
+    import json
+
+    try:
+        actual = float(json.loads((Path(run) / "env.json").read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"trained (the plan estimated {estimated_s:.0f} s)"
+    return (f"trained in {actual:.0f} s; the plan estimated {estimated_s:.0f} s "
+            f"({(actual - estimated_s) / estimated_s:+.0%})")

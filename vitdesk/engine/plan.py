@@ -376,6 +376,12 @@ class Estimate:
     seconds: float
     peak_memory_mb: float
 
+    def scaled(self, factor: float) -> Estimate:
+        """The estimate of the same run trained ``factor`` times as many epochs."""
+        steps = max(1, round(self.steps * factor))
+        return Estimate(self.step_seconds, steps, self.seconds * steps / max(1, self.steps),
+                        self.peak_memory_mb)
+
     def describe(self) -> str:
         return (f"about {_duration(self.seconds)} ({self.steps} steps at "
                 f"{self.step_seconds * 1000:.0f} ms), peak memory about "

@@ -383,6 +383,7 @@ def train(
     resume: bool = False,
     distill_mode: str | None = None,
     planned: bool = False,
+    estimate: dict[str, float] | None = None,
 ) -> Path:
     """Train ``cfg`` and return the run folder.
 
@@ -398,6 +399,8 @@ def train(
             resume the run's recorded mode).
         planned: ``cfg`` came out of :func:`vitdesk.engine.plan.plan_run` and its notices
             were shown; otherwise it is planned here and the notices go to ``listeners``.
+        estimate: the planner's estimate (``seconds``, ``peak_memory_mb``, ...), kept in
+            ``env.json`` beside the measured ``train_seconds``.
 
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: before anything is written.
@@ -496,6 +499,8 @@ def train(
             env = _env_info(cfg, device, attention, dist, report.to_dict(), _amp_name(trainer))
             env["resumed"] = resume
             env.update(extra)
+            if estimate:
+                env["plan_estimate"] = dict(estimate)
             atomic_write_text(out / "env.json", json.dumps(env, indent=2))
         seed_everything(cfg.seed)  # the attention timing must not shift the run's RNG
         t0 = time.perf_counter()

@@ -223,8 +223,12 @@ def test_plan_for_data_fits_the_budget_with_the_measured_step():
     assert epochs == min(300, int(60 * 0.8 / (steps_per_epoch * 0.02 * 1.25)))
     assert p.estimate.seconds <= 60 and p.estimate.steps == epochs * steps_per_epoch
     assert any("budget" in r for r in p.reasons)
-    # a long budget buys the larger ViT, still with its 16x16 grid of 4-px patches
+    # a long budget on a small set still trains the smallest ViT (a wider one overfits)
     p = plan_for_data(cfg, _fp(), budget_s=3600, step_seconds=step)
+    assert p.cfg.model.name == "vit_test_tiny" and any("too few" in r for r in p.reasons)
+    # on a large set it buys the larger ViT, still with its 16x16 grid of 4-px patches
+    big = _fp(images=20000, classes={"lesion": 8000, "normal": 12000})
+    p = plan_for_data(cfg, big, budget_s=36000, step_seconds=step)
     assert p.cfg.model.name == "vit_tiny_patch16_224" and p.cfg.model.patch_size == 4
     assert p.cfg.recipe.stages[0].epochs >= 20
     # a budget too short for 4-px patches takes the 8x8 grid of 8-px patches

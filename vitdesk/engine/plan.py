@@ -347,6 +347,7 @@ def plan_pretrain(cfg: Any) -> Any:
 AUTO_MODELS = (("vit_test_tiny", 1e-3), ("vit_tiny_patch16_224", 5e-4),
                ("vit_small_patch16_224", 3e-4))
 PATCHES = (2, 4, 8, 16)
+SMALL_LABELLED = 5000  # labelled images below which a CNN beats a ViT trained on them alone
 MIN_EPOCHS = 20  # a ViT from random weights needs this many passes to learn anything
 
 
@@ -495,7 +496,11 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
     batch = cfg.data.batch_size if "data.batch_size" in explicit else choose_batch(train_images)
     steps_per_epoch = max(1, -(-train_images // batch))
     candidates = AUTO_MODELS if auto else ((cfg.model.name, None),)
-    if auto and device != "cuda":
+    labelled = sum(fp.classes.values())
+    small = random_init and labelled < SMALL_LABELLED
+    if auto and small:
+        candidates = AUTO_MODELS[:1]  # a wider ViT from random weights overfits a small set
+    elif auto and device != "cuda":
         candidates = AUTO_MODELS[:2]  # a ViT-S from scratch is a GPU job
     def option(name: str, lr: float | None, img: int, p: int, geo_why: list[str],
                finer: bool) -> tuple:
@@ -538,6 +543,8 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
     cfg.model.patch_size = 0 if p == own else p
     if auto:
         why.append(f"model: {name} " + (
+            f"(the smallest ViT: {labelled} labelled images are too few for a wider one "
+            "from random weights)" if small and epochs >= MIN_EPOCHS else
             f"(the largest that trains at least {MIN_EPOCHS} epochs in the budget)"
             if epochs >= MIN_EPOCHS else
             f"(the smallest candidate: the budget allows {max(epochs, 0)} epochs; "
@@ -561,8 +568,8 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
             for s in stages:
                 s.epochs = max(1, round(s.epochs * scale))
             cfg.recipe.stages = stages
-        why.append(f"epochs {sum(s.epochs for s in cfg.stage_plan())}: what fits "
-                   f"{_duration(budget)} at the measured step time")
+        why.append(f"epochs {sum(s.epochs for s in cfg.stage_plan())}: what fits the "
+                   f"{_duration(budget)} budget at the measured step time")
     counts = list(fp.classes.values())
     if counts and min(counts) > 0 and max(counts) / min(counts) > 1.5 \
             and "data.balance" not in explicit:
@@ -619,8 +626,6 @@ def _native_side(path: str, kind: str) -> int | None:
     except Exception:  # noqa: BLE001 - an unreadable file does not decide the size
         return None
 
-
-SMALL_LABELLED = 5000  # labelled images below which a CNN beats a ViT trained on them alone
 
 
 def teacher_reason(fp: Fingerprint) -> str | None:

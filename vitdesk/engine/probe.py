@@ -53,12 +53,14 @@ def probe_machine(device: str = "auto") -> Machine:
 
 @functools.lru_cache(maxsize=32)
 def measure_step(name: str, img_size: int, patch: int, batch: int, device: str = "cpu",
-                 steps: int = 3) -> tuple[float, float]:
+                 steps: int = 5, warmup: int = 2) -> tuple[float, float]:
     """(seconds per optimizer step, peak memory in MB) of ``name`` from random weights.
 
-    One warm-up step, then the median of ``steps`` timed steps (forward, backward,
-    AdamW). Peak memory is measured on CUDA; on a CPU it is estimated from the weights,
-    optimizer state and activations (the process's peak cannot be isolated).
+    ``warmup`` untimed steps (allocator and thread pools settle), then the median of
+    ``steps`` timed steps (forward, backward, AdamW). Peak memory is measured on CUDA;
+    on a CPU it is the process's peak resident size after these steps (libraries, model,
+    optimizer and activations together), or the estimate from the weights and
+    activations when that is larger.
     """
     from vitdesk.config import patch_size_of
     from vitdesk.engine.models import create_model
@@ -73,7 +75,7 @@ def measure_step(name: str, img_size: int, patch: int, batch: int, device: str =
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
-    for i in range(steps + 1):
+    for i in range(steps + warmup):
         t0 = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -81,14 +83,26 @@ def measure_step(name: str, img_size: int, patch: int, batch: int, device: str =
         opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        if i:
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     times.sort()
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        peak = _cpu_peak_mb(model, batch, img_size, patch or own or 16)
+        peak = max(_cpu_peak_mb(model, batch, img_size, patch or own or 16), _rss_peak_mb())
     return times[len(times) // 2], peak
+
+
+def _rss_peak_mb() -> float:
+    """This process's peak resident size so far (0 where the platform does not say)."""
+    try:
+        import resource
+        import sys
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb / 2**20 if sys.platform == "darwin" else kb / 1024  # macOS: bytes
+    except (ImportError, OSError):
+        return 0.0
 
 
 def _cpu_peak_mb(model: torch.nn.Module, batch: int, img: int, patch: int) -> float:

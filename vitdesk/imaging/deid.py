@@ -16,6 +16,7 @@ import copy
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import sys
 import warnings
@@ -232,8 +233,33 @@ def split_meta(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
         plain = _plain(value)
         if plain is not None:
             phi[kw] = plain
+    for kw in _FREE_TEXT:
+        # A description typed as a person's name (LAST^FIRST, or the patient's own
+        # name) is identifying: it moves to phi, shown only with the identifiers.
+        if kw in meta and looks_like_name(meta[kw], phi.get("PatientName")):
+            phi[kw] = meta.pop(kw)
     phi["PrivateTags"] = any(elem.tag.is_private for elem in ds)
     return meta, phi
+
+
+# Free-text safe fields that a site may have filled with a name.
+_FREE_TEXT: tuple[str, ...] = ("SeriesDescription", "StudyDescription", "ProtocolName")
+# LAST^FIRST[^MIDDLE...]: the DICOM person-name form (PS3.5 6.2, VR PN).
+_NAME_PART = r"[^\W\d_](?:[^\W\d_]|['.\- ])*"  # letters, apostrophes, hyphens: no digits
+_PN_FORM = re.compile(rf"^\s*{_NAME_PART}\^{_NAME_PART}(?:\^(?:{_NAME_PART})?)*\s*$")
+
+
+def looks_like_name(text: Any, patient_name: Any = None) -> bool:
+    """True when free text looks like a person's name: the DICOM ``LAST^FIRST``
+    form, or a text containing the patient's own family or given name."""
+    t = str(text or "").strip()
+    if not t:
+        return False
+    if _PN_FORM.match(t):
+        return True
+    parts = [p.strip().lower() for p in str(patient_name or "").split("^")[:2]]
+    words = set(re.findall(r"[^\W\d_]+", t.lower()))
+    return any(len(p) >= 3 and p in words for p in parts)
 
 
 def _hashed_uid(uid: str) -> str:

@@ -559,7 +559,8 @@ def _series_info(
                 first.get("StudyInstanceUID", "") or "")
             study = str(first.get("StudyInstanceUID", "") or "") or ident
             modality = str(first.get("Modality", "") or "")
-            description = str(first.get("SeriesDescription", "") or "")
+            # from meta: a name-like description is identifying (deid.split_meta)
+            description = str(meta.get("SeriesDescription", "") or "")
             break
         except Exception as exc:  # noqa: BLE001 - a value pydicom cannot convert
             errors.append(FileError(str(members[0][0]), file_problem(exc)))

@@ -149,6 +149,17 @@ def test_duplicate_and_missing_slices_warn(tmp_path):
     assert not any("duplicate" in w for w in vol.warnings)
 
 
+def test_duplicate_slice_warning_names_slices_not_files(tmp_path):
+    # a real export's folder often holds the patient's name: warnings reach reports
+    folder = tmp_path / "DOE^JANE_MRN12345"
+    ct_series(folder, _stored(4), positions=[0, 2, 2, 4], shuffle=None)  # instance = k + 1
+    vol = load_series(scan_path(folder).series[0])
+    (dup,) = [w for w in vol.warnings if "duplicate" in w]
+    assert dup == ("1 duplicate slice position(s) (e.g. slices 2 and 3, instance numbers 2 "
+                   "and 3): the series may hold two acquisitions")
+    assert not any("DOE" in w or "MRN" in w or str(tmp_path) in w for w in vol.warnings)
+
+
 def test_uneven_spacing_warns(tmp_path):
     ct_series(tmp_path, _stored(5), positions=[0, 2, 4.5, 6.5, 8.0])
     vol = load_series(scan_path(tmp_path).series[0])

@@ -57,6 +57,8 @@ _HEADER_TAGS = [
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "InstanceNumber",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
 ]
 
 
@@ -76,6 +78,7 @@ class DicomHeader:
     position: float  # along the slice normal; sorts slices as the volume loader does
     instance: int
     pid_key: str = ""  # keyed PatientID alone ("" when absent): checked against CSV IDs
+    colour: str = ""  # why the values are not HU (a colour image read as luminance), or ""
 
 
 def read_header(path: str | Path) -> DicomHeader:
@@ -86,7 +89,8 @@ def read_header(path: str | Path) -> DicomHeader:
     what to do, whatever goes wrong with it (not DICOM, unreadable, corrupt header,
     more frames claimed than the file holds).
     """
-    from vitdesk.imaging.scan import file_problem, read_file_header  # lazy: pydicom
+    from vitdesk.imaging.dicom import colour_note  # lazy: pydicom
+    from vitdesk.imaging.scan import file_problem, read_file_header
 
     p = str(path)
     try:
@@ -94,12 +98,12 @@ def read_header(path: str | Path) -> DicomHeader:
     except LoadError as exc:
         raise DataError(str(exc)) from None
     try:
-        return _header_facts(p, ds)
+        return _header_facts(p, ds, colour_note(ds) or "")
     except Exception as exc:  # noqa: BLE001 - a value pydicom cannot convert: this file's
         raise DataError(f"{p}: {file_problem(exc)}") from None
 
 
-def _header_facts(p: str, ds: Any) -> DicomHeader:
+def _header_facts(p: str, ds: Any, colour: str = "") -> DicomHeader:
     pid = str(ds.get("PatientID", "") or "").strip()
     study = str(ds.get("StudyInstanceUID", "") or "").strip()
     series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
@@ -126,20 +130,59 @@ def _header_facts(p: str, ds: Any) -> DicomHeader:
         position=position,
         instance=instance,
         pid_key=safe_key(pid) if pid else "",
+        colour=colour,
     )
 
 
-def _series_files(folder: Path, cancel: CancelToken, listener: Listener | None) -> list[str]:
-    """DICOM image files under ``folder`` (the imaging scan); unusable ones are notices."""
+class _Skips:
+    """One notice per skipped file (file, reason, what to do), then a count."""
+
+    def __init__(self, listener: Listener | None) -> None:
+        self.listener = listener
+        self.n = 0
+        self.first = ""
+
+    def add(self, text: str) -> None:
+        """``text``: "<file>: <reason; what to do>" (a DataError's or FileError's words)."""
+        self.n += 1
+        self.first = self.first or text
+        if self.n <= _MAX_SKIP_NOTICES:
+            emit(self.listener, Notice(_TASK, f"skipped {text}"))
+
+    def close(self) -> None:
+        if self.n > _MAX_SKIP_NOTICES:
+            emit(self.listener, Notice(_TASK, f"skipped {self.n - _MAX_SKIP_NOTICES} more "
+                                              "unreadable file(s)"))
+
+
+def _series_files(folder: Path, cancel: CancelToken, skips: _Skips) -> list[str]:
+    """DICOM image files under ``folder`` (the imaging scan); unusable ones are skips."""
     from vitdesk.imaging.scan import scan_path  # lazy: pydicom only for DICOM sources
 
     result = scan_path(folder, cancel=cancel)
-    for err in result.errors[:_MAX_SKIP_NOTICES]:
-        emit(listener, Notice(_TASK, f"skipped {err.path}: {err.reason}"))
-    if len(result.errors) > _MAX_SKIP_NOTICES:
-        emit(listener, Notice(_TASK, f"skipped {len(result.errors) - _MAX_SKIP_NOTICES} more "
-                                     f"unreadable file(s) under {folder}"))
+    for err in result.errors:
+        skips.add(err.describe())
     return [f for s in result.series for f in s.files]
+
+
+class _ColourNotices:
+    """One notice per series (or file) of colour images: training sees their luminance,
+    not HU, and a window meant for HU would be wrong for them."""
+
+    def __init__(self, listener: Listener | None) -> None:
+        self.listener = listener
+        self.seen: set[str] = set()
+
+    def add(self, headers: list[DicomHeader]) -> None:
+        by_series: dict[str, list[DicomHeader]] = {}
+        for h in headers:
+            if h.colour and h.series not in self.seen:
+                by_series.setdefault(h.series, []).append(h)
+        for series, hs in by_series.items():
+            self.seen.add(series)
+            more = f" (and {len(hs) - 1} more file(s) of its series)" if len(hs) > 1 else ""
+            emit(self.listener, Notice(_TASK, f"{hs[0].path}{more}: {hs[0].colour}; "
+                                              "convert it to greyscale to train on HU"))
 
 
 def _volume_order(headers: list[DicomHeader]) -> list[DicomHeader]:
@@ -217,6 +260,8 @@ def read_manifest(
     records: list[SliceRecord] = []
     header_cache: dict[str, DicomHeader] = {}
     links: list[PatientLink] = []
+    skips = _Skips(listener)  # one unreadable file never stops a dataset
+    colour = _ColourNotices(listener)
     for i, row in enumerate(rows):
         cancel.check()
         if i % 50 == 0:
@@ -236,13 +281,19 @@ def read_manifest(
         sex = parse_sex(row.get("sex")) if row.get("sex") else None
         age = parse_age(row.get("age")) if row.get("age") else None
         if target.is_dir():
-            files = _series_files(target, cancel, listener)
+            n_skipped = skips.n
+            files = _series_files(target, cancel, skips)
+            if not files and skips.n > n_skipped:
+                continue  # only unreadable files there: each has its notice
             if not files:
                 raise DataError(
                     f"{csv_path}: row {i + 2} names folder {rel} which holds no DICOM "
                     "files: point it at a series folder or an image file"
                 )
-            headers = _volume_order([_cached_header(f, header_cache) for f in files])
+            headers = _volume_order(_readable_headers(files, header_cache, skips))
+            if not headers:
+                continue
+            colour.add(headers)
             links.extend(_links(i + 2, raw_pid, rel, headers))
             records.extend(_dicom_records(headers, label, sex, age, dicom_patient))
         elif is_image_file(target):
@@ -255,9 +306,20 @@ def read_manifest(
                 )
             )
         else:
-            header = _cached_header(str(target), header_cache)
+            try:
+                header = _cached_header(str(target), header_cache)
+            except DataError as exc:
+                skips.add(str(exc))
+                continue
+            colour.add([header])
             links.extend(_links(i + 2, raw_pid, rel, [header]))
             records.extend(_dicom_records([header], label, sex, age, dicom_patient))
+    skips.close()
+    if skips.n and not records and not missing:
+        raise DataError(
+            f"{csv_path}: none of the files named in the CSV could be read ({skips.n} "
+            f"unreadable; first: {skips.first})"
+        )
     if patient_id == "check":
         check_patient_ids(links, str(csv_path))
     records = _dedupe(records, csv_path, listener)
@@ -307,6 +369,19 @@ def _cached_header(path: str, cache: dict[str, DicomHeader]) -> DicomHeader:
     return cache[path]
 
 
+def _readable_headers(
+    files: list[str], cache: dict[str, DicomHeader], skips: _Skips
+) -> list[DicomHeader]:
+    """Headers of ``files``; a file whose header cannot be read is a skip."""
+    out = []
+    for f in files:
+        try:
+            out.append(_cached_header(f, cache))
+        except DataError as exc:  # changed since the scan, or a value pydicom cannot convert
+            skips.add(str(exc))
+    return out
+
+
 # ---------------------------------------------------------------- class folders
 
 
@@ -328,9 +403,11 @@ def read_class_folder(
         )
     records: list[SliceRecord] = []
     header_cache: dict[str, DicomHeader] = {}
+    skips, colour = _Skips(listener), _ColourNotices(listener)
     for k, cdir in enumerate(class_dirs):
         emit(listener, Progress(_TASK, k, len(class_dirs), cdir.name))
-        records.extend(_tree_records(cdir, cdir.name, cancel, header_cache, listener))
+        records.extend(_tree_records(cdir, cdir.name, cancel, header_cache, skips, colour))
+    skips.close()
     emit(listener, Progress(_TASK, len(class_dirs), len(class_dirs), folder.name))
     return records
 
@@ -341,14 +418,16 @@ def read_unlabelled_folder(
     """Every PNG/JPEG/DICOM slice below ``folder`` with no label (for pretraining)."""
     folder = Path(folder)
     emit(listener, Progress(_TASK, 0, 1, folder.name))
-    records = list(_tree_records(folder, None, cancel, {}, listener))
+    skips = _Skips(listener)
+    records = _tree_records(folder, None, cancel, {}, skips, _ColourNotices(listener))
+    skips.close()
     emit(listener, Progress(_TASK, 1, 1, folder.name))
     return records
 
 
 def _tree_records(
     root: Path, label: str | None, cancel: CancelToken, header_cache: dict[str, DicomHeader],
-    listener: Listener | None = None,
+    skips: _Skips, colour: _ColourNotices,
 ) -> list[SliceRecord]:
     """Records for every image file below ``root``, DICOM slices in volume order.
 
@@ -372,7 +451,8 @@ def _tree_records(
             try:
                 dicom_headers.append(_cached_header(str(p), header_cache))
             except DataError as exc:  # one bad file never stops a dataset
-                emit(listener, Notice(_TASK, f"skipped {exc}"))
+                skips.add(str(exc))
+    colour.add(dicom_headers)
     records.extend(_dicom_records(_volume_order(dicom_headers), label, None, None, None))
     return records
 
@@ -390,14 +470,11 @@ def read_workspace(
     (pretraining). Keys, sex and age come from the workspace index, so no file is
     opened except to count frames of multi-frame files.
     """
-    try:
-        from vitdesk.data.workspace import Workspace
-    except ImportError:
-        raise DataError(
-            f"{folder}: workspace support is not available in this build: "
-            "export the workspace's labels as a manifest CSV and use that"
-        ) from None
+    from vitdesk.data.workspace import Workspace
+
     folder = Path(folder)
+    from vitdesk.imaging.dicom import colour_note  # lazy: pydicom
+
     ws = Workspace.open(folder, create=False)
     records: list[SliceRecord] = []
     missing: list[str] = []
@@ -419,6 +496,11 @@ def read_workspace(
             sex = parse_sex(p.sex) if p else None
             age = parse_age(p.age) if p else None
             wanted = range(len(slices)) if unlabelled else sorted(labels)
+            note = colour_note(s.meta or {})
+            if note:  # the index keeps the safe metadata: no file to open
+                emit(listener, Notice(_TASK, f"series '{s.description or s.key}' ({s.n_slices} "
+                                             f"slice(s)): {note}; convert it to greyscale "
+                                             "to train on HU"))
             for i in wanted:
                 if 0 <= i < len(slices):
                     path, frame = slices[i]

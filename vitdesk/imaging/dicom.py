@@ -313,6 +313,27 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
             + np.float32(0.114) * rgb[..., 2])
 
 
+def colour_note(ds: Any) -> str | None:
+    """Why a colour image's values are not HU (it is read as luminance), or None.
+
+    From the header alone, so a dataset can say it before any pixel is read:
+    (0028,0002) Samples per Pixel 3 (RGB, YBR_*) and (0028,0004) Photometric
+    Interpretation PALETTE COLOR are reduced to luminance by the reader. ``ds`` is
+    a pydicom Dataset or a dict of safe metadata (keywords as keys).
+    """
+    try:
+        spp = int(_first(ds.get("SamplesPerPixel", 1)) or 1)
+    except (TypeError, ValueError):
+        return None
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if spp == 3:
+        return (f"colour image ({photometric or 'RGB'}): loaded as luminance, "
+                "not Hounsfield units")
+    if spp == 1 and photometric == "PALETTE COLOR":
+        return "colour image (PALETTE COLOR): loaded as luminance, not Hounsfield units"
+    return None
+
+
 def _greyscale(path: str, ds: Dataset, arr: np.ndarray, frame: int | None
                ) -> tuple[np.ndarray, str | None]:
     """Stored greyscale values of ``arr``; colour images become luminance with a note.
@@ -325,8 +346,7 @@ def _greyscale(path: str, ds: Dataset, arr: np.ndarray, frame: int | None
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
     multi = frame is None and int(ds.get("NumberOfFrames", 1) or 1) > 1
     if spp == 3 and arr.ndim == (4 if multi else 3) and arr.shape[-1] == 3:
-        return _luminance(arr), (f"colour image ({photometric or 'RGB'}): loaded as "
-                                 "luminance, not Hounsfield units")
+        return _luminance(arr), colour_note(ds)
     if spp != 1:
         raise LoadError(
             f"{path}: colour image ({spp} samples per pixel, {photometric or '?'}) that "
@@ -338,7 +358,7 @@ def _greyscale(path: str, ds: Dataset, arr: np.ndarray, frame: int | None
         except Exception as exc:  # noqa: BLE001 - a broken palette is this file's problem
             raise LoadError(f"{path}: palette colour image whose palette cannot be read "
                             f"({type(exc).__name__}); convert it to greyscale") from None
-        return _luminance(rgb), "colour image (PALETTE COLOR): loaded as luminance, not HU"
+        return _luminance(rgb), colour_note(ds)
     return arr, None
 
 
@@ -721,9 +741,11 @@ def _assemble(
         steps = np.diff(pos)
         dup = steps < DUPLICATE_MM
         if dup.any():
+            # by slice index and instance number, never the file: a path may hold a name
+            k = int(np.argmax(dup))
             warnings.append(
-                f"{int(dup.sum())} duplicate slice position(s) (e.g. "
-                f"{frames[int(np.argmax(dup))].file} and the next): "
+                f"{int(dup.sum())} duplicate slice position(s) (e.g. slices {k + 1} and "
+                f"{k + 2}, instance numbers {frames[k].instance} and {frames[k + 1].instance}): "
                 "the series may hold two acquisitions"
             )
         real = steps[~dup]

@@ -62,6 +62,7 @@ class MainWindow(QMainWindow):
         s = self.session
         self.browser = StudyBrowser(s.library, s.viewer, self)
         self.viewer = SliceView(s.viewer, s.window, self)
+        self.viewer.install_window_keys(self)  # viewer keys wherever the focus is
         self.tabs = RailTabs(self)
         self.windowing_tab = WindowingTab(s.window, s.viewer, self.settings, self)
         self.tabs.addTab(self.windowing_tab, "Windowing")

@@ -9,6 +9,16 @@ Interaction (as in radiology viewers):
     1..9                                  window presets in table order
     R                                     reset to the series' own window
     A / C / S                             axial / coronal / sagittal
+    F                                     fit the image to the window
+    Space                                 cine: play / stop
+    M / O / B                             distance / ellipse / rectangle tool (again: off)
+    Esc / Delete                          tool off / clear the measurements
+
+The keys work wherever the focus is in the main window (:meth:`SliceView.install_window_keys`),
+except in text fields and spin boxes, and arrows stay with lists, tables and sliders.
+
+Reading aids (:mod:`vitdesk.gui.reading_aids`): corner annotations, orientation
+letters from the direction cosines, a scale bar, and an overlay's colour bar.
 
 Speed: the ImageItem is created once; each slice change calls ``setImage`` on it
 with the HU view and ``levels=(L - W/2, L + W/2)`` so pyqtgraph's own lookup does
@@ -21,24 +31,41 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
+    QAbstractButton,
+    QAbstractItemView,
+    QAbstractSlider,
+    QAbstractSpinBox,
+    QApplication,
     QButtonGroup,
+    QComboBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
+    QPlainTextEdit,
     QPushButton,
     QSizePolicy,
+    QSpinBox,
+    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
 
 from vitdesk.gui import geometry
+from vitdesk.gui.measure import scale_bar_mm
+from vitdesk.gui.measure_tools import MeasureTools, plane_of
+from vitdesk.gui.reading_aids import ReadingOverlay, corner_texts
 from vitdesk.gui.resources import preset_keys
-from vitdesk.gui.state import AXES, ViewerState, WindowState, is_ct
+from vitdesk.gui.state import AXES, ViewerState, WindowState, is_ct, value_unit
 from vitdesk.imaging.windowing import apply_window, clahe
 
 PAGE_STEP = 10
+DEFAULT_FPS = 8
+_NAV_KEYS = (Qt.Key.Key_Up, Qt.Key.Key_Down, Qt.Key.Key_Left, Qt.Key.Key_Right,
+             Qt.Key.Key_PageUp, Qt.Key.Key_PageDown, Qt.Key.Key_Home, Qt.Key.Key_End)
+_TOOL_KEYS = {Qt.Key.Key_M: "distance", Qt.Key.Key_O: "ellipse", Qt.Key.Key_B: "rectangle"}
 _PHI_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "AccessionNumber",
                "InstitutionName")
 
@@ -73,6 +100,11 @@ class _SliceViewBox(pg.ViewBox):
         self._owner.viewer.step(-1 if ev.delta() > 0 else 1)
 
     def mouseDragEvent(self, ev, axis=None):  # noqa: N802 - Qt naming
+        if ev.button() == Qt.MouseButton.LeftButton and self._owner.tools.tool is not None:
+            ev.accept()  # an armed tool draws instead of changing the window
+            self._owner.tools.drag(self.mapSceneToView(ev.buttonDownScenePos()),
+                                   self.mapSceneToView(ev.scenePos()), ev.isFinish())
+            return
         if ev.button() == Qt.MouseButton.LeftButton:
             ev.accept()
             d = ev.screenPos() - ev.lastScreenPos()
@@ -116,7 +148,31 @@ class SliceView(QWidget):
             axis_row.addWidget(b)
         self.axis_buttons.button(0).setChecked(True)
         self.axis_buttons.idClicked.connect(lambda i: self.viewer.set_axis(AXES[i]))
-        axis_row.addSpacing(12)
+        axis_row.addSpacing(8)
+        self.fit_button = self._tool_button("Fit", "Fit the image to the window (F)",
+                                            checkable=False)
+        self.fit_button.clicked.connect(self.fit)
+        self.cine_button = self._tool_button("Cine", "Play / stop through the slices (Space)")
+        self.cine_button.toggled.connect(self.set_cine)
+        self.fps_spin = QSpinBox(self)
+        self.fps_spin.setRange(1, 30)
+        self.fps_spin.setValue(DEFAULT_FPS)
+        self.fps_spin.setSuffix(" fps")
+        self.fps_spin.setToolTip("Cine speed, slices per second")
+        self.fps_spin.valueChanged.connect(self._on_fps)
+        self.tool_buttons: dict[str, QPushButton] = {}
+        for tool, text, tip in (("distance", "Distance", "Measure a distance in mm (M)"),
+                                ("ellipse", "Ellipse", "Ellipse region: mean/SD, area (O)"),
+                                ("rectangle", "Rect", "Rectangle region: mean/SD, area (B)")):
+            b = self._tool_button(text, tip)
+            b.toggled.connect(lambda on, t=tool: self._on_tool_button(t, on))
+            self.tool_buttons[tool] = b
+        self.clear_button = self._tool_button("Clear", "Remove the measurements (Delete)",
+                                              checkable=False)
+        for w in (self.fit_button, self.cine_button, self.fps_spin, *self.tool_buttons.values(),
+                  self.clear_button):
+            axis_row.addWidget(w)
+        axis_row.addSpacing(8)
         axis_row.addWidget(self.phi_label, 1)
 
         self.graphics = pg.GraphicsLayoutWidget(self)
@@ -134,6 +190,14 @@ class SliceView(QWidget):
         self._pointer: QPointF | None = None
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.graphics.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.overlay = ReadingOverlay(self.graphics)
+        self.view.sigRangeChanged.connect(lambda *_: self._update_scale_bar())
+        self.tools = MeasureTools(self.view, lambda: plane_of(self.viewer))
+        self.clear_button.clicked.connect(self.tools.clear)
+        self.cine_timer = QTimer(self)
+        self.cine_timer.setInterval(round(1000 / DEFAULT_FPS))
+        self.cine_timer.timeout.connect(self._cine_step)
+        self._window_keys: QObject | None = None
 
         self.info_label = QLabel(self)
         self.info_label.setObjectName("overlay")
@@ -153,7 +217,7 @@ class SliceView(QWidget):
         viewer.volume_changed.connect(self._on_volume)
         viewer.axis_changed.connect(self._on_axis)
         viewer.slice_changed.connect(self._on_slice)
-        viewer.show_phi_changed.connect(lambda _on: self._update_phi())
+        viewer.show_phi_changed.connect(lambda _on: (self._update_phi(), self._update_info()))
         window.changed.connect(self._on_window)
         window.clahe_changed.connect(lambda _on: self._render())
         self._on_volume(viewer.volume)
@@ -161,7 +225,12 @@ class SliceView(QWidget):
     # ----------------------------------------------------------------- state -> view
     def _on_volume(self, volume) -> None:
         self._clahe_cache.clear()
+        self.set_cine(False)
+        self.tools.clear()  # a measurement belongs to the image it was made on
+        self.overlay.set_orientation(volume, self.viewer.axis)
         if volume is None:
+            self.overlay.corners = {}
+            self.overlay.update()
             self.image.clear()
             self.banner.hide()
             self.info_label.setText("No series open. Use File > Open folder, or drop files here.")
@@ -182,6 +251,8 @@ class SliceView(QWidget):
     def _on_axis(self, axis: str) -> None:
         self.axis_buttons.button(AXES.index(axis)).setChecked(True)
         vol = self.viewer.volume
+        self.tools.clear()
+        self.overlay.set_orientation(vol, axis)
         if vol is None:
             return
         self._render()
@@ -194,6 +265,8 @@ class SliceView(QWidget):
 
     def _on_slice(self, _index: int) -> None:
         self._render()
+        if self.tools.items:
+            self.tools.refresh()  # region statistics follow the slice
 
     def _on_window(self, _w: float, _l: float) -> None:
         if self.window.clahe:
@@ -238,6 +311,10 @@ class SliceView(QWidget):
             step = vol.spacing[1] if axis == "coronal" else vol.spacing[2]
             where = f"pos {coord:.1f} mm   spacing {float(step):.2f} mm"
         extra = "  CLAHE" if self.window.clahe else ""
+        self.overlay.corners = corner_texts(vol, axis, i, n, self.window.width,
+                                            self.window.level, value_unit(vol),
+                                            self.viewer.show_phi, self.window.clahe)
+        self.overlay.update()
         self.info_label.setText(
             f"{axis.capitalize()}  slice {i + 1}/{n}   {where}   "
             f"W {_num(self.window.width, vol)}  L {_num(self.window.level, vol)}{extra}"
@@ -287,13 +364,103 @@ class SliceView(QWidget):
         elif key in (Qt.Key.Key_A, Qt.Key.Key_C, Qt.Key.Key_S):
             self.viewer.set_axis({Qt.Key.Key_A: "axial", Qt.Key.Key_C: "coronal",
                                   Qt.Key.Key_S: "sagittal"}[key])
+        elif key == Qt.Key.Key_F:
+            self.fit()
+        elif key == Qt.Key.Key_Space:
+            self.set_cine(not self.cine_timer.isActive())
+        elif key in _TOOL_KEYS:
+            tool = _TOOL_KEYS[key]
+            self.set_tool(None if self.tools.tool == tool else tool)
+        elif key == Qt.Key.Key_Escape and self.tools.tool is not None:
+            self.set_tool(None)
+        elif key in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace) and self.tools.items:
+            self.tools.clear()
         else:
             return False
         return True
 
+    def install_window_keys(self, window: QWidget) -> None:
+        """Make the viewer keys work wherever the focus is inside ``window``."""
+        if self._window_keys is None:
+            self._window_keys = _WindowKeys(self, window)
+            QApplication.instance().installEventFilter(self._window_keys)
+            # the filter must not outlive the viewer (it would call a deleted widget)
+            self.destroyed.connect(lambda *_: _remove_filter(self._window_keys))
+
+    # ------------------------------------------------------------------ reading aids
+    def _tool_button(self, text: str, tip: str, checkable: bool = True) -> QPushButton:
+        b = QPushButton(text, self)
+        b.setCheckable(checkable)
+        b.setToolTip(tip)
+        b.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # Space stays the cine key
+        return b
+
+    def fit(self) -> None:
+        """Fit the whole image to the view (after zooming or panning)."""
+        if self.viewer.volume is not None:
+            self.view.autoRange(items=[self.image], padding=0.02)
+
+    def set_cine(self, on: bool) -> None:
+        """Play (advance at the fps shown, looping) or stop."""
+        on = bool(on) and self.viewer.n_slices() > 1
+        if on:
+            self.cine_timer.start()
+        else:
+            self.cine_timer.stop()
+        if self.cine_button.isChecked() != on:
+            self.cine_button.blockSignals(True)
+            self.cine_button.setChecked(on)
+            self.cine_button.blockSignals(False)
+
+    def _on_fps(self, fps: int) -> None:
+        self.cine_timer.setInterval(round(1000 / max(1, fps)))
+
+    def _cine_step(self) -> None:
+        n = self.viewer.n_slices()
+        if n == 0:
+            self.set_cine(False)
+            return
+        self.viewer.set_index((self.viewer.index + 1) % n)
+
+    def set_tool(self, tool: str | None) -> None:
+        """Arm a measuring tool (distance, ellipse, rectangle) or none (left drag = window)."""
+        self.tools.set_tool(tool)
+        for name, b in self.tool_buttons.items():
+            b.blockSignals(True)
+            b.setChecked(name == tool)
+            b.blockSignals(False)
+        self.view.setCursor(Qt.CursorShape.CrossCursor if tool else Qt.CursorShape.ArrowCursor)
+
+    def _on_tool_button(self, tool: str, on: bool) -> None:
+        self.set_tool(tool if on else None)
+
+    def set_overlay_colorbar(self, lut: np.ndarray | None, lo: float = 0.0, hi: float = 1.0,
+                             label: str = "") -> None:
+        """Show the colour bar of an overlay drawn on this view (None hides it)."""
+        self.overlay.set_colorbar(lut, lo, hi, label)
+
+    def _update_scale_bar(self) -> None:
+        vol = self.viewer.volume
+        mm_per_px = self.view.viewPixelSize()[0] if vol is not None else 0.0
+        mm = scale_bar_mm(mm_per_px, self.overlay.width() / 4)
+        self.overlay.scale_mm = mm
+        self.overlay.scale_px = mm / mm_per_px if mm else 0.0
+        self.overlay.update()
+
+    def resizeEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        super().resizeEvent(ev)
+        self._place_overlay()
+
+    def _place_overlay(self) -> None:
+        self.overlay.setGeometry(self.graphics.viewport().geometry())
+        self.overlay.raise_()
+        self._update_scale_bar()
+
     def eventFilter(self, obj: QObject, ev: QEvent) -> bool:  # noqa: N802 - Qt naming
         if obj is self.graphics and ev.type() == QEvent.Type.KeyPress and self.handle_key(ev):
             return True
+        if obj is self.graphics and ev.type() == QEvent.Type.Resize:
+            QTimer.singleShot(0, self._place_overlay)  # after the viewport has its size
         if obj is self.graphics.viewport() and ev.type() == QEvent.Type.Leave:
             self._pointer = None
             self._set_cursor_text("")
@@ -341,3 +508,49 @@ class SliceView(QWidget):
 
     def grab_focus(self) -> None:
         self.graphics.setFocus()
+
+
+def _remove_filter(obj: QObject | None) -> None:
+    app = QApplication.instance()
+    if app is not None and obj is not None:
+        app.removeEventFilter(obj)
+
+
+def _text_entry(w: QWidget | None) -> bool:
+    """Widgets that type: every key belongs to them."""
+    if isinstance(w, QComboBox):
+        return w.isEditable()
+    return isinstance(w, QLineEdit | QAbstractSpinBox | QTextEdit | QPlainTextEdit)
+
+
+class _WindowKeys(QObject):
+    """Application event filter: viewer keys pressed anywhere in one window.
+
+    A key goes to the viewer unless the focused widget needs it: text fields and
+    spin boxes keep every key; lists, tables, sliders and combo boxes keep the
+    arrows and paging keys; buttons keep Space.
+    """
+
+    def __init__(self, view: SliceView, window: QWidget) -> None:
+        super().__init__(view)
+        self.view, self.window = view, window
+
+    def eventFilter(self, obj: QObject, ev: QEvent) -> bool:  # noqa: N802 - Qt naming
+        if ev.type() != QEvent.Type.KeyPress:
+            return False
+        focus = QApplication.focusWidget()
+        # Only the first delivery (to the focus widget), only inside our window,
+        # never while a dialog is in front.
+        if obj is not focus or focus is None or focus.window() is not self.window:
+            return False
+        if focus is self.view.graphics or _text_entry(focus):
+            return False
+        key = ev.key()
+        if key in _NAV_KEYS and isinstance(focus, QAbstractItemView | QAbstractSlider
+                                           | QComboBox):
+            return False
+        if key == Qt.Key.Key_Space and isinstance(focus, QAbstractButton):
+            return False
+        if key == Qt.Key.Key_Escape and self.view.tools.tool is None:
+            return False  # dialogs and menus close on Escape
+        return self.view.handle_key(ev)

@@ -470,7 +470,8 @@ def choose_batch(train_images: int) -> int:
 
 def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
                   step_seconds: Any, explicit: set[str] | frozenset[str] = frozenset(),
-                  device: str = "cpu", memory_mb: float | None = None) -> DataPlan:
+                  device: str = "cpu", memory_mb: float | None = None,
+                  epoch_overhead_s: float = 0.0) -> DataPlan:
     """Fill in the model, image and patch size, batch, epochs and recipe for ``fp``.
 
     Args:
@@ -482,6 +483,8 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
         explicit: dotted fields the user set (``model.img_size``...): kept as given.
         device: where the run trains (cpu or cuda), for the choice of model.
         memory_mb: memory the run may use (None: not checked).
+        epoch_overhead_s: measured seconds per epoch outside the steps (checkpoint and
+            history writes, :func:`vitdesk.engine.probe.measure_epoch_overhead`).
     """
     cfg = RunConfig.from_dict(cfg.to_dict())
     budget = budget_s or 600.0
@@ -505,7 +508,8 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
     def option(name: str, lr: float | None, img: int, p: int, geo_why: list[str],
                finer: bool) -> tuple:
         step, peak = step_seconds(name, img, p, batch)
-        epochs = int(budget * 0.8 / (steps_per_epoch * step * 1.25))  # 25 %: validation
+        epochs = int(budget * 0.8  # 25 % of the steps' time: validation
+                     / (steps_per_epoch * step * 1.25 + epoch_overhead_s))
         return (name, lr, img, p, [*geo_why, patch_reason(img, p, patch_size_of(name), finer)],
                 step, peak, epochs)
 
@@ -575,8 +579,9 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
             and "data.balance" not in explicit:
         cfg.data.balance = "loss"
         why.append(f"class-balanced loss: the classes are {max(counts) / min(counts):.1f}:1")
-    steps = steps_per_epoch * sum(s.epochs for s in cfg.stage_plan())
-    est = Estimate(step, steps, steps * step * 1.25, peak)
+    n_epochs = sum(s.epochs for s in cfg.stage_plan())
+    steps = steps_per_epoch * n_epochs
+    est = Estimate(step, steps, steps * step * 1.25 + n_epochs * epoch_overhead_s, peak)
     return DataPlan(cfg, why, est)
 
 

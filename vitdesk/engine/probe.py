@@ -11,6 +11,7 @@ import functools
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -93,6 +94,42 @@ def measure_step(name: str, img_size: int, patch: int, batch: int, device: str =
     return times[len(times) // 2], peak
 
 
+def measure_epoch_overhead(out: str | Path, name: str, img_size: int, patch: int) -> float:
+    """Seconds a run spends per epoch outside its steps: the ``last`` checkpoint with its
+    optimizer state and the history and metrics files, each written atomically (fsync)
+    on the disk of ``out``. On a busy disk this outweighs many short epochs' steps."""
+    import shutil
+    import tempfile
+
+    from vitdesk.config import patch_size_of
+    from vitdesk.engine import checkpoint as ckpt
+    from vitdesk.engine.models import create_model
+    from vitdesk.fileio import atomic_write_text
+
+    own = patch_size_of(name)
+    kwargs = {"patch_size": patch} if patch and patch != own else {}
+    model = create_model(name, 2, img_size, **kwargs)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model(torch.randn(1, 3, img_size, img_size)).sum().backward()
+    opt.step()
+    parent = Path(out).expanduser().absolute()
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    folder = Path(tempfile.mkdtemp(prefix=".vitdesk-probe-", dir=parent))
+    try:
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            ckpt.save_checkpoint(folder, "last", model.state_dict(), {"probe": True},
+                                 {"optimizer": opt.state_dict()})
+            for f in ("history.jsonl", "metrics.json"):
+                atomic_write_text(folder / f, "{}\n")
+            times.append(time.perf_counter() - t0)
+        return sum(times) / len(times)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _rss_peak_mb() -> float:
     """This process's peak resident size so far (0 where the platform does not say)."""
     try:
@@ -122,7 +159,8 @@ def plan_auto(cfg: RunConfig, *, budget_s: float | None, explicit: set[str],
               fingerprint: Fingerprint | None = None) -> tuple[DataPlan, Machine]:
     """The planner on this machine: fingerprint ``cfg.data.source``, probe the machine,
     measure the candidates' steps and fill in the run (:func:`plan_for_data`)."""
-    from vitdesk.engine.plan import data_fingerprint, plan_for_data
+    from vitdesk.config import patch_size_of
+    from vitdesk.engine.plan import AUTO_MODELS, choose_geometry, data_fingerprint, plan_for_data
 
     machine = probe_machine(cfg.device)
     fp = fingerprint or data_fingerprint(cfg.data.source, patient_id=cfg.data.patient_id)
@@ -131,9 +169,13 @@ def plan_auto(cfg: RunConfig, *, budget_s: float | None, explicit: set[str],
     def step(name: str, img: int, patch: int, batch: int) -> tuple[float, float]:
         return measure_step(name, img, patch, batch, machine.device)
 
+    first = AUTO_MODELS[0][0] if cfg.model.name == "auto" else cfg.model.name
+    img, patches, _why = choose_geometry(fp.native_px, patch_size_of(first), True)
     try:
+        overhead = measure_epoch_overhead(cfg.out, first, img, patches[-1])
         planned = plan_for_data(cfg, fp, budget_s=budget_s, step_seconds=step,
                                 explicit=explicit, device=machine.device,
+                                epoch_overhead_s=overhead,
                                 memory_mb=(machine.gpu_memory_mb if machine.device == "cuda"
                                            else machine.memory_mb))
     finally:

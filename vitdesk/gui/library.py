@@ -125,11 +125,13 @@ def entry_from_series(info: Any, thumb: np.ndarray | None = None) -> SeriesEntry
 
 
 def import_path(path: str | Path, cancel: CancelToken = NEVER,
-                listener: Listener | None = None) -> ImportResult:
+                listener: Listener | None = None, workspace: Any = None) -> ImportResult:
     """Scan ``path`` for series (headers only) and make thumbnails.
 
     Pixel data of DICOM series is read later, when a series is opened; volume
-    files (NIfTI, MHA, NRRD) are loaded here since they are one file each.
+    files (NIfTI, MHA, NRRD) are loaded here since they are one file each. With a
+    ``workspace`` its header cache is used, so opening a folder again parses only
+    new or changed files.
     """
     from vitdesk.imaging.scan import is_volume_file, scan_path
 
@@ -137,7 +139,11 @@ def import_path(path: str | Path, cancel: CancelToken = NEVER,
     if p.is_file() and is_volume_file(p.name):
         entry, problem = _volume_entry(str(p))
         return ImportResult([entry] if entry else [], [problem] if problem else [], 1)
-    scan = scan_path(p, cancel=cancel, listener=listener)
+    if workspace is None:
+        scan = scan_path(p, cancel=cancel, listener=listener)
+    else:
+        with workspace.header_cache() as cache:  # opened in this (worker) thread
+            scan = scan_path(p, cancel=cancel, listener=listener, cache=cache)
     errors = [(e.path, e.reason) for e in scan.errors]
     notes: list[tuple[str, str]] = []
     entries: list[SeriesEntry] = []

@@ -67,6 +67,7 @@ class Session(QObject):
         self.thumb_task: Task | None = None
         self.current_key: str | None = None
         self._wanted: str | None = None
+        self._pending_slice: tuple[str, int] | None = None  # (key, axial index) to go to
         # folders opened this session: trained runs beside the images are offered too
         # (``vitdesk gui DEMO_OUT`` finds DEMO_OUT/run)
         self.opened_folders: list[Path] = []
@@ -86,7 +87,7 @@ class Session(QObject):
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         if folder not in self.opened_folders:
             self.opened_folders.append(folder)
-        task = Task(import_path, str(path), name="import")
+        task = Task(import_path, str(path), name="import", workspace=self.workspace)
         task.finished.connect(self._on_imported)
         task.errored.connect(self.failed)
         task.cancelled.connect(lambda: self.message.emit("Import cancelled."))
@@ -116,6 +117,41 @@ class Session(QObject):
         return key
 
     # ------------------------------------------------------------------ series
+    def find_series(self, key_or_prefix: str) -> str | None:
+        """The one open series whose safe key is or starts with ``key_or_prefix`` (tables
+        show the first 8 characters), else None."""
+        text = str(key_or_prefix).strip().lower()
+        if not text:
+            return None
+        if text in self.library.entries:
+            return text
+        hits = [k for k in self.library.entries if k.lower().startswith(text)]
+        return hits[0] if len(hits) == 1 else None
+
+    def open_slice(self, series_key: str, slice_index: int) -> bool:
+        """Show axial slice ``slice_index`` (0-based) of a series (key or unique key
+        prefix) in the viewer, loading it if needed. False, with a status message,
+        when no open series matches."""
+        key = self.find_series(series_key)
+        if key is None:
+            self.message.emit(f"Series {series_key} is not open here: open its folder or "
+                              "workspace first.")
+            return False
+        self._pending_slice = (key, int(slice_index))
+        if self.current_key == key and self.viewer.volume is not None:
+            self._go_to_pending()
+        else:
+            self.open_series(key)
+        return True
+
+    def _go_to_pending(self) -> None:
+        if self._pending_slice is None or self._pending_slice[0] != self.current_key:
+            return
+        index = self._pending_slice[1]
+        self._pending_slice = None
+        self.viewer.set_axis("axial")
+        self.viewer.set_index(index)
+
     def open_series(self, key: str) -> Task | None:
         """Show series ``key``, loading its pixels in the background if needed."""
         entry = self.library.entries.get(key)
@@ -158,6 +194,7 @@ class Session(QObject):
         self.window.default = display_window(volume)
         self.viewer.set_volume(volume)
         self.window.reset()
+        self._go_to_pending()
         self.series_shown.emit(key)
 
     # ------------------------------------------------------------------ workspace

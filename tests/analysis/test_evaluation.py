@@ -163,14 +163,14 @@ def test_validation_threshold_is_applied_to_patient_decisions(run, evaluation, m
     py, pp, _ = aggregate_by_patient(ev.labels, ev.probs, ev.patients, "any", "topk", 3)
     if len(set(py.tolist())) < 2:
         pytest.skip("the tiny test split holds one class of patient")
-    real = E._split_records
+    real = E.run_splits
 
     def val_is_test(run_dir, split, *rest):
         splits = dict(real(run_dir, split if split != "val" else "test", *rest))
         splits["val"] = splits["test"]
         return splits
 
-    monkeypatch.setattr(E, "_split_records", val_is_test)
+    monkeypatch.setattr(E, "run_splits", val_is_test)
     got = evaluate_run(run, tta=TTAConfig(scales=(1.0,)), **SMALL)
     t = youden_threshold(py, pp[:, 1])
     assert got.metrics.settings["patient_threshold"] == pytest.approx(t, abs=1e-4)

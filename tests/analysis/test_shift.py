@@ -35,7 +35,7 @@ def test_in_sample_threshold_is_biased_the_held_out_one_is_not():
 
 def det_rows(det: MahalanobisDetector, train: np.ndarray) -> np.ndarray:
     """Rows of ``train`` the Gaussian was fitted on (their mean is ``det.mean``)."""
-    from vitdesk.analysis.shift import _split
+    from vitdesk.analysis.shift import holdout_split as _split
 
     fit, _ = _split(len(train), None, det.holdout, det.seed)
     assert np.allclose(train[fit].mean(0), det.mean)
@@ -89,7 +89,7 @@ def test_split_by_patient_keeps_patients_on_one_side():
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(30), 10)
     det = MahalanobisDetector().fit(_gauss(rng, 300), groups=groups)
-    from vitdesk.analysis.shift import _split
+    from vitdesk.analysis.shift import holdout_split as _split
 
     a, b = _split(300, groups, 0.5, 0)
     assert not set(groups[a]) & set(groups[b])

@@ -152,3 +152,37 @@ def test_cnn_run_shows_grad_cam_only(qtbot, setup, tiny_cnn_run, tiny_run):  # n
     tab.mode_combo.setCurrentText("Rollout")
     assert tab.fusion_combo.isEnabled()
     np.testing.assert_allclose(tab.overlay.image, normalize01(tab.result.rollout["mean"]))
+
+
+def test_prediction_shows_its_trust_cues_and_greys_an_outside_slice(
+        qtbot, setup, sample_dir):  # noqa: F811
+    from vitdesk.imaging.io import load_path
+
+    session, view, current, tab = setup
+    vol = load_path(sample_dir / "case_001").volumes[0]
+    session.viewer.set_volume(vol)
+    session.viewer.set_axis("axial")
+    session.viewer.set_index(2)
+    _wait_result(qtbot, tab, 2)
+    trust = tab.result.trust
+    assert trust is not None and trust.shift is not None and trust.sets is not None
+    text = tab.trust_label.text()
+    assert "Shift:" in text and "expected 5%" in text and "Conformal:" in text
+    assert f"temperature {trust.temperature:.2f}" in text
+    # calibrated: the bars show the temperature-scaled probabilities
+    np.testing.assert_allclose(tab.result.probs, trust.probs[0], atol=1e-6)
+    if not trust.outside[0]:
+        assert all(b.isEnabled() for b in tab.prob_bars)
+        assert not tab.pred_label.text().startswith("Outside")
+    # a slice nothing like the training data: no confident bar, and it says why
+    bright = vol.hu + 3000.0
+    from dataclasses import replace
+
+    session.viewer.set_volume(replace(vol, hu=bright))
+    session.viewer.set_index(2)
+    qtbot.waitUntil(lambda: tab.result is not None and tab.result.trust is not None
+                    and tab.result.trust.outside[0]
+                    and not (tab.task and tab.task.is_running()), timeout=20000)
+    assert tab.pred_label.text().startswith("Outside what the model was trained on")
+    assert not any(b.isEnabled() for b in tab.prob_bars)
+    assert "OUT OF DISTRIBUTION" in tab.trust_label.text()

@@ -40,8 +40,14 @@ def test_fairness_table_gaps_and_bars(qtbot, tiny_run, sample_dir, tmp_path):  #
     with qtbot.waitSignal(tab.run().done, timeout=30000):
         pass
     assert tab.outcome is not None, tab.summary.text()
-    ev = tab.outcome.evaluation
+    ev = tab.outcome
     assert ev.n_slices == 36 and ev.split == "external"
+    # the accuracy says its level, cut and TTA; the gap intervals are the report's
+    acc = ev.metrics.slice.estimates["accuracy"].value
+    assert f"slice accuracy [p >= 0.5, TTA off] {acc:.3f}" in tab.summary.text()
+    assert all(rep.gap_ci for rep in ev.fairness)
+    assert ev.to_dict()["fairness"][0]["gap_ci"]["accuracy_gap"] == list(
+        ev.fairness[0].gap_ci["accuracy_gap"])
 
     tab.attr_combo.setCurrentIndex(0)  # sex: the sample has both
     rep, ci = tab.report()

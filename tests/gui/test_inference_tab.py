@@ -12,7 +12,7 @@ from tests.gui.conftest_runs import sample_dir, tiny_run  # noqa: F401
 from tests.gui.helpers import make_volume
 from vitdesk.gui.run_state import CurrentRun
 from vitdesk.gui.session import Session
-from vitdesk.gui.tabs.analysis_common import table_values
+from vitdesk.gui.tabs.analysis_common import ACCENT, OUTSIDE_COLOUR, table_values
 from vitdesk.gui.tabs.inference_tab import InferenceTab
 
 
@@ -77,6 +77,9 @@ def test_tta_over_series_strip_follows_viewer(qtbot, setup, tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 7
     assert float(rows[0]["p_normal"]) + float(rows[0]["p_lesion"]) == pytest.approx(1, abs=1e-4)
+    # the conformal set of each slice is exported (classes joined by "|")
+    assert "set" in rows[0] and all(r["set"] for r in rows)
+    assert set(rows[0]["set"].split("|")) <= {"normal", "lesion", "(empty)"}
 
 
 def test_plain_inference_on_test_split_reports_accuracy(qtbot, setup):
@@ -91,9 +94,58 @@ def test_plain_inference_on_test_split_reports_accuracy(qtbot, setup):
     assert np.all(res.std == 0)
     acc = float((res.probs.argmax(1) == res.labels).mean())
     assert res.accuracy == pytest.approx(acc)
-    assert f"{acc:.1%}" in tab.summary.text()
+    # the number says its level, cut and that TTA was off
+    assert f"slice accuracy [p >= 0.5, TTA off] {acc:.3f}" in tab.summary.text()
     cells = table_values(tab.table)
     assert all(c[-1] in ("normal", "lesion") for c in cells)
+    # every row carries its conformal set; "refer" is said where it is not one class
+    headers = [tab.table.horizontalHeaderItem(i).text() for i in range(tab.table.columnCount())]
+    set_col, pred_col = headers.index("Set"), headers.index("Predicted")
+    for c, st in zip(cells, res.sets, strict=True):
+        assert c[set_col] == (st or "(empty)")
+        one = len([x for x in st.split("|") if x]) == 1
+        assert ("(refer)" in c[pred_col]) == (not one) or "outside" in c[pred_col]
+    text = tab.trust_label.text()
+    assert "Shift: in distribution" in text or "OUT OF DISTRIBUTION" in text
+    assert "expected 5%" in text and "Conformal:" in text
+    assert f"temperature {res.temperature:.2f}" in text
+
+
+def test_series_outside_training_data_gets_no_confident_bar(
+        qtbot, setup, sample_dir, tmp_path):  # noqa: F811
+    from vitdesk.imaging.io import load_path
+
+    session, current, tab = setup
+    tab.tta_box.setChecked(False)
+    vol = load_path(sample_dir / "case_001").volumes[0]
+    session.viewer.set_volume(vol)
+    with qtbot.waitSignal(tab.run().done, timeout=30000):
+        pass
+    inside = tab.result
+    assert inside.shift is not None and not inside.out_of_distribution
+    assert "Shift: in distribution" in tab.trust_label.text()
+    assert tab.strip_colour() == ACCENT
+    assert tab.curve.opts["pen"].color().name() == ACCENT
+    # the same series 3000 HU brighter: nothing like the training slices
+    vol.hu[:] = vol.hu + 3000.0
+    session.viewer.set_volume(vol)
+    with qtbot.waitSignal(tab.run().done, timeout=30000):
+        pass
+    res = tab.result
+    assert res.out_of_distribution and res.outside.all()
+    text = tab.trust_label.text()
+    assert "OUT OF DISTRIBUTION: outside what the model was trained on" in text
+    assert "Do not rely" in text and "expected 5%" in text
+    # grey, dashed strip instead of the confident accent colour
+    assert tab.strip_colour() == OUTSIDE_COLOUR
+    assert tab.curve.opts["pen"].color().name() == OUTSIDE_COLOUR
+    cells = table_values(tab.table)
+    assert all("(outside training data)" in c[1] for c in cells)
+    assert tab.table.item(0, 1).foreground().color().name() == OUTSIDE_COLOUR
+    rows = list(csv.DictReader(tab.export_csv(tmp_path / "ood.csv").open()))
+    assert len(rows) == vol.shape[0]
+    assert {r["outside_training"] for r in rows} == {"true"}
+    assert all(r["set"] for r in rows)  # the set column is filled
 
 
 def test_cancel_stops_inference_without_result(qtbot, setup):

@@ -43,6 +43,15 @@ def test_curves_table_and_baseline(qtbot, setup):
     accs = [float(r[2]) for r in rows]
     assert all(0 <= a <= 1 for a in accs)
     clean = tab.curves[0].clean_accuracy
+    # the headline is the evaluation's accuracy with its level, cut and TTA; the curves'
+    # clean accuracy names its subset
+    ev = tab.evaluation
+    acc = ev.metrics.slice.estimates["accuracy"].value
+    text = tab.summary.text()
+    assert f"slice accuracy [p >= 0.5, TTA off] {acc:.3f} on all {ev.n_slices} slices" in text
+    n_sub = ev.robustness[-1].n
+    assert 0 < n_sub <= ev.n_slices
+    assert f"class-balanced subset of {n_sub} slices (argmax, TTA off)" in text
     # strength 0 (no noise), factor 1.0 and eps 0 are the clean images
     assert accs[0] == pytest.approx(clean, abs=1e-3)
     assert accs[2] == pytest.approx(clean, abs=1e-3)
@@ -68,6 +77,11 @@ def test_shift_of_open_series_lists_outliers_and_jumps(qtbot, setup, sample_dir)
         pass
     r = tab.shift.result
     assert len(r.distances) == vol.shape[0] and np.all(np.isfinite(r.distances))
+    # evaluate's detector: threshold on held-out slices, the verdict and expected rate
+    assert r.reference in ("validation", "held-out training split") and r.n_reference > 0
+    assert r.expected_rate == pytest.approx(0.05)
+    assert tab.shift_summary.text().startswith(r.verdict())
+    assert "expected 5%" in tab.shift_summary.text()
     assert 1 in r.outliers.tolist()
     assert r.distances[1] == r.distances.max()
     rows = table_values(tab.outlier_table)

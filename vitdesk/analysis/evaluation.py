@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import platform
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitdesk.analysis.options import EvalOptions
 from vitdesk.analysis.predict import (
     IMAGE_SUFFIXES,
     PredictedSlice,
@@ -42,12 +42,12 @@ from vitdesk.analysis.predict import (
     predict_input,
 )
 from vitdesk.analysis.run_model import (
-    _batches,
-    _device_of,
-    _load,
-    _make_dataset,
     attention_overlays,
+    dataset_batches,
+    device_of,
     display_image,
+    load_run_like,
+    records_dataset,
 )
 from vitdesk.errors import DataError, ModelError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, Progress, emit
@@ -245,8 +245,10 @@ def _same_source(a: str | Path, b: str | Path) -> bool:
     return same_source(a, b)
 
 
-def _split_records(run_dir: Path, split: str,
-                   data_src: str | Path | None = None) -> dict[str, list]:
+def run_splits(run_dir: Path, split: str,
+               data_src: str | Path | None = None) -> dict[str, list]:
+    """The run's saved splits (``split.json``); DataError naming what to do when the
+    file or ``split`` is missing."""
     from vitdesk.data.splits import load_split
 
     path = run_dir / "split.json"
@@ -284,11 +286,11 @@ def select_records(run: Any, data_src: str | Path | None, split: str = "test",
     train_records: list = []
     if (run_dir / "split.json").is_file():
         try:
-            train_records = _split_records(run_dir, "train", data_src)["train"]
+            train_records = run_splits(run_dir, "train", data_src)["train"]
         except DataError:
             train_records = []
     if own:
-        records = _split_records(run_dir, split, data_src)[split]
+        records = run_splits(run_dir, split, data_src)[split]
         used = split
         if not records:
             raise DataError(
@@ -368,18 +370,18 @@ def _validation_threshold(lr: Any, order: np.ndarray, rule: str, agg: dict, tta:
     if len(lr.classes) != 2:
         return None, 0
     try:
-        records = [r for r in _split_records(Path(lr.run_dir), "val").get("val", [])
+        records = [r for r in run_splits(Path(lr.run_dir), "val").get("val", [])
                    if r.label is not None]
         if not records:
             return None, 0
-        ds = _make_dataset(lr, records)
+        ds = records_dataset(lr, records)
         idx = np.arange(len(ds))
-        model, dev = lr.model.eval(), _device_of(lr.model)
+        model, dev = lr.model.eval(), device_of(lr.model)
         if tta is not None:
-            probs = tta_predict(model, _batches(ds, idx, batch_size), tta, device=dev,
+            probs = tta_predict(model, dataset_batches(ds, idx, batch_size), tta, device=dev,
                                 cancel=cancel, temperature=temperature).probs
         else:
-            probs, _ = predict_proba(model, _batches(ds, idx, batch_size), device=dev,
+            probs, _ = predict_proba(model, dataset_batches(ds, idx, batch_size), device=dev,
                                      cancel=cancel, temperature=temperature)
     except (DataError, LoadError, OSError):
         return None, 0
@@ -415,63 +417,36 @@ def _pick_attention(labels: np.ndarray, probs: np.ndarray, n: int) -> list[int]:
 def evaluate_run(
     run: str | Path | Any,
     data_src: str | Path | None = None,
+    options: EvalOptions | None = None,
     *,
-    split: str = "test",
-    tta: Any = None,
-    robustness: bool = True,
-    hu_strengths: dict[str, Sequence[float]] | None = None,
-    adversarial_eps: Sequence[float] | None = None,
-    shift: bool = True,
-    attention_samples: int = 4,
-    max_cases: int | None = None,
-    robustness_cases: int = 64,
-    shift_train_cases: int = 256,
-    fairness: bool = True,
-    n_boot: int = 1000,
-    calibrate: bool = True,
-    conformal_alpha: float | None = 0.1,
-    conformal_method: str = "lac",
-    patient_score: str = "topk",
-    topk: float = 3,
-    batch_size: int = 32,
-    seed: int = 0,
-    device: str = "auto",
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
+    **changes: Any,
 ) -> RunEvaluation:
     """Score a run on held-out data and compute every analysis the report shows.
 
     Args:
         run: a run folder or a :class:`~vitdesk.engine.run.LoadedRun`.
         data_src: evaluation data; None (or the run's training source) means the run's
-            saved ``split`` so no training patient is scored.
-        split: which saved split to use with the run's own source.
-        tta: a :class:`~vitdesk.analysis.tta.TTAConfig` to score with test-time
-            augmentation (plain predictions are kept for comparison), or None.
-        robustness: HU perturbation curves (DICOM slices) and FGSM/PGD curves on a
-            stratified subset of ``robustness_cases`` slices.
-        hu_strengths: ``{"noise_hu": (...), "shift_hu": (...), "contrast": (...)}``.
-        adversarial_eps: attack strengths in [0, 1] image units.
-        shift: Mahalanobis distance of the evaluated features to (up to
-            ``shift_train_cases``) training-split features.
-        attention_samples: slices with rollout + Grad-CAM overlays (two images each;
-            a CNN run has no attention to roll out: Grad-CAM only, one image each).
-        max_cases: score at most this many slices (seeded subsample), None = all.
-        n_boot: bootstrap resamples for confidence intervals.
-        calibrate: score temperature-scaled probabilities (the run's
-            ``calibration.json``, fitted on its validation slices now when missing).
-        conformal_alpha: error rate of split-conformal prediction sets calibrated on the
-            run's validation slices (None: no sets); ``conformal_method`` "lac" or "aps".
-        patient_score, topk: patient aggregation (see metrics.patient_scores); the mean
-            of the ``topk`` most suspicious slices suits focal findings on a few slices.
-        device: "auto", "cpu" or "cuda" (ignored for a LoadedRun).
+            saved ``options.split`` so no training patient is scored.
+        options: what to compute (:class:`~vitdesk.analysis.options.EvalOptions`);
+            None: the defaults.
         cancel: checked once per batch.
         listener: receives :class:`~vitdesk.jobs.Progress` and ``Notice`` events.
+        changes: option fields to change on ``options`` (``tta=...``, ``n_boot=...``);
+            an unknown name is a ConfigError.
 
     Raises:
         DataError, CheckpointError, ConfigError: bad run or data (user errors).
         Cancelled: when ``cancel`` was set.
     """
+    o = (options or EvalOptions()).replace(**changes).check() if changes else \
+        (options or EvalOptions()).check()
+    return _evaluate(run, data_src, o, cancel, listener)
+
+
+def _evaluate(run: Any, data_src: str | Path | None, o: EvalOptions, cancel: CancelToken,
+              listener: Listener | None) -> RunEvaluation:
     from vitdesk.analysis import metrics as M
     from vitdesk.analysis.calibration import (
         apply_temperature,
@@ -480,20 +455,30 @@ def evaluate_run(
         temperature_of,
     )
     from vitdesk.analysis.conformal import check_alpha, evaluate_sets, run_conformal
-    from vitdesk.analysis.fairness import age_groups, fairness_all, sex_groups
+    from vitdesk.analysis.fairness import (
+        add_gap_intervals,
+        age_groups,
+        fairness_all,
+        sex_groups,
+    )
     from vitdesk.analysis.tta import predict_proba, tta_predict, tta_summary
     from vitdesk.data.build import fingerprint
 
+    split, tta, robustness, shift, fairness = o.split, o.tta, o.robustness, o.shift, o.fairness
+    max_cases, n_boot, calibrate, seed = o.max_cases, o.n_boot, o.calibrate, o.seed
+    conformal_alpha, conformal_method = o.conformal_alpha, o.conformal_method
+    patient_score, topk, batch_size = o.patient_score, o.topk, o.batch_size
+    attention_samples = o.attention_samples
     if conformal_alpha is not None:
         conformal_alpha = check_alpha(conformal_alpha)
     t0 = time.perf_counter()
     emit(listener, Progress(_TASK, 0, None, "loading the run"))
-    lr = _load(run, device)
+    lr = load_run_like(run, o.device)
     model = lr.model.eval()
-    dev = _device_of(model)
+    dev = device_of(model)
     records, used, train_records = select_records(lr, data_src, split, cancel, listener)
     records = [records[i] for i in _subsample(len(records), max_cases, seed)]
-    ds = _make_dataset(lr, records)
+    ds = records_dataset(lr, records)
     n = len(ds)
     labels = np.asarray(ds.targets, dtype=int)
     patients = np.asarray([r.patient for r in records])
@@ -516,13 +501,13 @@ def evaluate_run(
     tta_info = None
     uncertainty = None
     if tta is not None:
-        res = tta_predict(model, _batches(ds, idx, batch_size), tta, device=dev,
+        res = tta_predict(model, dataset_batches(ds, idx, batch_size), tta, device=dev,
                           total=n_batches, cancel=cancel, listener=listener, temperature=temp)
         probs, plain = res.probs, res.plain
         uncertainty = res.uncertainty
         tta_info = {**tta_summary(res, labels), "config": dataclasses.asdict(tta)}
     else:
-        probs, _ = predict_proba(model, _batches(ds, idx, batch_size), device=dev,
+        probs, _ = predict_proba(model, dataset_batches(ds, idx, batch_size), device=dev,
                                  total=n_batches, cancel=cancel, listener=listener,
                                  temperature=temp)
         plain = probs
@@ -586,6 +571,10 @@ def evaluate_run(
                  "age": age_groups([r.age for r in records])}
         fair = fairness_all(labels, probs, attrs, classes=classes,
                             n_boot=max(100, n_boot // 2), seed=seed, clusters=patients)
+        if o.gap_intervals:
+            add_gap_intervals(fair, labels, probs, attrs, patients, classes,
+                              n_boot=min(max(n_boot, 50), 200), seed=seed, cancel=cancel,
+                              listener=listener)
         if all(set(a.tolist()) == {"unknown"} for a in attrs.values()):
             notes.append("no sex or age is recorded for these patients: fairness groups "
                          "are all 'unknown'")
@@ -593,13 +582,13 @@ def evaluate_run(
     rob = []
     if robustness:
         # the attacks and HU curves score argmax of the model: they need model indices
-        rob = _robustness(lr, ds, records, np.asarray(order)[labels], hu_strengths, adversarial_eps,
-                          robustness_cases, batch_size, seed, dev, cancel, listener, notes)
+        rob = _robustness(lr, ds, records, np.asarray(order)[labels], o.hu_strengths,
+                          o.adversarial_eps, o.robustness_cases, batch_size, seed, dev, cancel,
+                          listener, notes)
 
     shift_res = None
     if shift:
-        shift_res = _shift(lr, ds, train_records, shift_train_cases, batch_size, seed, dev,
-                           cancel, listener, notes)
+        shift_res = _shift(lr, ds, train_records, o, dev, cancel, listener, notes)
 
     atts: list[AttentionItem] = []
     picks = _pick_attention(labels, probs, attention_samples)
@@ -627,10 +616,11 @@ def evaluate_run(
                                       float(probs[i, pred])))
 
     settings = {"split": used, "tta": tta is not None, "n_boot": n_boot, "seed": seed,
-                "max_cases": max_cases, "robustness_cases": robustness_cases,
+                "max_cases": max_cases, "robustness_cases": o.robustness_cases,
                 "calibrated": cal is not None, "conformal_alpha": conformal_alpha,
                 "conformal_method": conformal_method,
-                "shift_train_cases": shift_train_cases, "attention_samples": attention_samples,
+                "shift_train_cases": o.shift_train_cases,
+                "shift_percentile": o.shift_percentile, "attention_samples": attention_samples,
                 "window": lr.window.label(), "img_size": lr.img_size,
                 "model": lr.cfg.model.name, "device": str(dev), "patient_rule": rule,
                 "patient_score": patient_score, "topk": topk,
@@ -674,6 +664,7 @@ def _robustness(lr: Any, ds: Any, records: list, labels: np.ndarray,
         out.append(hu_perturbation_curves(
             lr.model, hu, labels[keep], prep, perturbations=hu_strengths or DEFAULT_HU,
             batch_size=batch_size, seed=seed, device=dev, cancel=cancel, listener=listener))
+        out[-1].n = len(keep)
     else:
         notes.append("HU robustness was skipped: the evaluation images are not CT (DICOM)")
     x = torch.stack([ds[int(i)][0] for i in sub])
@@ -681,45 +672,25 @@ def _robustness(lr: Any, ds: Any, records: list, labels: np.ndarray,
         lr.model, x, labels[sub], lr.mean, lr.std,
         epsilons=tuple(eps) if eps is not None else DEFAULT_EPSILONS,
         batch_size=batch_size, device=dev, cancel=cancel, listener=listener))
+    out[-1].n = len(sub)
     return out
 
 
-def _shift(lr: Any, ds: Any, train_records: list, k: int, batch_size: int, seed: int,
-           dev: torch.device, cancel: CancelToken, listener: Listener | None,
-           notes: list[str]) -> Any:
-    """Shift of the scored slices: Gaussian fitted on training features, alarm threshold
-    on the validation patients' features (unseen by the weights, like the scored ones),
-    or on training patients held out of the fit when validation is too small."""
-    from vitdesk.analysis.shift import MIN_REFERENCE, MahalanobisDetector, extract_features
+def _shift(lr: Any, ds: Any, train_records: list, o: EvalOptions, dev: torch.device,
+           cancel: CancelToken, listener: Listener | None, notes: list[str]) -> Any:
+    """Shift of the scored slices against the run's detector (see
+    :func:`vitdesk.analysis.shift.fit_run_detector`, which the GUI uses too)."""
+    from vitdesk.analysis.shift import extract_features, fit_run_detector
 
-    present = [r for r in train_records if os.path.isfile(r.path)]
-    if len(present) < 4:
-        notes.append("distribution shift was skipped: the run's training slices are not "
-                     "available (split.json missing or data moved)")
+    det = fit_run_detector(lr, train_records, validation_records(lr),
+                           max_train=o.shift_train_cases, percentile=o.shift_percentile,
+                           batch_size=o.batch_size, seed=o.seed, cancel=cancel,
+                           listener=listener, notes=notes)
+    if det is None:
         return None
-
-    def features(records: list) -> tuple[np.ndarray, np.ndarray]:
-        sub_ds = _make_dataset(lr, [dataclasses.replace(r, label=None) for r in records])
-        idx = _subsample(len(sub_ds), k, seed)
-        f = extract_features(lr.model, _batches(sub_ds, idx, batch_size, False), device=dev,
-                             total=math.ceil(len(idx) / batch_size), cancel=cancel,
-                             listener=listener)
-        return f, np.asarray([records[int(i)].patient for i in idx])
-
-    tf, groups = features(present)
-    vf = None
-    try:
-        val = [r for r in _split_records(Path(lr.run_dir), "val").get("val", [])
-               if os.path.isfile(r.path)]
-    except DataError:
-        val = []
-    if len(val) >= MIN_REFERENCE:
-        vf, _ = features(val)
-    ef = extract_features(lr.model, _batches(ds, np.arange(len(ds)), batch_size, False),
-                          device=dev, total=math.ceil(len(ds) / batch_size), cancel=cancel,
+    ef = extract_features(lr.model, dataset_batches(ds, np.arange(len(ds)), o.batch_size, False),
+                          device=dev, total=math.ceil(len(ds) / o.batch_size), cancel=cancel,
                           listener=listener)
-    det = MahalanobisDetector(percentile=95.0, shrinkage=True, seed=seed).fit(
-        tf, vf, groups=groups)
     res = det.score(ef)
     if res.n_reference < 1 / res.expected_rate:
         notes.append(f"the shift threshold was set on only {res.n_reference} held-out slices: "
@@ -727,9 +698,17 @@ def _shift(lr: Any, ds: Any, train_records: list, k: int, batch_size: int, seed:
     return res
 
 
+def validation_records(run: Any) -> list:
+    """The run's validation records ([] when the run has no readable split)."""
+    try:
+        return list(run_splits(Path(run.run_dir), "val").get("val", []))
+    except DataError:
+        return []
+
+
 __all__ = [
     "DEFAULT_EPSILONS", "DEFAULT_HU", "IMAGE_SUFFIXES", "NEGATIVE_NAMES", "AttentionItem",
     "PredictResult", "PredictedSlice", "RunEvaluation", "analysis_order", "attention_overlays",
     "display_image", "evaluate_run", "json_safe", "patient_rule", "predict_input", "r_name",
-    "select_records", "versions",
+    "run_splits", "select_records", "validation_records", "versions", "EvalOptions",
 ]

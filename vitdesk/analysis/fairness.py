@@ -19,8 +19,10 @@ import numpy as np
 from vitdesk.analysis.metrics import Estimate, binary_auc, bootstrap
 from vitdesk.data.records import parse_age
 from vitdesk.errors import DataError
+from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
-__all__ = ["parse_age", "age_band", "age_groups", "sex_groups", "group_fairness"]
+__all__ = ["GAP_NAMES", "add_gap_intervals", "age_band", "age_groups", "disparity_intervals",
+           "fairness_all", "group_fairness", "parse_age", "sex_groups"]
 
 UNKNOWN = "unknown"
 
@@ -121,10 +123,14 @@ class FairnessReport:
     disparities: dict[str, float]
     min_group_size: int
     notes: list[str] = field(default_factory=list)
+    # (lo, hi) 95% patient-bootstrap interval of each gap in GAP_NAMES (NaN: cannot be
+    # estimated); empty until :func:`add_gap_intervals` ran
+    gap_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"attribute": self.attribute, "positive": self.positive,
                 "rows": [r.to_dict() for r in self.rows], "disparities": self.disparities,
+                "gap_ci": {k: [lo, hi] for k, (lo, hi) in self.gap_ci.items()},
                 "min_group_size": self.min_group_size, "notes": self.notes}
 
 
@@ -229,3 +235,63 @@ def fairness_all(
         for name, vals in attributes.items()
         for p in positives
     ]
+
+
+# the gap figures that get intervals (tpr/fpr differences are parts of equalized odds)
+GAP_NAMES = ("demographic_parity_difference", "demographic_parity_ratio",
+             "equalized_odds_difference", "accuracy_gap")
+
+
+def disparity_intervals(y: np.ndarray, probs: np.ndarray, groups: Sequence[object],
+                        patients: np.ndarray, positive: int, n_boot: int = 200, seed: int = 0,
+                        alpha: float = 0.05, cancel: CancelToken = NEVER
+                        ) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of the disparity figures, resampling whole patients.
+
+    Each replicate draws patients with replacement and recomputes
+    :func:`group_fairness` (point values only), so the interval reflects how much a
+    gap would move with another sample of patients. A gap defined in fewer than a
+    tenth of the replicates (at least 10) gets (NaN, NaN).
+    """
+    y = np.asarray(y).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    groups = np.asarray([UNKNOWN if g is None else str(g) for g in groups], dtype=object)
+    keys, inv = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    members = [np.flatnonzero(inv == k) for k in range(len(keys))]
+    rng = np.random.default_rng(seed)
+    reps: dict[str, list[float]] = {k: [] for k in GAP_NAMES}
+    for b in range(n_boot):
+        if b % 20 == 0:
+            cancel.check()
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(keys), len(keys))])
+        rep = group_fairness(y[idx], probs[idx], groups[idx], positive=positive,
+                             n_boot=0, min_group_size=0)
+        for k in GAP_NAMES:
+            v = rep.disparities.get(k, float("nan"))
+            if np.isfinite(v):
+                reps[k].append(v)
+    out = {}
+    for k, v in reps.items():
+        if n_boot > 0 and len(v) >= max(10, n_boot // 10):
+            lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2])
+            out[k] = (float(lo), float(hi))
+        else:
+            out[k] = (float("nan"), float("nan"))
+    return out
+
+
+def add_gap_intervals(reports: Sequence[FairnessReport], y: np.ndarray, probs: np.ndarray,
+                      attributes: dict[str, Sequence[object]], patients: np.ndarray,
+                      classes: Sequence[str], *, n_boot: int = 200, seed: int = 0,
+                      cancel: CancelToken = NEVER, listener: Listener | None = None) -> None:
+    """Fill each report's ``gap_ci`` (patient bootstrap of :func:`disparity_intervals`);
+    ``attributes`` are the group values :func:`fairness_all` was given."""
+    classes = list(classes)
+    for i, rep in enumerate(reports, start=1):
+        emit(listener, Progress("gap intervals", i, len(reports)))
+        groups = attributes.get(rep.attribute)
+        if groups is None or rep.positive not in classes:
+            continue
+        rep.gap_ci = disparity_intervals(y, probs, groups, patients,
+                                         classes.index(rep.positive), n_boot=n_boot,
+                                         seed=seed, cancel=cancel)

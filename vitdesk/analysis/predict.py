@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitdesk.analysis.run_model import _device_of, _load, attention_overlays
+from vitdesk.analysis.run_model import attention_overlays, device_of, load_run_like
 from vitdesk.data.inputs import IMAGE_SUFFIXES as IMAGE_SUFFIXES
 from vitdesk.data.inputs import input_slices as _input_slices
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
@@ -91,9 +91,9 @@ def predict_input(
     from vitdesk.analysis.tta import predict_proba, tta_predict
     from vitdesk.data.dataset import preprocess_slice
 
-    lr = _load(run, device)
+    lr = load_run_like(run, device)
     model = lr.model.eval()
-    dev = _device_of(model)
+    dev = device_of(model)
     # ``sources`` receives each DICOM series' source files (for DICOM results)
     slices, errors = _input_slices(Path(input_path).expanduser(), cancel, listener, sources)
     x_all = np.stack([preprocess_slice(raw, kind, lr.window, lr.img_size, lr.mean, lr.std, 3)

@@ -61,9 +61,12 @@ class RobustnessResult:
 
     clean_accuracy: float
     curves: list[Curve] = field(default_factory=list)
+    # slices perturbed (a class-balanced subset of the scored ones, decided by argmax
+    # without TTA): its clean accuracy is not the evaluation's, and says so
+    n: int = 0
 
     def to_dict(self) -> dict:
-        return {"clean_accuracy": self.clean_accuracy,
+        return {"clean_accuracy": self.clean_accuracy, "n": self.n,
                 "curves": [c.to_dict() for c in self.curves]}
 
 

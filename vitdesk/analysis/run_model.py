@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 
-def _load(run: Any, device: str) -> Any:
+def load_run_like(run: Any, device: str = "auto") -> Any:
+    """``run`` as a :class:`~vitdesk.engine.run.LoadedRun` (a run folder is loaded)."""
     from vitdesk.engine.run import LoadedRun, load_run
 
     if isinstance(run, LoadedRun):
@@ -22,14 +23,17 @@ def _load(run: Any, device: str) -> Any:
     return load_run(run, device=device)
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device of the model's weights (CPU for a model without parameters)."""
     try:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
 
 
-def _batches(ds: Any, indices: Sequence[int], batch_size: int, with_labels: bool = True):
+def dataset_batches(ds: Any, indices: Sequence[int], batch_size: int,
+                    with_labels: bool = True):
+    """Batches (x, y) (or x alone) of the dataset items at ``indices``."""
     for i in range(0, len(indices), batch_size):
         items = [ds[int(j)] for j in indices[i:i + batch_size]]
         x = torch.stack([it[0] for it in items])
@@ -39,7 +43,8 @@ def _batches(ds: Any, indices: Sequence[int], batch_size: int, with_labels: bool
             yield x
 
 
-def _make_dataset(run: Any, records: list) -> Any:
+def records_dataset(run: Any, records: list) -> Any:
+    """The run's preprocessing over ``records`` (no augmentation, cached)."""
     from vitdesk.data.dataset import SliceDataset
 
     return SliceDataset(records, run.classes, run.window, run.img_size, run.mean, run.std,
@@ -66,7 +71,7 @@ def attention_overlays(model: torch.nn.Module, x: torch.Tensor, raw: np.ndarray,
     grey = display_image(raw, kind, window)
     h, w = grey.shape
     box = Letterbox(h, w, img_size)
-    xb = x[None].to(_device_of(model))
+    xb = x[None].to(device_of(model))
     out = {}
     if not is_cnn(model):
         maps = attention_maps(model, xb, inverse=box.to_slice)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,6 +99,26 @@ class ShiftResult:
         """Share of the scored cases that raise the alarm."""
         return self.fraction_above
 
+    @property
+    def slice_out(self) -> np.ndarray:
+        """(N,) True for each case beyond the threshold."""
+        return self.distances > self.threshold
+
+    @property
+    def out_of_distribution(self) -> bool:
+        """The verdict for the scored cases as a whole (see :func:`series_shifted`)."""
+        return series_shifted(len(self.outliers), len(self.distances), self.expected_rate)
+
+    def verdict(self) -> str:
+        """One line for the point of decision: in/out of distribution, the alarms seen
+        against the run's threshold and the rate expected on in-distribution data."""
+        n, k = len(self.distances), len(self.outliers)
+        seen = (f"{k} of {n} slices beyond the run's {self.percentile:g}th-percentile "
+                f"threshold (expected {self.expected_rate:.0%} on data like the training set)")
+        if self.out_of_distribution:
+            return f"OUT OF DISTRIBUTION: outside what the model was trained on; {seen}"
+        return f"in distribution: {seen}"
+
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "percentile": self.percentile,
                 "fraction_above": self.fraction_above, "median_ratio": self.median_ratio,
@@ -106,6 +127,34 @@ class ShiftResult:
                 "n_reference": self.n_reference, "covariance": self.covariance,
                 "n": int(len(self.distances)), "n_outliers": int(len(self.outliers)),
                 "outliers": self.outliers.tolist()}
+
+
+# a series is called shifted when its alarm count would happen less often than this
+# for in-distribution slices (each raises the alarm with the expected rate)
+SERIES_P = 0.01
+
+
+def series_shifted(n_above: int, n: int, expected_rate: float, p: float = SERIES_P) -> bool:
+    """Whether ``n_above`` alarms among ``n`` slices say the series is out of distribution.
+
+    In-distribution slices raise the alarm with probability ``expected_rate`` each, so
+    a few alarms in a long series are expected; the series is shifted when the binomial
+    chance of at least ``n_above`` alarms is below ``p``. A single slice is shifted when
+    it raises the alarm (no count to test).
+    """
+    if n <= 0 or n_above <= 0:
+        return False
+    if n == 1:
+        return True
+    from scipy.stats import binom
+
+    return bool(binom.sf(n_above - 1, n, expected_rate) < p)
+
+
+def holdout_split(n: int, groups: np.ndarray | None, holdout: float, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, held-out rows): whole groups (patients) held out when given."""
+    return _split(n, groups, holdout, seed)
 
 
 def _split(n: int, groups: np.ndarray | None, holdout: float, seed: int
@@ -144,6 +193,7 @@ class MahalanobisDetector:
         self.threshold = float("nan")
         self.reference_distances = np.zeros(0)
         self.reference = ""
+        self.n_train = 0  # training rows behind the Gaussian (set by fit_run_detector)
 
     @property
     def expected_rate(self) -> float:
@@ -226,3 +276,48 @@ class MahalanobisDetector:
             d, expected_rate=self.expected_rate,
             auroc=ood_auroc(self.reference_distances, d), n_reference=len(self.reference_distances),
             reference=self.reference, covariance="ledoit-wolf" if self.shrinkage else "sample")
+
+
+def fit_run_detector(run: Any, train_records: list, val_records: list, *,
+                     max_train: int = 256, percentile: float = 95.0, batch_size: int = 32,
+                     seed: int = 0, cancel: CancelToken = NEVER,
+                     listener: Listener | None = None,
+                     notes: list[str] | None = None) -> MahalanobisDetector | None:
+    """The run's shift detector: a Gaussian on (up to ``max_train``) training-slice
+    features, its threshold on the validation patients' features (unseen by the weights,
+    like the scored ones), or on training patients held out of the fit when validation
+    is too small. None (and a note) when the training slices are not readable here.
+
+    Evaluate, the report and the GUI all call this, so a series gets the same verdict
+    wherever it is checked.
+    """
+    import dataclasses
+    import os
+
+    from vitdesk.analysis.run_model import dataset_batches, device_of, records_dataset
+
+    notes = notes if notes is not None else []
+    present = [r for r in train_records if os.path.isfile(r.path)]
+    if len(present) < 4:
+        notes.append("distribution shift was skipped: the run's training slices are not "
+                     "available (split.json missing or data moved)")
+        return None
+    dev = device_of(run.model)
+
+    def features(records: list) -> tuple[np.ndarray, np.ndarray]:
+        ds = records_dataset(run, [dataclasses.replace(r, label=None) for r in records])
+        n = len(ds)
+        idx = (np.arange(n) if max_train >= n else
+               np.sort(np.random.default_rng(seed).choice(n, size=max_train, replace=False)))
+        f = extract_features(run.model, dataset_batches(ds, idx, batch_size, False), device=dev,
+                             total=math.ceil(len(idx) / batch_size), cancel=cancel,
+                             listener=listener)
+        return f, np.asarray([records[int(i)].patient for i in idx])
+
+    tf, groups = features(present)
+    val = [r for r in val_records if os.path.isfile(r.path)]
+    vf = features(val)[0] if len(val) >= MIN_REFERENCE else None
+    det = MahalanobisDetector(percentile=percentile, shrinkage=True, seed=seed).fit(
+        tf, vf, groups=groups)
+    det.n_train = len(tf)
+    return det

@@ -302,7 +302,12 @@ def suggest(
         pool_factor: the diversity step chooses among ``n * pool_factor`` most
             uncertain slices (series).
     """
-    from vitdesk.analysis.run_model import _batches, _device_of, _load, _make_dataset
+    from vitdesk.analysis.run_model import (
+        dataset_batches,
+        device_of,
+        load_run_like,
+        records_dataset,
+    )
     from vitdesk.analysis.shift import extract_features
     from vitdesk.analysis.tta import TTAConfig, predict_proba, tta_predict
 
@@ -313,7 +318,7 @@ def suggest(
     uncertainty(np.zeros((1, 2)), measure)  # validates the measure before any work
     if tta == "default":
         tta = TTAConfig()
-    lr = _load(run, device)
+    lr = load_run_like(run, device)
     records, index, left, notes = candidate_records(lr.run_dir, data_src, cancel, listener)
     for note in notes:
         emit(listener, Notice(_TASK, note))
@@ -329,18 +334,18 @@ def suggest(
     index = [index[int(i)] for i in order]
 
     model = lr.model.eval()
-    dev = _device_of(model)
-    ds = _make_dataset(lr, records)
+    dev = device_of(model)
+    ds = records_dataset(lr, records)
     idx = np.arange(len(ds))
     total = math.ceil(len(idx) / batch_size)
     if tta is not None:
-        res = tta_predict(model, _batches(ds, idx, batch_size, False), tta, device=dev,
+        res = tta_predict(model, dataset_batches(ds, idx, batch_size, False), tta, device=dev,
                           total=total, cancel=cancel, listener=listener)
         probs = res.probs
     else:
-        probs, _ = predict_proba(model, _batches(ds, idx, batch_size, False), device=dev,
+        probs, _ = predict_proba(model, dataset_batches(ds, idx, batch_size, False), device=dev,
                                  total=total, cancel=cancel, listener=listener)
-    feats = extract_features(model, _batches(ds, idx, batch_size, False), device=dev,
+    feats = extract_features(model, dataset_batches(ds, idx, batch_size, False), device=dev,
                              total=total, cancel=cancel, listener=listener)
     scores = uncertainty(probs, measure)
     classes = list(lr.classes)

@@ -35,6 +35,8 @@ GREEN = "#6cc070"
 PURPLE = "#b48ee0"
 RED = "#e06c6c"
 WARN_COLOUR = "#e0a040"
+# predictions outside what the model was trained on: grey, never a confident colour
+OUTSIDE_COLOUR = "#7a7f86"
 
 
 def run_or_cancel(parent: QWidget, task: Any, start: Any) -> None:
@@ -222,3 +224,29 @@ def finite(values: Sequence[float]) -> np.ndarray:
     """Values as float array with non-finite entries replaced by NaN."""
     a = np.asarray(values, dtype=float)
     return np.where(np.isfinite(a), a, np.nan)
+
+
+def trust_html(pred: Any) -> str:
+    """The trust cues of a :class:`~vitdesk.analysis.inference.SlicePredictions` as a few
+    lines of rich text: shift verdict (amber and first when out of distribution), the
+    conformal sets ("refer" count) and the calibration."""
+    import html
+
+    lines = []
+    shift = html.escape(pred.shift_text())
+    if pred.out_of_distribution:
+        lines.append(f"<b style='color:{WARN_COLOUR}'>⚠ Shift: {shift}. Do not rely on "
+                     "these predictions.</b>")
+    else:
+        lines.append(f"Shift: {shift}.")
+    refer = pred.refer
+    conf = html.escape(pred.conformal_text)
+    if refer is not None:
+        n_ref = int(refer.sum())
+        what = ("refer" if n_ref else "no slice to refer") if len(refer) == 1 else \
+            f"{n_ref} of {len(refer)} slices to refer"
+        lines.append(f"Conformal: {what}; {conf}.")
+    else:
+        lines.append(f"Conformal: {conf}.")
+    lines.append(f"Calibration: {html.escape(pred.calibration_text)}.")
+    return "<br>".join(lines)

@@ -9,6 +9,11 @@ mean/max/min) or Grad-CAM. A CNN run has no attention: the tab then offers Grad-
 only (the other choices are disabled, with a tooltip saying why). Changing slice
 recomputes in a worker after a short pause (debounced); changing the map, colormap or
 opacity only redraws.
+
+The prediction is shown with its trust cues: calibrated probabilities (the run's
+temperature), the slice's conformal set ("refer" when it is not one class) and the
+shift check against the run's held-out threshold; a slice outside what the model was
+trained on gets grey, disabled bars and says so instead of a confident percentage.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from vitdesk.gui.dialogs import gui_words, show_error
 from vitdesk.gui.run_state import CurrentRun, RunPicker
 from vitdesk.gui.session import Session
 from vitdesk.gui.slice_view import SliceView
-from vitdesk.gui.tabs.analysis_common import hint, scroll_layout
+from vitdesk.gui.tabs.analysis_common import OUTSIDE_COLOUR, hint, scroll_layout, trust_html
 from vitdesk.gui.worker import Task
 
 MODES = ("Rollout", "Head mean", "Layer / head", "Grad-CAM")
@@ -75,6 +80,10 @@ class AttentionTab(QWidget):
         pl = QVBoxLayout(pred_box)
         pl.addWidget(self.pred_label)
         pl.addLayout(self.prob_grid)
+        self.trust_label = QLabel("", self)
+        self.trust_label.setWordWrap(True)
+        self.trust_label.setTextFormat(pg.QtCore.Qt.TextFormat.RichText)
+        pl.addWidget(self.trust_label)
 
         # --- map choice
         self.mode_combo = QComboBox(self)
@@ -260,9 +269,24 @@ class AttentionTab(QWidget):
             return
         self.result = res
         k = int(res.probs.argmax())
-        self.pred_label.setText(f"Predicted: {res.classes[k]} ({res.probs[k]:.1%})")
+        trust = res.trust
+        outside = trust is not None and bool(trust.outside[0])
+        refer = trust is not None and trust.refer is not None and bool(trust.refer[0])
+        if outside:
+            # no confident-looking number for a slice unlike anything trained on
+            self.pred_label.setText(f"Outside what the model was trained on "
+                                    f"(it would say {res.classes[k]})")
+        elif refer:
+            self.pred_label.setText(f"Refer: set {{{trust.sets[0].replace('|', ', ')}}} "
+                                    f"({res.classes[k]} {res.probs[k]:.1%})")
+        else:
+            self.pred_label.setText(f"Predicted: {res.classes[k]} ({res.probs[k]:.1%})")
         for bar, p in zip(self.prob_bars, res.probs, strict=False):
             bar.setValue(int(round(float(p) * 1000)))
+            bar.setEnabled(not outside)
+            bar.setStyleSheet(f"QProgressBar::chunk {{ background: {OUTSIDE_COLOUR}; }}"
+                              if outside else "")
+        self.trust_label.setText(trust_html(trust) if trust is not None else "")
         self.export_button.setEnabled(True)
         self.status.setText(f"Slice {self.session.viewer.index + 1} "
                             f"({self.session.viewer.axis}).")

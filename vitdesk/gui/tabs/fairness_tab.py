@@ -28,7 +28,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vitdesk.gui.analysis_jobs import FairnessOutcome, fairness_job
+from vitdesk.analysis.evaluation import RunEvaluation
+from vitdesk.analysis.options import accuracy_words
+from vitdesk.gui.analysis_jobs import fairness_job
 from vitdesk.gui.dialogs import show_error
 from vitdesk.gui.plots import clear_error_bars, set_error_bars
 from vitdesk.gui.run_state import CurrentRun, RunPicker
@@ -65,7 +67,7 @@ class FairnessTab(QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session, self.current = session, current
-        self.outcome: FairnessOutcome | None = None
+        self.outcome: RunEvaluation | None = None
         self.task: Task | None = None
 
         self.picker = RunPicker(current, self)
@@ -168,26 +170,30 @@ class FairnessTab(QWidget):
         for lab in self.gap_labels.values():
             lab.setText("–")
 
-    def _on_result(self, outcome: FairnessOutcome) -> None:
+    def _on_result(self, outcome: RunEvaluation) -> None:
         self.outcome = outcome
-        ev = outcome.evaluation
-        acc = ev.metrics.slice.estimates.get("accuracy")
-        acc_text = f", accuracy {fmt_ci(acc)}" if acc is not None else ""
+        ev = outcome
+        lm = ev.metrics.slice
+        acc = lm.estimates.get("accuracy")
+        acc_text = (f", {accuracy_words('slice', lm.cut, None)} {fmt_ci(acc, 3)}"
+                    if acc is not None else "")
         pos = ev.fairness[0].positive if ev.fairness else "?"
         self.summary.setText(
             f"{ev.n_slices} slices of {ev.n_patients} patients ({ev.split}){acc_text}. "
-            f"Rates are for class '{pos}' against the rest.")
+            f"Rates are for class '{pos}' against the rest; group accuracies are slice "
+            f"accuracies at the same cut ({lm.cut}, TTA off).")
         self.redraw()
 
     # ----------------------------------------------------------------- draw
     def report(self) -> tuple[Any, dict] | tuple[None, None]:
-        """The FairnessReport of the chosen attribute and its gap intervals."""
+        """The FairnessReport of the chosen attribute and its gap intervals (computed by
+        :func:`vitdesk.analysis.fairness.add_gap_intervals`, as in the report)."""
         if self.outcome is None:
             return None, None
         key = self.attr_combo.currentData()
-        for rep, ci in zip(self.outcome.evaluation.fairness, self.outcome.gap_ci, strict=False):
+        for rep in self.outcome.fairness:
             if rep.attribute == key:
-                return rep, ci
+                return rep, rep.gap_ci
         return None, None
 
     def redraw(self) -> None:

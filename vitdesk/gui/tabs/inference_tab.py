@@ -5,6 +5,13 @@ test/validation split or any dataset source). Results are a per-slice probabilit
 strip (P(class) against slice number with a band of +- one standard deviation across
 TTA views), kept in step with the viewer (a vertical line at the current slice; a
 click on the strip or a table row jumps the viewer there), a table, and CSV export.
+
+Every prediction is shown with its trust cues (:mod:`vitdesk.analysis.inference`):
+the shift verdict of the series against the run's held-out threshold (with the alarm
+rate expected on data like the training set), the conformal set of each slice
+("refer" when it is not one class) and whether the probabilities are calibrated. A
+series outside what the model was trained on gets a grey strip and says so, never a
+confident-looking curve; slices beyond the threshold are grey in the table.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from vitdesk.analysis.inference import SlicePredictions
 from vitdesk.analysis.tta import CROP_POSITIONS, TTAConfig
-from vitdesk.gui.analysis_jobs import Inference, inference_job
+from vitdesk.gui.analysis_jobs import inference_job
 from vitdesk.gui.dialogs import show_error
 from vitdesk.gui.run_state import CurrentRun, RunPicker
 from vitdesk.gui.session import Session
@@ -40,6 +48,7 @@ from vitdesk.gui.tabs.analysis_common import (
     ACCENT,
     AXIS,
     BACKGROUND,
+    OUTSIDE_COLOUR,
     SourceChooser,
     fill_table,
     hint,
@@ -47,6 +56,7 @@ from vitdesk.gui.tabs.analysis_common import (
     parse_floats,
     run_or_cancel,
     scroll_layout,
+    trust_html,
 )
 from vitdesk.gui.worker import Task
 
@@ -58,7 +68,7 @@ class InferenceTab(QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session, self.current = session, current
-        self.result: Inference | None = None
+        self.result: SlicePredictions | None = None
         self.task: Task | None = None
         self._series_id: int | None = None  # which volume the result belongs to
 
@@ -103,6 +113,10 @@ class InferenceTab(QWidget):
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.export_button)
         self.summary = hint("", self)
+        # the trust cues of the shown predictions: shift verdict, conformal, calibration
+        self.trust_label = QLabel("", self)
+        self.trust_label.setWordWrap(True)
+        self.trust_label.setTextFormat(Qt.TextFormat.RichText)
 
         # --- probability strip
         self.class_combo = QComboBox(self)
@@ -148,6 +162,7 @@ class InferenceTab(QWidget):
         tl2.addWidget(self.tta_box)
         tl2.addLayout(buttons)
         tl2.addWidget(self.summary)
+        tl2.addWidget(self.trust_label)
         tl2.addLayout(strip_head)
         tl2.addWidget(self.plot, 1)
         split = QSplitter(Qt.Orientation.Vertical, self)
@@ -221,8 +236,9 @@ class InferenceTab(QWidget):
         self.cursor_line.hide()
         self.export_button.setEnabled(False)
         self.summary.setText("")
+        self.trust_label.setText("")
 
-    def _on_result(self, res: Inference) -> None:
+    def _on_result(self, res: SlicePredictions) -> None:
         self.result = res
         self.class_combo.blockSignals(True)
         self.class_combo.clear()
@@ -233,32 +249,56 @@ class InferenceTab(QWidget):
         self.class_combo.setCurrentIndex(analysis_order(list(res.classes))[-1])
         self.class_combo.blockSignals(False)
         headers = ["#" if res.source == "series" else "Slice", "Predicted"]
-        headers += [f"P({c})" for c in res.classes] + ["± (TTA)"]
+        headers += [f"P({c})" for c in res.classes] + ["± (TTA)", "Set", "Shift"]
         if res.labels is not None:
             headers.append("Label")
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
         rows, wrong = [], []
+        refer, outside = res.refer, res.outside
+        pred = res.predicted
         for i in range(len(res.probs)):
-            k = int(res.probs[i].argmax())
+            k = int(pred[i])
+            shown = res.classes[k]
+            if outside[i]:
+                shown += " (outside training data)"
+            elif refer is not None and refer[i]:
+                shown += " (refer)"
             row: list[Any] = [str(i + 1) if res.source == "series" else res.names[i],
-                              res.classes[k], *[float(p) for p in res.probs[i]],
-                              float(res.uncertainty[i])]
+                              shown, *[float(p) for p in res.probs[i]],
+                              float(res.uncertainty[i]),
+                              "–" if res.sets is None else (res.sets[i] or "(empty)"),
+                              "–" if res.shift is None else
+                              f"{'out' if outside[i] else 'in'} "
+                              f"({res.shift.distances[i] / res.shift.threshold:.2f}×)"]
             if res.labels is not None:
                 row.append(res.classes[int(res.labels[i])])
                 if int(res.labels[i]) != k:
                     wrong.append(i)
             rows.append(row)
         fill_table(self.table, rows, warn_rows=wrong)
+        self._grey_rows(np.flatnonzero(outside))
         self.plot.getPlotItem().setLabel("bottom", "slice" if res.source == "series" else "case")
         self._draw_strip()
         self._sync_cursor()
         self.export_button.setEnabled(True)
-        parts = [f"{len(res.probs)} slices", f"views: {', '.join(res.views)}",
+        parts = [f"{len(res.probs)} slices", f"{res.tta_text()}: {', '.join(res.views)}",
                  f"mean ± {float(res.uncertainty.mean()):.3f}"]
         if res.accuracy is not None:
-            parts.insert(1, f"accuracy {res.accuracy:.1%} ({len(wrong)} wrong, amber)")
+            parts.insert(1, f"{res.accuracy_text()} ({len(wrong)} wrong, amber)")
         self.summary.setText("; ".join(parts))
+        self.trust_label.setText(trust_html(res))
+
+    def _grey_rows(self, rows: Any) -> None:
+        from PySide6.QtGui import QColor
+
+        for r in rows:
+            for c in range(self.table.columnCount()):
+                item = self.table.item(int(r), c)
+                if item is not None:
+                    item.setForeground(QColor(OUTSIDE_COLOUR))
+                    item.setToolTip("beyond the run's shift threshold: outside what the model "
+                                    "was trained on")
 
     # ----------------------------------------------------------------- strip
     def strip_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -270,9 +310,22 @@ class InferenceTab(QWidget):
         x = np.arange(1, len(res.probs) + 1, dtype=float)
         return x, res.probs[:, c].astype(float), res.std[:, c].astype(float)
 
+    def strip_colour(self) -> str:
+        """The strip's colour: grey for a series outside what the model was trained on."""
+        res = self.result
+        return OUTSIDE_COLOUR if res is not None and res.out_of_distribution else ACCENT
+
     def _draw_strip(self) -> None:
         x, p, s = self.strip_data()
-        self.curve.setData(x, p)
+        colour = self.strip_colour()
+        outside = self.result.outside if self.result is not None else np.zeros(0, bool)
+        # slices beyond the shift threshold get grey dots even in an in-distribution series
+        brushes = [pg.mkBrush(OUTSIDE_COLOUR if o else colour) for o in outside]
+        self.curve.setPen(pg.mkPen(colour, width=2,
+                                   style=Qt.PenStyle.DashLine if colour != ACCENT
+                                   else Qt.PenStyle.SolidLine))
+        self.curve.setData(x, p, symbolBrush=brushes or colour)
+        self.band.setBrush(pg.mkBrush(colour + "3c"))
         self.band_hi.setData(x, np.clip(p + s, 0, 1))
         self.band_lo.setData(x, np.clip(p - s, 0, 1))
         if len(x):
@@ -317,7 +370,9 @@ class InferenceTab(QWidget):
 
     # ----------------------------------------------------------------- export
     def export_csv(self, path: str | Path) -> Path:
-        """Write one row per slice: index/name, prediction, probabilities, spread, label."""
+        """Write one row per slice: index/name, prediction, calibrated probabilities,
+        spread, conformal ``set`` ("a|b": refer), whether it is outside the training
+        data (shift), label."""
         res = self.result
         if res is None:
             raise RuntimeError("no inference result to export")
@@ -325,14 +380,18 @@ class InferenceTab(QWidget):
         with path.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             head = ["index", "name", "predicted", *[f"p_{c}" for c in res.classes],
-                    *[f"std_{c}" for c in res.classes], "uncertainty"]
+                    *[f"std_{c}" for c in res.classes], "uncertainty", "set",
+                    "outside_training"]
             if res.labels is not None:
                 head.append("label")
             w.writerow(head)
+            pred, outside = res.predicted, res.outside
             for i in range(len(res.probs)):
-                row = [i, res.names[i], res.classes[int(res.probs[i].argmax())],
+                row = [i, res.names[i], res.classes[int(pred[i])],
                        *[f"{p:.6f}" for p in res.probs[i]], *[f"{s:.6f}" for s in res.std[i]],
-                       f"{res.uncertainty[i]:.6f}"]
+                       f"{res.uncertainty[i]:.6f}",
+                       "" if res.sets is None else (res.sets[i] or "(empty)"),
+                       "" if res.shift is None else str(bool(outside[i])).lower()]
                 if res.labels is not None:
                     row.append(res.classes[int(res.labels[i])])
                 w.writerow(row)

@@ -7,10 +7,12 @@ units; 1/255 is one grey level). The plot shows accuracy against strength for on
 perturbation at a time with the clean accuracy as a dashed baseline; the table lists
 every point.
 
-The shift check fits a Mahalanobis detector to the run's training-slice features and
-scores the open series (or the evaluation data): the share of slices beyond the
-training 95th percentile, the median distance ratio and the outlier slices (a click
-on one jumps the viewer there).
+The shift check is evaluate's (:func:`vitdesk.analysis.shift.fit_run_detector`): a
+Gaussian on the run's training-slice features with its threshold set on held-out
+(validation) slices; it scores the open series (or the evaluation data) and gives
+the verdict, the observed against the expected alarm rate and the outlier slices (a
+click on one jumps the viewer there). The accuracy shown is the evaluation's, with
+its level, cut and TTA; the curves' clean accuracy is that of their subset and says so.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from vitdesk.analysis.options import EvalOptions, accuracy_words
 from vitdesk.analysis.robustness import UNITS
 from vitdesk.gui.analysis_jobs import ShiftOutcome, evaluate_job, shift_job
 from vitdesk.gui.dialogs import show_error
@@ -217,10 +220,12 @@ class RobustnessTab(QWidget):
             raise ConfigError("Robustness: every strength list is empty; give at least one")
         src, split = self.source.value()
         # evaluate_run always adds the HU curves for CT; an empty dict would mean defaults
-        task = Task(evaluate_job, self.current.run, self.current.lock, src, split,
-                    robustness=True, hu_strengths=hu or {"noise_hu": (0.0,)},
-                    adversarial_eps=eps, shift=False, fairness=False, attention_samples=0,
-                    robustness_cases=self.cases_spin.value(), n_boot=50, name="robustness")
+        options = EvalOptions(split=split, tta=None, robustness=True,
+                              hu_strengths=hu or {"noise_hu": (0.0,)}, adversarial_eps=eps,
+                              shift=False, fairness=False, attention_samples=0,
+                              robustness_cases=self.cases_spin.value(), n_boot=50)
+        task = Task(evaluate_job, self.current.run, self.current.lock, src, options,
+                    name="robustness")
         task.finished.connect(lambda ev, keep=(set(hu), bool(eps)): self._on_result(ev, *keep))
         task.errored.connect(lambda exc: show_error(self, exc))
         task.cancelled.connect(lambda: self.summary.setText("Cancelled."))
@@ -263,9 +268,21 @@ class RobustnessTab(QWidget):
             self.curve_combo.addItem(f"{NAMES.get(c.name, c.name)}: {c.unit}", c.name)
         self.curve_combo.blockSignals(False)
         self._draw_curve()
-        clean = curves[0].clean_accuracy if curves else float("nan")
-        self.summary.setText(f"{len(curves)} curves on {self.source.describe()}; clean "
-                             f"accuracy {fmt(clean, 3)}. " + " ".join(ev.notes))
+        self.summary.setText(self.accuracy_story(ev) + " " + " ".join(ev.notes))
+
+    def accuracy_story(self, ev: Any) -> str:
+        """The evaluation's accuracy (as Fairness and Inference show it for the same
+        settings) and what the curves' clean accuracy is instead."""
+        lm = ev.metrics.slice
+        acc = lm.estimates["accuracy"].value
+        text = (f"{accuracy_words('slice', lm.cut, None)} {fmt(acc, 3)} on all "
+                f"{ev.n_slices} slices of {self.source.describe()}.")
+        subsets = [r for r in ev.robustness if r.curves]
+        if subsets:
+            r = subsets[-1]
+            text += (f" Curves: a class-balanced subset of {r.n} slices (argmax, TTA off), "
+                     f"clean accuracy {fmt(r.clean_accuracy, 3)} there.")
+        return text
 
     def _draw_curve(self) -> None:
         i = self.curve_combo.currentIndex()
@@ -311,7 +328,7 @@ class RobustnessTab(QWidget):
         else:
             src, _split = self.source.value()
         task = Task(shift_job, self.current.run, self.current.lock, slices, src,
-                    float(self.pct_spin.value()), name="shift")
+                    float(self.pct_spin.value()), self.source.value()[1], name="shift")
         task.finished.connect(self._on_shift)
         task.errored.connect(lambda exc: show_error(self, exc))
         task.done.connect(lambda: self.shift_button.setText("Check distribution shift"))
@@ -325,14 +342,11 @@ class RobustnessTab(QWidget):
         self.shift = out
         r = out.result
         n = len(r.distances)
-        verdict = ("similar to the training data" if r.fraction_above <= 2 * (1 - r.percentile
-                                                                             / 100) + 0.05
-                   else "SHIFTED from the training data")
         self.shift_summary.setText(
-            f"{len(r.outliers)} of {n} slices ({r.fraction_above:.0%}) lie beyond the "
-            f"training {r.percentile:g}th percentile (threshold {r.threshold:.2f}); median "
-            f"distance {r.median_ratio:.2f}× the training median ({out.n_train} training "
-            f"slices): {verdict}.")
+            f"{r.verdict()}. Threshold {r.threshold:.2f}, set on {r.n_reference} held-out "
+            f"slices ({r.reference}); {r.fraction_above:.0%} of these {n} slices are beyond "
+            f"it; median distance {r.median_ratio:.2f}× the held-out median; Gaussian of "
+            f"{out.n_train} training slices ({r.covariance}).")
         order = sorted(r.outliers.tolist(), key=lambda i: -r.distances[i])
         rows = [[out.names[i], float(r.distances[i]), float(r.distances[i] / r.threshold)]
                 for i in order]

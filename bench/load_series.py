@@ -6,6 +6,12 @@ then times them alternately (ABCABC...) because shared machines are noisy.
 Prints a table last and writes ``bench/results/load_series.json``.
 
     .venv/bin/python bench/load_series.py [--slices 300] [--size 512] [--repeats 3]
+                                          [--pool-probe]
+
+``--pool-probe`` also times the header parse of every file in one process against
+the best a process pool could do (fork, one worker per CPU, files in chunks of 50,
+results not even sent back): vitdesk scans in one process because on 2 CPUs the
+pool's lower bound is no faster.
 """
 
 from __future__ import annotations
@@ -95,11 +101,43 @@ def second_open(folder: Path, cache_path: Path, repeats: int) -> dict[str, list[
     return times
 
 
+def _classify_chunk(chunk: list[str]) -> list[str]:
+    """Parse headers in a worker; only the kinds come back (the pool's lower bound)."""
+    from vitdesk.imaging.scan import _classify
+
+    return [_classify(Path(f))[0] for f in chunk]
+
+
+def pool_probe(folder: Path, repeats: int) -> dict[str, list[float]]:
+    """Header parse of every file: one process vs a process pool's lower bound."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vitdesk.imaging.scan import _classify
+
+    files = sorted(str(f) for f in folder.iterdir())
+    chunks = [files[i:i + 50] for i in range(0, len(files), 50)]
+    times: dict[str, list[float]] = {"one process": [], "pool lower bound": []}
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for f in files:
+            _classify(Path(f))
+        times["one process"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=mp.get_context("fork")) as ex:
+            kinds = [k for c in ex.map(_classify_chunk, chunks) for k in c]
+        times["pool lower bound"].append(time.perf_counter() - t)
+        assert kinds == ["image"] * len(files)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pool-probe", action="store_true",
+                    help="also time a process pool's lower bound for the header parse")
     args = ap.parse_args()
 
     loaders = {"vitdesk": load_vitdesk, "SimpleITK": load_sitk, "pydicom loop": load_pydicom}
@@ -129,6 +167,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t)
 
         cache_times = second_open(folder, Path(tmp) / "header_cache.sqlite", args.repeats)
+        pool_times = pool_probe(folder, args.repeats) if args.pool_probe else {}
 
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
@@ -146,6 +185,8 @@ def main() -> None:
         "second_open_speedup": statistics.median(cache_times["first (parse)"])
         / statistics.median(cache_times["second (cache)"]),
     }
+    if pool_times:
+        result["header_parse_pool_probe_s"] = pool_times
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {RESULTS}")
@@ -153,6 +194,11 @@ def main() -> None:
     for name, ts in cache_times.items():
         print(f"  {name:<16}{statistics.median(ts):>8.3f} s median")
     print(f"  second open {result['second_open_speedup']:.1f}x faster\n")
+    if pool_times:
+        print("header parse of every file, one process vs a process pool's lower bound:")
+        for name, ts in pool_times.items():
+            print(f"  {name:<18}{statistics.median(ts):>8.3f} s median{min(ts):>8.3f} s min")
+        print()
     print(f"load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'loader':<14}{'median s':>10}{'min s':>10}{'slices/s':>10}{'vitdesk x':>11}"
           f"{'best x':>8}")

@@ -230,6 +230,11 @@ def read_manifest(
     row's files: ``check`` (they must agree, see :mod:`vitdesk.data.label_checks`;
     the column's grouping is used), ``csv`` (the column wins) or ``dicom`` (the files
     win; the column is used for non-DICOM images only).
+
+    A DICOM file named by a row (or found in a row's folder) that cannot be read is
+    skipped with one notice (file, reason, what to do); only when nothing named can
+    be read is it an error. Colour DICOM series get one notice each (read as
+    luminance, not HU).
     """
     check_patient_mode(patient_id)
     csv_path = Path(csv_path)

@@ -34,6 +34,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", metavar="RUN", help="run folder to write")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="K-fold cross-validation by patient: one run per fold in RUN/fold-i, "
+                   "each tested on its own patients; RUN/cv.json holds mean, SD, 95%% CI and "
+                   "the pooled out-of-fold accuracy/AUC (--resume continues the folds)")
     p.add_argument("--seed", type=int)
     p.add_argument("--teacher", metavar="RUN", help="distil from a trained teacher run")
     p.add_argument("--distill", choices=["soft", "hard", "token"],

@@ -71,6 +71,10 @@ class DataConfig:
     window: str = "soft_tissue"  # a WindowSpec label, e.g. "lung,mediastinum,bone"
     clahe: bool = False
     fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    # "i/k": this run is fold i of a k-fold cross-validation (vitdesk train --folds K):
+    # test = fold i's patients, validation carved from the rest by the train:val ratio of
+    # fractions. Empty: one split by fractions.
+    fold: str = ""
     batch_size: int = 32
     workers: int = 0
     augment: bool = True
@@ -282,6 +286,8 @@ class RunConfig:
             )
         if d.fractions[0] <= 0:
             raise ConfigError("data.fractions: the train fraction must be above 0")
+        if d.fold:
+            _check_fold(d.fold, d.val_source)
         for name in ("mixup", "cutmix", "rotate_deg", "scale", "intensity"):
             if getattr(d, name) < 0:
                 raise ConfigError(f"data.{name}={getattr(d, name)}: must be 0 or more")
@@ -517,6 +523,19 @@ def _plan(stages: list[dict[str, Any]]) -> str:
 
 
 # ---- internals -----------------------------------------------------------------------
+def _check_fold(fold: str, val_source: str) -> None:
+    from vitdesk.data.splits import parse_fold
+    from vitdesk.errors import DataError
+
+    try:
+        parse_fold(fold)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    if val_source:
+        raise ConfigError(f"data.fold='{fold}' carves validation from each fold's training "
+                          "patients: leave out data.val_source (--val)")
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}='{value}' is not valid: choose one of {', '.join(allowed)}")

@@ -163,6 +163,12 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     est = plan.estimate
+    folds = getattr(args, "folds", None)
+    if folds is not None:
+        try:
+            return _cross_validate(plan, int(folds), token, bool(args.resume))
+        finally:
+            signal.signal(signal.SIGINT, previous)
     try:
         out = train(plan.cfg, token, [ConsoleProgress()], resume=bool(args.resume),
                     planned=True, estimate=None if est is None else dataclasses.asdict(est))
@@ -171,6 +177,26 @@ def run(args: argparse.Namespace) -> int:
     if est is not None:
         print(closing_line(out, est.seconds), file=sys.stderr)
     print(out)
+    return 0
+
+
+def _cross_validate(plan: Plan, k: int, token: Any, resume: bool) -> int:
+    """``--folds K``: the plan, resolved once, trained and evaluated on every fold."""
+    from vitdesk.analysis.cv import cross_validate
+    from vitdesk.console import ConsoleProgress
+
+    est = plan.estimate
+    if est is not None:
+        print(f"plan: {k} folds, about {k * est.seconds:.0f} s of training in all",
+              file=sys.stderr)
+    res = cross_validate(plan.cfg, k, token, [ConsoleProgress()], resume=resume,
+                         estimate=None if est is None else dataclasses.asdict(est))
+    print(f"{k}-fold cross-validation (patients grouped and stratified, seed {res.seed}); "
+          "each fold scored on its own test patients:")
+    print(res.table())
+    for note in res.notes:
+        print(f"note: {note}")
+    print(Path(plan.cfg.out).expanduser() / "cv.json")
     return 0
 
 

@@ -14,7 +14,7 @@ from vitdesk.data.augment import AugmentConfig
 from vitdesk.data.dataset import SliceDataset
 from vitdesk.data.records import SliceRecord, classes_of, label_counts
 from vitdesk.data.sources import load_records
-from vitdesk.data.splits import check_no_leak, split_by_patient
+from vitdesk.data.splits import check_no_leak, fold_split, parse_fold, split_by_patient
 from vitdesk.errors import DataError
 from vitdesk.imaging.windowing import WindowSpec
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, emit
@@ -87,6 +87,7 @@ def build_datasets(
     listener: Listener | None = None,
     cache_mb: float = 512.0,
     patient_id: str = "check",
+    fold: str | None = None,
 ) -> DataBundle:
     """Load ``data_src``, split it by patient and wrap each split in a SliceDataset.
 
@@ -95,13 +96,21 @@ def build_datasets(
     set and there is no test set (evaluate on a separate source). Only train is
     augmented. Raises DataError on a patient in two splits, or labels outside
     ``classes``. ``patient_id``: trust mode for a CSV patient_id column (see
-    :func:`vitdesk.data.sources.read_manifest`).
+    :func:`vitdesk.data.sources.read_manifest`). ``fold``: ``"i/k"`` for fold i of a
+    k-fold cross-validation (:func:`vitdesk.data.splits.fold_split`): test is fold i's
+    patients and validation is carved from the rest by ``fractions``' train:val ratio.
     """
+    if fold and val_src is not None:
+        raise DataError(f"data.fold='{fold}' carves validation from each fold's training "
+                        "patients: leave out the separate validation source (--val)")
+    fold_ik = parse_fold(fold) if fold else None  # a bad value is named before any scan
     records = load_records(data_src, cancel, listener, patient_id=patient_id)
     if val_src is not None:
         val_records = load_records(val_src, cancel, listener, min_classes=1,
                                    patient_id=patient_id)
         splits = {"train": records, "val": val_records, "test": []}
+    elif fold_ik is not None:
+        splits = fold_split(records, fold_ik[0], fold_ik[1], seed=seed, fractions=fractions)
     else:
         splits = split_by_patient(records, fractions=fractions, seed=seed, stratify=True)
     check_no_leak(splits)

@@ -132,6 +132,69 @@ def split_by_patient(
     }
 
 
+def parse_fold(text: str) -> tuple[int, int]:
+    """``"i/k"`` (fold i of k, 1-based) as ``(i, k)``; DataError naming the fix."""
+    try:
+        i_text, k_text = str(text).split("/")
+        i, k = int(i_text), int(k_text)
+    except ValueError:
+        raise DataError(f"data.fold='{text}' is not i/k (e.g. 2/5: fold 2 of 5)") from None
+    if k < 2 or not 1 <= i <= k:
+        raise DataError(f"data.fold='{text}': use i/k with k >= 2 and 1 <= i <= k (e.g. 2/5)")
+    return i, k
+
+
+def kfold_patients(
+    records: Sequence[SliceRecord], k: int, seed: int = 0, stratify: bool = True
+) -> list[list[str]]:
+    """The patients of each of ``k`` folds: every patient in exactly one fold.
+
+    With ``stratify`` the patients of each class (:func:`patient_strata`) are shuffled
+    and dealt round-robin, one class after another, continuing where the last class
+    stopped: each class's count per fold then differs by at most one, and so do the
+    fold sizes. The result depends only on the records, ``k`` and ``seed``. Raises
+    DataError when there are fewer patients than folds.
+    """
+    patients = sorted({r.patient for r in records})  # sorted: the seed alone decides
+    if k < 2:
+        raise DataError(f"--folds {k}: use 2 or more folds (5 is usual)")
+    if len(patients) < k:
+        raise DataError(f"--folds {k} needs at least {k} patients and the data has "
+                        f"{len(patients)}: use fewer folds or add patients")
+    rng = random.Random(seed)
+    if stratify:
+        strata = patient_strata(records)
+        order: list[str] = []
+        for cls in sorted({strata[p] for p in patients}):
+            members = [p for p in patients if strata[p] == cls]
+            rng.shuffle(members)
+            order.extend(members)
+    else:
+        order = list(patients)
+        rng.shuffle(order)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for pos, p in enumerate(order):
+        folds[pos % k].append(p)
+    return [sorted(f) for f in folds]
+
+
+def fold_split(
+    records: Sequence[SliceRecord], fold: int, k: int, seed: int = 0,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+) -> dict[str, list[SliceRecord]]:
+    """Train/val/test of fold ``fold`` (1-based) of ``k``: test is that fold's patients,
+    validation is carved by patient from the other folds in the train:val ratio of
+    ``fractions`` (its test share is unused), stratified as :func:`split_by_patient`."""
+    if not 1 <= fold <= k:
+        raise DataError(f"fold {fold} of {k} does not exist: use 1 to {k}")
+    test_patients = set(kfold_patients(records, k, seed)[fold - 1])
+    rest = [r for r in records if r.patient not in test_patients]
+    f_train, f_val = float(fractions[0]), float(fractions[1])
+    inner = split_by_patient(rest, fractions=(f_train, f_val, 0.0), seed=seed, stratify=True)
+    return {"train": inner["train"], "val": inner["val"],
+            "test": [r for r in records if r.patient in test_patients]}
+
+
 def _ensure_train_has_every_class(
     assigned: dict[str, list[str]], majority: dict[str, str]
 ) -> None:

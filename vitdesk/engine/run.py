@@ -213,6 +213,7 @@ def _build_data(cfg: RunConfig, mean: tuple, std: tuple, cancel: CancelToken,
         img_size=cfg.model.img_size, mean=mean, std=std, channels=3, seed=cfg.seed,
         fractions=tuple(cfg.data.fractions), augment=_augment_config(cfg),
         cancel=cancel, listener=list(listeners), patient_id=cfg.data.patient_id,
+        fold=cfg.data.fold or None,
     )
     return TrainData(b.train, b.val, list(b.classes), test=b.test, splits=b.splits,
                      fingerprint=b.fingerprint)

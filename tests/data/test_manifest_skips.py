@@ -134,3 +134,23 @@ def test_colour_series_of_a_workspace_gives_one_notice(tmp_path):
     notes = [n for n in _notices(events) if "colour image" in n]
     assert notes == ["series 'colour one' (3 slice(s)): colour image (RGB): loaded as "
                      "luminance, not Hounsfield units; convert it to greyscale to train on HU"]
+
+
+def test_predict_input_says_a_colour_series_is_luminance(tmp_path):
+    from vitdesk.data.inputs import input_slices
+    from vitdesk.jobs import CancelToken
+
+    src = write_ct_series(tmp_path / "src", patient_hu(0.0), spacing=(2.0, 1.0, 1.0),
+                          patient={"PatientID": "C1"})
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    for k, f in enumerate(src):
+        _rgb_copy(f, colour / f"c{k}.dcm", (200, 100, 50))
+    events: list = []
+    slices, errors = input_slices(colour, CancelToken(), events.append)
+    assert len(slices) == len(src) and not errors
+    notes = [n for n in _notices(events) if "colour image" in n]
+    assert len(notes) == 1 and notes[0].startswith(f"series {slices[0][0]}: ")
+    events.clear()
+    input_slices(tmp_path / "src", CancelToken(), events.append)
+    assert not [n for n in _notices(events) if "colour image" in n]

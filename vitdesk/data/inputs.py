@@ -49,7 +49,12 @@ def input_slices(path: Path, cancel: CancelToken, listener: Listener | None,
     from vitdesk.imaging.io import load_path
 
     res = load_path(path, cancel=cancel, listener=listener)
+    from vitdesk.jobs import Notice, emit
+
     for vol in res.volumes:
+        # what the viewer's banner says (colour read as luminance, gaps, tilt) predict says too
+        for warning in vol.warnings:
+            emit(listener, Notice("predict", f"series {vol.key}: {warning}"))
         if sources is not None:
             sources[vol.key] = list(vol.source_files)
         for z in range(vol.hu.shape[0]):

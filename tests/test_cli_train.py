@@ -201,3 +201,100 @@ def test_plan_prints_the_run_and_train_without_a_model_runs_it(png_data, tmp_pat
     # a bad budget is one line, exit 2
     assert main(["plan", "--data", str(png_data), "--budget", "soon"]) == 2
     assert "--budget 'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_folds_cross_validate_partition_summarise_and_resume_after_ctrl_c(
+        png_data, tmp_path, monkeypatch, capsys):
+    """--folds 3: every patient is tested exactly once, by the fold whose config.toml says
+    so; cv.json holds each fold's evaluate numbers, their mean/SD/t interval and the pooled
+    out-of-fold metrics; Ctrl-C in fold 2 keeps fold 1 and --resume finishes the rest."""
+    import numpy as np
+
+    import vitdesk.console
+    from vitdesk.analysis.cv import mean_interval
+    from vitdesk.data.sources import load_records
+    from vitdesk.data.splits import kfold_patients, load_split
+    from vitdesk.engine.events import StepDone
+    from vitdesk.jobs import Progress
+
+    original = vitdesk.console.ConsoleProgress
+
+    class InterruptInFold2(original):
+        def __call__(self, event):
+            if isinstance(event, Progress) and event.task == "cross-validate":
+                self.fold = event.done + 1
+            if (isinstance(event, StepDone) and getattr(self, "fold", 0) == 2
+                    and not getattr(self, "sent", False)):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+            super().__call__(event)
+
+    out = tmp_path / "cv"
+    command = _args(png_data, out, "--epochs", "1", "--folds", "3", "--seed", "5")
+    monkeypatch.setattr(vitdesk.console, "ConsoleProgress", InterruptInFold2)
+    assert main(command) == 130
+    doc = json.loads((out / "cv.json").read_text())
+    assert doc["finished"] is False and [f["fold"] for f in doc["folds"]] == [1]
+    fold1 = _snapshot(out / "fold-1")
+    assert (out / "fold-2" / "checkpoints" / "last.json").is_file()
+    monkeypatch.setattr(vitdesk.console, "ConsoleProgress", original)
+    capsys.readouterr()
+
+    # the same command again (no --resume) is refused; with --resume it continues
+    assert main(command) == 2
+    assert "add --resume" in capsys.readouterr().err
+    assert main([*command, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean +- SD" in printed and "pooled" in printed and str(out / "cv.json") in printed
+    assert _snapshot(out / "fold-1") == fold1  # the finished fold was not touched
+
+    doc = json.loads((out / "cv.json").read_text())
+    assert doc["finished"] is True and doc["k"] == 3
+    folds = kfold_patients(load_records(png_data), 3, seed=5)
+    tested = []
+    for i, f in enumerate(doc["folds"], start=1):
+        run = out / f"fold-{i}"
+        assert tomllib.loads((run / "config.toml").read_text())["data"]["fold"] == f"{i}/3"
+        split = load_split(run / "split.json")
+        test_patients = {r.patient for r in split["test"]}
+        assert test_patients == set(folds[i - 1])  # the fold's own test patients
+        assert not test_patients & {r.patient for r in split["train"] + split["val"]}
+        tested += sorted(test_patients)
+        m = json.loads((run / "eval" / "metrics.json").read_text())
+        assert m["split"] == "test" and m["n_patients"] == len(test_patients)
+        for level in ("slice", "patient"):
+            for key in ("accuracy", "auc"):
+                assert f[f"{level}_{key}"] == m["metrics"][level]["metrics"][key]["value"]
+            assert f["cuts"][level] == m["metrics"][level]["cut"]
+        classes = {r.label for r in split["test"]}
+        assert classes == {"normal", "lesion"}  # stratified: 20 patients, 10 per class
+    assert sorted(tested) == sorted({r.patient for r in load_records(png_data)})
+    for key, s in doc["summary"].items():
+        values = [f[key] for f in doc["folds"]]
+        ref = mean_interval(values)
+        assert s["mean"] == pytest.approx(np.mean(values)) and s["n"] == 3
+        assert s["sd"] == pytest.approx(np.std(values, ddof=1))
+        assert (s["lo"], s["hi"]) == (pytest.approx(ref.lo), pytest.approx(ref.hi))
+    pooled = doc["pooled"]
+    assert pooled["n_slices"] == pooled["n_patients"] == 20
+    correct = sum(f["slice_accuracy"] * f["n_slices"] for f in doc["folds"])
+    assert pooled["slice"]["accuracy"] == pytest.approx(correct / 20)
+    # the fold runs are reproducible from their own config.toml: the same split again
+    from vitdesk.config import load_config
+
+    cfg = load_config(out / "fold-2" / "config.toml")
+    assert (cfg.seed, cfg.data.fold, cfg.model.name) == (5, "2/3", "vit_test_tiny")
+
+
+def test_folds_bad_requests_are_one_line_and_write_nothing(png_data, tmp_path, capsys):
+    for extra, needle in [
+        (["--folds", "1"], "2 or more folds"),
+        (["--folds", "30"], "needs at least 30 patients"),
+        (["--folds", "3", "--val", str(png_data)], "leave out --val"),
+    ]:
+        out = tmp_path / "cv"
+        assert main(_args(png_data, out, "--epochs", "1", *extra)) == 2, extra
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("vitdesk: error:")]
+        assert len(errors) == 1 and needle in errors[0], err
+        assert not out.exists()

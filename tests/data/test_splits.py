@@ -13,7 +13,10 @@ from vitdesk.data.records import SliceRecord
 from vitdesk.data.source_refs import source_ref
 from vitdesk.data.splits import (
     check_no_leak,
+    fold_split,
+    kfold_patients,
     load_split,
+    parse_fold,
     save_split,
     split_by_patient,
     split_root,
@@ -180,3 +183,57 @@ def test_mixed_patients_stratified_by_rare_label():
         with_lesion = [len({r.patient for r in s[n] if r.label == "lesion"})
                        for n in ("train", "val", "test")]
         assert with_lesion[0] == 7 and min(with_lesion[1:]) >= 1, with_lesion
+
+
+# ---- k-fold cross-validation ------------------------------------------------------------
+
+
+def test_kfold_partitions_patients_stratified_and_balanced():
+    recs = make_records(13, 7)  # 20 patients: 13 of class a, 7 of class b
+    strata = {r.patient: r.label for r in recs}
+    for seed in range(5):
+        folds = kfold_patients(recs, 5, seed=seed)
+        assert len(folds) == 5
+        flat = [p for f in folds for p in f]
+        assert sorted(flat) == sorted(strata) and len(set(flat)) == len(flat)  # a partition
+        assert [len(f) for f in folds] == [4, 4, 4, 4, 4]
+        for cls, n in (("a", 13), ("b", 7)):
+            per_fold = [sum(strata[p] == cls for p in f) for f in folds]
+            assert sum(per_fold) == n and max(per_fold) - min(per_fold) <= 1, (cls, per_fold)
+
+
+def test_kfold_deterministic_by_seed_and_input_order():
+    recs = make_records(12, 8)
+    a = kfold_patients(recs, 4, seed=7)
+    assert kfold_patients(list(reversed(recs)), 4, seed=7) == a
+    assert kfold_patients(recs, 4, seed=8) != a
+
+
+def test_fold_split_tests_every_patient_once_and_carves_validation_from_the_rest():
+    recs = make_records(14, 6)
+    folds = kfold_patients(recs, 5, seed=2)
+    tested: list[str] = []
+    for i in range(1, 6):
+        s = fold_split(recs, i, 5, seed=2)
+        check_no_leak(s)
+        tr, va, te = patients(s["train"]), patients(s["val"]), patients(s["test"])
+        assert te == set(folds[i - 1])
+        assert tr | va | te == {r.patient for r in recs} and not (tr & va)
+        # the train:val ratio of the default fractions (0.7:0.15) on the 16 other patients
+        assert (len(tr), len(va)) == (13, 3)
+        assert {r.label for r in s["train"]} == {"a", "b"}
+        assert sum(len(v) for v in s.values()) == len(recs)
+        tested += sorted(te)
+    assert sorted(tested) == sorted({r.patient for r in recs})  # each tested exactly once
+    assert fold_split(recs, 3, 5, seed=2) == fold_split(recs, 3, 5, seed=2)
+
+
+def test_kfold_needs_as_many_patients_as_folds_and_a_valid_fold():
+    with pytest.raises(DataError, match="--folds 5 needs at least 5 patients"):
+        kfold_patients(make_records(2, 2), 5)
+    with pytest.raises(DataError, match="2 or more"):
+        kfold_patients(make_records(2, 2), 1)
+    assert parse_fold("2/5") == (2, 5)
+    for bad in ("6/5", "0/5", "1/1", "two/5", "3"):
+        with pytest.raises(DataError, match="data.fold"):
+            parse_fold(bad)

@@ -52,6 +52,20 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="keep the staged recipe even with a random backbone")
     p.add_argument("--budget", metavar="T",
                    help="with no --model (auto): fit the run to this time, e.g. 20m (10m)")
+    p.add_argument("--continue", dest="continue_from", metavar="RUN",
+                   help="continual fine-tuning: start from this finished run's weights (same "
+                   "model, classes, window and image size) and train on --data")
+    p.add_argument("--rehearsal", type=int, metavar="N",
+                   help="with --continue: replay N earlier training slices (kept in RUN as "
+                   "rehearsal.npz, pixel data) in every batch")
+    p.add_argument("--ewc", type=float, metavar="LAMBDA",
+                   help="with --continue: elastic weight consolidation strength (e.g. 100)")
+    p.add_argument("--earlier", metavar="SRC",
+                   help="with --continue: the data the parent run was trained on, when this "
+                   "machine does not know its recorded source")
+    p.add_argument("--adapt", metavar="SRC",
+                   help="domain-adversarial adaptation (DANN) to these unlabelled images of "
+                   "another site (validation/test patients are left out)")
     p.add_argument("--patient-id", choices=["check", "csv", "dicom"],
                    help="a labels.csv patient_id column against the files' DICOM PatientID: "
                    "check they agree (default), or trust the csv or the dicom one")

@@ -148,6 +148,28 @@ class TeacherConfig:
 
 
 @dataclass
+class ContinualConfig:
+    """Continual fine-tuning from a finished run (rules: :mod:`vitdesk.engine.plan`).
+
+    ``continue_from``: the parent run folder (``config.toml`` records its folder name
+    only); ``rehearsal``: earlier training slices replayed in every batch (0 = none);
+    ``ewc``: the elastic weight consolidation lambda (0 = off).
+    """
+
+    continue_from: str = ""
+    rehearsal: int = 0
+    ewc: float = 0.0
+
+
+@dataclass
+class AdaptConfig:
+    """Domain-adversarial adaptation (DANN) to an unlabelled target source."""
+
+    source: str = ""  # unlabelled target images (a SRC); empty = off
+    weight: float = 1.0  # the domain loss weight (the reversal schedule scales the gradient)
+
+
+@dataclass
 class RunConfig:
     """Everything that defines a training run."""
 
@@ -157,6 +179,8 @@ class RunConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     amp: str = "auto"  # auto | off | fp16 | bf16
     patience: int = 0  # early stopping on val loss, epochs without improvement (0 = off)
     device: str = "auto"

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from vitdesk.config import RunConfig, load_config
-from vitdesk.engine.plan import Plan, apply_rules, plan_resume, plan_run
+from vitdesk.engine.plan import Plan, apply_rules, inherit_parent, plan_resume, plan_run
+from vitdesk.errors import ConfigError
 
 _SIMPLE = {
     "val": "data.val_source", "model": "model.name", "pretrained": "weights.pretrained",
@@ -24,7 +25,8 @@ _SIMPLE = {
     "device": "device", "seed": "seed", "teacher": "teacher.run",
     "temperature": "teacher.temperature", "alpha": "teacher.alpha",
     "unlabelled": "teacher.unlabelled", "patient_id": "data.patient_id",
-    "distill": "teacher.mode",
+    "distill": "teacher.mode", "rehearsal": "continual.rehearsal", "ewc": "continual.ewc",
+    "adapt": "adapt.source",
 }
 
 
@@ -43,6 +45,8 @@ def requested_config(args: argparse.Namespace) -> RunConfig:
         cfg.recipe.stages = []  # the new recipe's default plan
     if getattr(args, "force_staged", False):
         cfg.recipe.force_staged = True
+    if getattr(args, "continue_from", None):
+        cfg.continual.continue_from = args.continue_from
     out = getattr(args, "out", None)
     if out:
         cfg.out = out
@@ -66,6 +70,11 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         return _resume_plan(args, load_config(stored_path))
     epochs = getattr(args, "epochs", None)
     cfg = requested_config(args)
+    if getattr(args, "earlier", None) and not cfg.continual.continue_from:
+        raise ConfigError("--earlier names the data of the run to continue: use it with "
+                          "--continue RUN")
+    if cfg.continual.continue_from:  # the parent's model and window, unless a flag differs
+        cfg = inherit_parent(cfg, cfg.continual.continue_from, explicit_fields(args))
     planned = _auto(args, cfg) if cfg.model.name == "auto" else None
     plan = plan_run(planned.cfg if planned else cfg,
                     epochs=str(epochs) if epochs else None, check_files=True)
@@ -171,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous)
     try:
         out = train(plan.cfg, token, [ConsoleProgress()], resume=bool(args.resume),
-                    planned=True, estimate=None if est is None else dataclasses.asdict(est))
+                    planned=True, estimate=None if est is None else dataclasses.asdict(est),
+                    earlier=getattr(args, "earlier", None))
     finally:
         signal.signal(signal.SIGINT, previous)
     if est is not None:

@@ -110,7 +110,7 @@ def same_source(a: str | Path | None, b: str | Path | None) -> bool:
 
 # Run-config fields that hold data paths (dotted); teacher.run names a run folder
 # chosen by the user, not patient data, and stays a path.
-DATA_PATH_FIELDS = ("data.source", "data.val_source", "teacher.unlabelled")
+DATA_PATH_FIELDS = ("data.source", "data.val_source", "teacher.unlabelled", "adapt.source")
 
 
 def _get(obj: object, dotted: str) -> object:

@@ -144,7 +144,7 @@ def apply_rules(cfg: RunConfig, epochs: str | None = None) -> Plan:
     switch = None
     if is_cnn_name(name) and cfg.recipe.kind == "staged" and not cfg.recipe.force_staged:
         switch = f"{name} is a CNN (there are no ViT blocks to unfreeze in stages)"
-    elif cfg.staged_on_random_backbone():
+    elif cfg.staged_on_random_backbone() and not cfg.continual.continue_from:
         switch = ("staged fine-tuning of a random backbone is meaningless (the frozen blocks "
                   "hold no learned features)")
     if switch:
@@ -172,6 +172,7 @@ def apply_rules(cfg: RunConfig, epochs: str | None = None) -> Plan:
 def check_run(cfg: RunConfig, check_files: bool = True) -> None:
     """Validate a planned config; with ``check_files`` also its weights and teacher."""
     cfg.validate()
+    check_continual_adapt(cfg, check_files)
     if not check_files:
         return
     src = cfg.weights.pretrained.strip()
@@ -188,6 +189,131 @@ def check_run(cfg: RunConfig, check_files: bool = True) -> None:
     if src.lower() not in ("hub", "none") and not Path(src).expanduser().exists():
         raise ConfigError(f"weights '{src}' not found: choose a file or folder that exists")
     check_teacher_files(cfg)
+
+
+# ---- continual fine-tuning and domain adaptation ------------------------------------------
+# What a continued run must share with its parent: the weights fit only this model, and
+# the rehearsal buffer holds inputs preprocessed this way.
+PARENT_FIELDS = ("model.name", "model.img_size", "model.patch_size", "model.pool",
+                 "data.window", "data.clahe")
+
+
+def _get(cfg: RunConfig, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def parent_folder(value: str, run_dir: str | Path | None = None) -> Path:
+    """The parent run of ``continual.continue_from``: a folder path, or (as ``config.toml``
+    records it) a folder name beside ``run_dir``."""
+    p = Path(value).expanduser()
+    if p.is_dir() or run_dir is None or len(p.parts) != 1:
+        return p
+    return Path(run_dir).expanduser().parent / p.name
+
+
+def parent_problem(parent: str | Path) -> str | None:
+    """Why ``parent`` cannot be continued from (not a run, not finished), or None."""
+    problem = run_folder_problem(parent, "continual.continue_from run")
+    if problem:
+        return problem
+    p = Path(parent).expanduser()
+    try:
+        import json
+
+        finished = json.loads((p / "metrics.json").read_text(encoding="utf-8")).get("finished")
+    except (OSError, ValueError, AttributeError):
+        finished = False
+    if not finished or not (p / "checkpoints" / "best.json").is_file():
+        return (f"continual.continue_from: run '{p.name}' has not finished training: "
+                "finish it first (vitdesk train --resume --out RUN) or continue from another run")
+    return None
+
+
+def inherit_parent(cfg: RunConfig, parent: str | Path, explicit: set[str] | frozenset[str]
+                   ) -> RunConfig:
+    """``cfg`` with the parent's model and window (:data:`PARENT_FIELDS`) where the request
+    did not set them; a field set to another value is refused, named.
+
+    ``explicit``: dotted fields the user set (flags or form). A continued run starts from
+    the parent's weights, so ``weights.pretrained`` must not be given.
+    """
+    problem = parent_problem(parent)
+    if problem:
+        raise ConfigError(problem)
+    theirs = load_config(Path(parent).expanduser() / "config.toml")
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    if "weights.pretrained" in explicit and cfg.weights.pretrained.strip().lower() != "none":
+        raise ConfigError("weights.pretrained: a continued run starts from its parent's "
+                          "weights: leave out --pretrained")
+    for dotted in PARENT_FIELDS:
+        if dotted in explicit:
+            continue
+        cfg.set(dotted, _get(theirs, dotted))
+    cfg.weights.pretrained = "none"  # the parent's checkpoint is loaded instead
+    check_parent_fit(cfg, theirs, Path(parent).name)
+    return cfg
+
+
+def check_parent_fit(cfg: RunConfig, theirs: RunConfig, name: str) -> None:
+    """ConfigError naming the first of :data:`PARENT_FIELDS` that differs from the parent."""
+    from vitdesk.imaging.windowing import WindowSpec
+
+    for dotted in PARENT_FIELDS:
+        ours, parent = _get(cfg, dotted), _get(theirs, dotted)
+        if dotted == "data.window":
+            try:
+                same = WindowSpec.parse(ours) == WindowSpec.parse(parent)
+            except ConfigError:
+                same = ours == parent
+        elif dotted == "model.pool" and "auto" in (ours, parent):
+            same = True  # auto follows the parent (the run loads the parent's architecture)
+        else:
+            same = ours == parent
+        if not same:
+            raise ConfigError(
+                f"{dotted}={ours!r} but the parent run '{name}' has {parent!r}: a continued "
+                "run keeps its parent's model, image size and window (leave the flag out)")
+
+
+def check_continual_adapt(cfg: RunConfig, check_files: bool = True) -> None:
+    """The continual and adaptation fields: ranges, what needs what; with ``check_files``
+    also the parent run (finished, same model and window) and the target source."""
+    c, a = cfg.continual, cfg.adapt
+    if c.rehearsal < 0:
+        raise ConfigError(f"continual.rehearsal={c.rehearsal}: use 0 (off) or a number of "
+                          "earlier slices, e.g. 200")
+    if c.ewc < 0:
+        raise ConfigError(f"continual.ewc={c.ewc}: use 0 (off) or a positive lambda, e.g. 100")
+    if (c.rehearsal or c.ewc) and not c.continue_from:
+        what = "continual.rehearsal" if c.rehearsal else "continual.ewc"
+        raise ConfigError(f"{what} needs a parent run to remember: add --continue RUN")
+    if a.source and a.weight <= 0:
+        raise ConfigError(f"adapt.weight={a.weight}: use a positive weight, e.g. 1")
+    if not check_files:
+        return
+    if c.continue_from:
+        problem = parent_problem(c.continue_from)
+        if problem:
+            raise ConfigError(problem)
+        if cfg.weights.pretrained.strip().lower() != "none":
+            raise ConfigError("weights.pretrained: a continued run starts from its parent's "
+                              "weights: leave out --pretrained")
+        try:
+            theirs = load_config(Path(c.continue_from).expanduser() / "config.toml")
+        except ConfigError:
+            theirs = None  # loading the parent reports it
+        if theirs is not None:
+            check_parent_fit(cfg, theirs, Path(c.continue_from).name)
+    if a.source:
+        if is_distilled_name(cfg.model.name):
+            raise ConfigError(f"adapt.source: {cfg.model.name} has two heads; adapt a plain "
+                              "ViT (without _distilled)")
+        if not Path(a.source).expanduser().exists():
+            raise ConfigError(f"adapt.source '{a.source}' not found: choose a folder, CSV or "
+                              "workspace of the target site's images")
 
 
 def check_teacher_files(cfg: RunConfig) -> None:

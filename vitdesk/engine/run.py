@@ -71,6 +71,7 @@ class TrainData:
     splits: dict[str, Any] | None = None
     fingerprint: str = ""
     unlabelled: Dataset | None = None  # teacher-only images (``teacher.unlabelled``)
+    target: Dataset | None = None  # unlabelled target-site images (``adapt.source``)
 
 
 @dataclass
@@ -385,6 +386,7 @@ def train(
     distill_mode: str | None = None,
     planned: bool = False,
     estimate: dict[str, float] | None = None,
+    earlier: str | Dataset | None = None,
 ) -> Path:
     """Train ``cfg`` and return the run folder.
 
@@ -402,6 +404,9 @@ def train(
             were shown; otherwise it is planned here and the notices go to ``listeners``.
         estimate: the planner's estimate (``seconds``, ``peak_memory_mb``, ...), kept in
             ``env.json`` beside the measured ``train_seconds``.
+        earlier: with ``continual.continue_from``: the parent's training data (a source
+            or a Dataset) for its rehearsal buffer and Fisher information when the parent
+            folder lacks them; None: the source its ``split.json`` recorded.
 
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: before anything is written.
@@ -461,12 +466,32 @@ def train(
         if cfg.teacher.unlabelled and data.unlabelled is None:
             data = dataclasses.replace(
                 data, unlabelled=_build_unlabelled(cfg, data, mean, std, cancel, listeners))
+    hooks: list[Any] = []
+    more: dict[str, Any] = {}  # metrics.json / env.json records of continual and adapt
+    if cfg.continual.continue_from:
+        from vitdesk.engine.continual import prepare_continual
+
+        cont = prepare_continual(cfg, out, data.classes, device, earlier=earlier,
+                                 resume=resume, cancel=cancel, listeners=listeners)
+        if not resume:  # the resume checkpoint holds the weights
+            model.load_state_dict(cont.weights)
+        hooks += cont.hooks
+        more["continual"] = cont.info
+    adapt = None
+    if cfg.adapt.source or data.target is not None:
+        from vitdesk.engine.dann import prepare_adapt
+
+        adapt = prepare_adapt(cfg, data, model, mean, std,
+                              _first_batch(data.train, cfg, torch.device("cpu")),
+                              cancel=cancel, listeners=listeners)
+        hooks.append(adapt.hook)
+        more["adapt"] = adapt.info
     # ---- everything is valid: now write -------------------------------------------------
     created_pg = _init_dist(dist, device)
     try:
         meta = {"model": cfg.model.name, "img_size": cfg.model.img_size,
                 "mean": list(mean), "std": list(std), "window": cfg.data.window}
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(more)
         if teacher is not None:
             extra["teacher"] = {"run": str(cfg.teacher.run), "mode": mode,
                                 "temperature": cfg.teacher.temperature,
@@ -483,14 +508,15 @@ def train(
                 _truncate_history(out / "history.jsonl", resume_cp.meta["global_step"])
             else:
                 # data paths as keyed fingerprints: a folder name may name a patient
-                save_config(for_run_folder(cfg), out / "config.toml")
+                save_config(_parent_by_name(for_run_folder(cfg)), out / "config.toml")
                 _write_split(out / "split.json", data)
             run_listeners = [HistoryWriter(out / "history.jsonl"),
                              MetricsWriter(out / "metrics.json", data.classes, extra)]
         trainer = Trainer(cfg, model, data.train, data.val, data.classes, device, out,
                           listeners=[*run_listeners, *listeners], cancel=cancel, dist=dist,
                           teacher=teacher, meta=meta, distill_mode=mode,
-                          unlabelled_ds=data.unlabelled if teacher is not None else None)
+                          unlabelled_ds=data.unlabelled if teacher is not None else None,
+                          hooks=hooks)
         if resume_cp is not None:
             trainer.load_resume(resume_cp)
         sample = _first_batch(data.train, cfg, device)
@@ -510,12 +536,41 @@ def train(
             env["train_seconds"] = round(time.perf_counter() - t0, 2)
             atomic_write_text(out / "env.json", json.dumps(env, indent=2))
             _calibrate_after_training(out, device, cancel)  # calibration.json (validation)
+            if adapt is not None:
+                _adapt_figures(out, data, adapt, device)
     finally:
         if created_pg:
             import torch.distributed as tdist
 
             tdist.destroy_process_group()
     return out
+
+
+def _parent_by_name(cfg: RunConfig) -> RunConfig:
+    """The parent run by its folder name only: its path is the user's and may say more."""
+    if cfg.continual.continue_from:
+        cfg.continual.continue_from = Path(cfg.continual.continue_from).name
+    return cfg
+
+
+def _adapt_figures(out: Path, data: TrainData, adapt: Any, device: torch.device) -> None:
+    """Source test and target accuracy of the adapted run into ``metrics.json`` (the
+    target's labels, when it has any, are used here only, never for training)."""
+    from vitdesk.engine.dann import accuracy
+
+    model = load_run(out, device=str(device)).model
+    figures: dict[str, Any] = dict(adapt.info)
+    if data.test is not None and len(data.test):
+        figures["source_test_acc"] = _num(accuracy(model, data.test, device))
+    if adapt.labelled is not None:
+        figures["target_acc"] = _num(accuracy(model, adapt.labelled, device))
+        figures["target_note"] = "on the unlabelled target slices adapted on (transductive)"
+    try:
+        doc = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        doc = {}
+    doc["adapt"] = figures
+    atomic_write_text(out / "metrics.json", json.dumps(doc, indent=2))
 
 
 def _calibrate_after_training(run_dir: Path, device: torch.device,

@@ -191,6 +191,47 @@ def class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+# ---- hooks: extra batches and loss terms ------------------------------------------------
+@dataclass
+class StepContext:
+    """What a loss term sees of one training step (on the training device)."""
+
+    model: nn.Module  # the unwrapped model (DDP's module)
+    x: torch.Tensor  # the batch as fed to the model (after mixup, extra rows included)
+    target: torch.Tensor  # integer labels before mixup (-1: no label)
+    logits: torch.Tensor | tuple
+    step: int  # batch index over the whole run (data order, deterministic on resume)
+    progress: float  # optimizer updates done / planned, 0..1 (schedules such as DANN's)
+
+
+class TrainHook:
+    """A plug-in of the training step; the trainer knows none by name.
+
+    ``extra_batch`` rows are appended to each training batch (e.g. a rehearsal buffer);
+    ``loss`` terms are added to the loss (EWC, a domain classifier); ``parameters`` are
+    trained with the model, in an optimizer group of their own at ``lr_scale`` times the
+    stage's learning rate without weight decay. Every method is optional.
+    """
+
+    lr_scale: float = 1.0
+
+    def extra_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Rows ``(x, y)`` to append to the batch of ``step`` (CPU tensors), or None."""
+        return None
+
+    def loss(self, ctx: StepContext) -> torch.Tensor | None:
+        """A term added to this step's loss, or None."""
+        return None
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Parameters of the hook itself that train with the model."""
+        return []
+
+    def to(self, device: torch.device) -> TrainHook:
+        """Move what the hook holds to the training device."""
+        return self
+
+
 # ---- state ----------------------------------------------------------------------------
 @dataclass
 class TrainState:
@@ -241,8 +282,10 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         distill_mode: str | None = None,
         unlabelled_ds: Dataset | None = None,
+        hooks: Sequence[TrainHook] = (),
     ) -> None:
         self.cfg = cfg
+        self.hooks = [h.to(device) for h in hooks]
         self.stages: list[StageConfig] = cfg.stage_plan()
         self.model = model.to(device)
         if unlabelled_ds is not None and len(unlabelled_ds):
@@ -457,6 +500,8 @@ class Trainer:
         if n_batches == 0:
             raise DataError("the training set is empty: add labelled images")
         spe = steps_per_epoch(n_batches, accum)
+        self._total_steps = max(1, spe * sum(s.epochs for s in self.stages))
+        self._n_batches = n_batches
         for si in range(st.stage, len(self.stages)):
             stage = self.stages[si]
             if si != st.stage:  # entering a new stage
@@ -464,6 +509,11 @@ class Trainer:
                 st.bad_epochs = 0
             apply_stage(self.model, stage)
             self.optimizer = build_optimizer(self.model, stage, cfg.optim)
+            for hook in self.hooks:  # before the scheduler: it records every group's lr
+                params = [p for p in hook.parameters() if p.requires_grad]
+                if params:
+                    self.optimizer.add_param_group({"params": params, "weight_decay": 0.0,
+                                                    "lr": stage.lr * hook.lr_scale})
             self.scheduler = build_scheduler(self.optimizer, stage, spe, cfg.optim)
             self._restore_stage_state()
             self.scheduler.step_update(st.stage_step)
@@ -503,6 +553,12 @@ class Trainer:
                     self._flush_epoch_loss(loss_acc, seen)
                     raise
             x, y = next(it)
+            run_batch = st.epochs_done * n_batches + m  # the same index on resume
+            for hook in self.hooks:
+                extra = hook.extra_batch(run_batch)
+                if extra is not None:
+                    x = torch.cat([torch.as_tensor(x), extra[0].to(torch.as_tensor(x).dtype)])
+                    y = torch.cat([torch.as_tensor(y).long(), extra[1].long()])
             x = x.to(dev, non_blocking=True)
             y = torch.as_tensor(y).to(dev, non_blocking=True).long()
             bs = int(y.shape[0])
@@ -526,6 +582,13 @@ class Trainer:
                                       target)
                     if self.distiller is not None:
                         loss = self.distiller(x_in, logits, loss)
+                    if self.hooks:
+                        ctx = StepContext(self.model, x_in, y, logits, run_batch,
+                                          st.global_step / self._total_steps)
+                        for hook in self.hooks:
+                            term = hook.loss(ctx)
+                            if term is not None:
+                                loss = loss + term
                 self.scaler.scale(loss / group_len).backward()
             loss_acc += loss.detach().double() * bs
             seen += bs

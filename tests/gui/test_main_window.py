@@ -293,3 +293,34 @@ def test_series_opened_without_one_file_lists_it_with_its_reason(qtbot, win, tmp
     assert path == str(odd) and status == "left out" and "8x8" in reason
     assert "without 1 of its files" in dialog.summary.text()
     assert win.viewer.banner.isVisible()
+
+
+def test_open_slice_by_key_prefix_shows_that_axial_slice(qtbot, win, volume):
+    key = win.session.add_volume(volume)
+    win.session.viewer.set_axis("coronal")
+    assert win.open_slice(key[:8], 3)
+    assert win.session.viewer.axis == "axial" and win.session.viewer.index == 3
+    np.testing.assert_array_equal(win.viewer.image.image, volume.hu[3])
+    messages = []
+    win.session.message.connect(messages.append)
+    assert not win.open_slice("ffffffff", 2)  # not open: says so, changes nothing
+    assert win.session.viewer.index == 3 and "ffffffff is not open" in messages[-1]
+    # the browser's search box: KEY#N and Enter
+    win.browser.search.setText(f"{key[:8]}#5")
+    qtbot.keyClick(win.browser.search, Qt.Key.Key_Return)
+    assert win.session.viewer.index == 4
+
+
+def test_open_slice_loads_a_series_not_yet_shown(qtbot, win, tmp_path):
+    hu = np.zeros((6, 16, 16), np.float32)
+    hu += np.arange(6, dtype=np.float32)[:, None, None] * 100
+    _series(tmp_path / "a", hu, "Chest A", pid="P1")
+    _series(tmp_path / "b", hu + 10, "Chest B", pid="P2", seed=2)
+    task = win.open_path(tmp_path)
+    qtbot.waitUntil(lambda: not task.is_running() and win.session.viewer.volume is not None,
+                    timeout=10000)
+    other = [k for k in win.browser.series_keys() if k != win.session.current_key][0]
+    assert win.open_slice(other, 4)
+    qtbot.waitUntil(lambda: win.session.current_key == other, timeout=10000)
+    assert win.session.viewer.index == 4
+    assert win.browser.current_key() == other

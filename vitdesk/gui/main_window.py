@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from vitdesk import __version__
+from vitdesk.gui import preferences
 from vitdesk.gui import settings as gui_settings
 from vitdesk.gui.dialogs import FileErrorsDialog, show_error
 from vitdesk.gui.export_action import DicomResultsAction, ExportModelAction
@@ -70,6 +71,8 @@ class MainWindow(QMainWindow):
         self.dataset_tab.install_shortcuts(self)
         self.tabs.addTab(self.dataset_tab, "Dataset")
         self.training_tab = TrainingTab(self.session, self.dataset_tab.training_input, self)
+        # the form keeps its last values in the open workspace
+        self.training_tab.form.store = lambda: self.session.workspace
         self.tabs.addTab(self.training_tab, "Training")
         # One loaded run shared by the analysis tabs (see vitdesk.gui.run_state).
         self.current_run = CurrentRun(self.session, self)
@@ -103,8 +106,11 @@ class MainWindow(QMainWindow):
 
         self._make_actions()
         self._make_menus()
+        self.preferences = preferences.load(self.settings)
+        preferences.apply(self.preferences, self, theme=self.preferences.theme != "dark")
 
         self.browser.series_selected.connect(s.open_series)
+        self.browser.slice_requested.connect(self.open_slice)
         s.series_shown.connect(lambda key: self.browser.select(key, notify=False))
         s.task_started.connect(self._on_task_started)
         s.failed.connect(lambda exc: show_error(self, exc))
@@ -151,7 +157,7 @@ class MainWindow(QMainWindow):
             "Evaluate the current run and write report.html and report.pdf to a folder")
         self.settings_action = self._action(
             "&Settings…", self.show_settings, QKeySequence.StandardKey.Preferences, "settings",
-            "Where settings are kept")
+            "Preferences: default device, threads, output folder, theme")
         self.about_action = self._action("&About vitdesk", self.show_about, None, "about")
         self.export_model = ExportModelAction(self.session, self.current_run, self)
         self.dicom_results = DicomResultsAction(self.session, self.current_run, self)
@@ -206,6 +212,14 @@ class MainWindow(QMainWindow):
     def open_path(self, path: str | Path) -> Task | None:
         """Import a folder, file or workspace (what the command line PATH does)."""
         return self.session.import_path(path)
+
+    def open_slice(self, series_key: str, slice_index: int) -> bool:
+        """Show axial slice ``slice_index`` (0-based) of a series (its key, or the first
+        characters tables show) in the viewer; for rows of test-split tables."""
+        ok = self.session.open_slice(series_key, slice_index)
+        if ok:
+            self.viewer.grab_focus()
+        return ok
 
     def open_folder_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a folder of DICOM series")
@@ -274,11 +288,20 @@ class MainWindow(QMainWindow):
             "offline.<br><br><b>Research use only.</b> vitdesk is not a medical device; its "
             "outputs are not for diagnosis, treatment or any clinical decision.")
 
-    def show_settings(self) -> None:
-        QMessageBox.information(
-            self, "Settings",
-            f"Window layout, recent workspaces and custom presets are kept in\n"
-            f"{self.settings.fileName()}\nCustom presets are edited in the Windowing tab.")
+    def show_settings(self) -> preferences.PreferencesDialog:
+        """Open the Preferences dialog; OK saves and applies them."""
+        dlg = preferences.PreferencesDialog(self.preferences, self.settings.fileName(), self)
+        dlg.accepted.connect(lambda: self.set_preferences(dlg.preferences()))
+        self.preferences_dialog = dlg
+        dlg.open()
+        return dlg
+
+    def set_preferences(self, prefs: preferences.Preferences) -> None:
+        """Keep ``prefs`` (QSettings) and put them into effect."""
+        theme_changed = prefs.theme != self.preferences.theme
+        self.preferences = prefs
+        preferences.save(self.settings, prefs)
+        preferences.apply(prefs, self, theme=theme_changed)
 
     # ------------------------------------------------------------------ drag and drop
     def dragEnterEvent(self, ev: QDragEnterEvent) -> None:  # noqa: N802 - Qt naming
@@ -301,6 +324,7 @@ class MainWindow(QMainWindow):
         if not self.training_tab.confirm_close():  # asks, then cancels and waits
             ev.ignore()
             return
+        self.training_tab.form.remember()  # edits of the last moments
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.sync()
         self.session.shutdown()

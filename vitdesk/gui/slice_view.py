@@ -49,6 +49,8 @@ from PySide6.QtWidgets import (
     QSizePolicy,
     QSpinBox,
     QTextEdit,
+    QToolBar,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -148,7 +150,6 @@ class SliceView(QWidget):
             axis_row.addWidget(b)
         self.axis_buttons.button(0).setChecked(True)
         self.axis_buttons.idClicked.connect(lambda i: self.viewer.set_axis(AXES[i]))
-        axis_row.addSpacing(8)
         self.fit_button = self._tool_button("Fit", "Fit the image to the window (F)",
                                             checkable=False)
         self.fit_button.clicked.connect(self.fit)
@@ -160,7 +161,7 @@ class SliceView(QWidget):
         self.fps_spin.setSuffix(" fps")
         self.fps_spin.setToolTip("Cine speed, slices per second")
         self.fps_spin.valueChanged.connect(self._on_fps)
-        self.tool_buttons: dict[str, QPushButton] = {}
+        self.tool_buttons: dict[str, QToolButton] = {}
         for tool, text, tip in (("distance", "Distance", "Measure a distance in mm (M)"),
                                 ("ellipse", "Ellipse", "Ellipse region: mean/SD, area (O)"),
                                 ("rectangle", "Rect", "Rectangle region: mean/SD, area (B)")):
@@ -169,10 +170,15 @@ class SliceView(QWidget):
             self.tool_buttons[tool] = b
         self.clear_button = self._tool_button("Clear", "Remove the measurements (Delete)",
                                               checkable=False)
+        # A tool bar folds what does not fit into its ">>" menu, so the reading aids never
+        # widen the viewer (the window must fit 1440 px with the browser and the tabs).
+        self.tool_bar = QToolBar(self)
+        self.tool_bar.setObjectName("viewerTools")
+        self.tool_bar.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         for w in (self.fit_button, self.cine_button, self.fps_spin, *self.tool_buttons.values(),
                   self.clear_button):
-            axis_row.addWidget(w)
-        axis_row.addSpacing(8)
+            self.tool_bar.addWidget(w)
+        self.tool_bar.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         axis_row.addWidget(self.phi_label, 1)
 
         self.graphics = pg.GraphicsLayoutWidget(self)
@@ -209,6 +215,7 @@ class SliceView(QWidget):
         lay.setContentsMargins(4, 4, 4, 4)
         lay.setSpacing(4)
         lay.addLayout(axis_row)
+        lay.addWidget(self.tool_bar)
         lay.addWidget(self.banner)
         lay.addWidget(self.graphics, 1)
         lay.addWidget(self.info_label)
@@ -388,8 +395,9 @@ class SliceView(QWidget):
             self.destroyed.connect(lambda *_: _remove_filter(self._window_keys))
 
     # ------------------------------------------------------------------ reading aids
-    def _tool_button(self, text: str, tip: str, checkable: bool = True) -> QPushButton:
-        b = QPushButton(text, self)
+    def _tool_button(self, text: str, tip: str, checkable: bool = True) -> QToolButton:
+        b = QToolButton(self)
+        b.setText(text)
         b.setCheckable(checkable)
         b.setToolTip(tip)
         b.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # Space stays the cine key

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -60,6 +60,7 @@ from vitdesk.gui.tabs.training_widgets import (
 )
 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager")
+MEMORY_KEY = "training_form"  # workspace setting: the form's last values there
 
 
 class TrainingForm(QWidget):
@@ -86,6 +87,15 @@ class TrainingForm(QWidget):
         self._loading = False
         self.problem = ""
         self.warning = ""
+        # Set by the main window: the open Workspace (the form's last values are kept in
+        # it), the preferred device and the run folder's parent without a workspace.
+        self.store: Callable[[], Any] | None = None
+        self.preferred_device: str | None = None
+        self.output_root: str | None = None
+        self._remember_timer = QTimer(self)
+        self._remember_timer.setSingleShot(True)
+        self._remember_timer.setInterval(400)  # one write after a burst of edits
+        self._remember_timer.timeout.connect(self.remember)
 
         # ---- model
         self.model_combo = QComboBox(self)
@@ -285,6 +295,7 @@ class TrainingForm(QWidget):
         self.refresh_weights()
         self.set_config(self.cfg)
         self.refresh_workspace()
+        self.changed.connect(self._remember_timer.start)
 
     # ---- cfg <- widgets ----------------------------------------------------------------
     def _set(self, path: str, value: Any) -> None:
@@ -413,10 +424,54 @@ class TrainingForm(QWidget):
         elif self.ws_radio.isChecked() or not self.src_radio.isChecked():
             self.src_radio.setChecked(True)
         self.out_edit.setPlaceholderText(
-            f"automatic: {default_run_folder(ws).parent}/<date-time>")
+            f"automatic: {default_run_folder(ws or self.output_root).parent}/<date-time>")
         self.refresh_weights()
         self.teacher_box.refresh_workspace()
+        self.restore()
         self.refresh()
+
+    # ---- values kept per workspace -----------------------------------------------------
+    def _workspace_obj(self) -> Any:
+        return self.store() if self.store is not None else None
+
+    def remember(self) -> bool:
+        """Keep the form's values in the open workspace (not the run folder: each run
+        gets a new one). False when no workspace is open."""
+        self._remember_timer.stop()
+        ws = self._workspace_obj()
+        if ws is None or self._loading:
+            return False
+        data = self.cfg.to_dict()
+        data["out"] = ""
+        data.setdefault("data", {})["source"] = self.data_source()
+        try:
+            ws.set_setting(MEMORY_KEY, data)
+        except Exception:  # noqa: BLE001 - a closed workspace: nothing to keep
+            return False
+        return True
+
+    def restore(self) -> bool:
+        """Show the values last used in the open workspace; False when there are none."""
+        ws = self._workspace_obj()
+        if ws is None:
+            return False
+        try:
+            saved = ws.get_setting(MEMORY_KEY)
+            if not saved:
+                return False
+            cfg = RunConfig.from_dict(saved)
+        except Exception:  # noqa: BLE001 - values of an older version: keep the defaults
+            return False
+        self.set_config(cfg)
+        return True
+
+    def prefer_device(self, device: str) -> None:
+        """The Preferences' device: chosen now if offered, and whenever it appears."""
+        self.preferred_device = device
+        if self.device_combo.findData(device) >= 0:
+            self.cfg.device = device
+            select_data(self.device_combo, device)
+            self.refresh()
 
     def set_devices(self, devices: list[tuple[str, str]]) -> None:
         """Offer these (label, value) devices; picks CUDA when it appears."""
@@ -430,6 +485,8 @@ class TrainingForm(QWidget):
             self._loading = False
         if not had_cuda and self.device_combo.findData("cuda") >= 0:
             self.cfg.device = "cuda"
+        if self.preferred_device and self.device_combo.findData(self.preferred_device) >= 0:
+            self.cfg.device = self.preferred_device
         if self.device_combo.findData(self.cfg.device) < 0:
             self.cfg.device = "cpu"
         select_data(self.device_combo, self.cfg.device)
@@ -494,7 +551,7 @@ class TrainingForm(QWidget):
                 cfg.data.fractions = [float(f) for f in prefs["fractions"]]
             cfg.seed = int(prefs.get("seed", cfg.seed))
         cfg.out = out or self.out_edit.text().strip() or str(default_run_folder(
-            self.workspace()))
+            self.workspace() or self.output_root))
         # the plan's rules and notices, the same as `vitdesk train` (vitdesk.engine.plan)
         try:
             plan = apply_rules(cfg)

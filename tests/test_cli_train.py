@@ -298,3 +298,9 @@ def test_folds_bad_requests_are_one_line_and_write_nothing(png_data, tmp_path, c
         errors = [line for line in err.splitlines() if line.startswith("vitdesk: error:")]
         assert len(errors) == 1 and needle in errors[0], err
         assert not out.exists()
+    # a plain --resume of a cross-validation folder says how to resume it
+    out = tmp_path / "cv"
+    out.mkdir()
+    (out / "cv.json").write_text('{"format": "vitdesk-cv-1", "k": 3, "folds": []}')
+    assert main(_args(png_data, out, "--resume")) == 2
+    assert "resume it with the --folds K" in capsys.readouterr().err

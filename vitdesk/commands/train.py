@@ -159,6 +159,12 @@ def run(args: argparse.Namespace) -> int:
     from vitdesk.engine.run import train
     from vitdesk.jobs import CancelToken
 
+    if getattr(args, "folds", None) is None and args.resume and args.out and (
+            Path(args.out).expanduser() / "cv.json").is_file():
+        from vitdesk.errors import ConfigError
+
+        raise ConfigError(f"{args.out} holds a cross-validation: resume it with the --folds K "
+                          "it was started with")
     plan = plan_from_args(args)
     print_plan(plan)
     token = CancelToken()

@@ -196,5 +196,5 @@ def test_one_image_per_patient_patient_level_equals_slice_level(tmp_path):
     assert "patient_threshold" not in ev.metrics.settings
     assert any("one image" in n for n in ev.notes)
     rows = dict(ev.summary_rows())
-    assert rows["slice accuracy [p >= 0.5]"].split()[0] == rows[
-        "patient accuracy [p >= 0.5]"].split()[0]
+    assert rows["slice accuracy [p >= 0.5, TTA off]"].split()[0] == rows[
+        "patient accuracy [p >= 0.5, TTA off]"].split()[0]

@@ -177,7 +177,7 @@ def test_youden_threshold_and_patient_threshold():
 
 def test_every_level_names_its_decision_cut():
     from vitdesk.analysis.metrics import decision_cut, evaluate
-    from vitdesk.report.sections import _level_table
+    from vitdesk.report.sections import level_table
 
     rng = np.random.default_rng(0)
     y = np.arange(40) % 2
@@ -195,8 +195,10 @@ def test_every_level_names_its_decision_cut():
     py, pp, _ = aggregate_by_patient(y, probs, pats, "majority", "mean", 3)
     assert ev.patient.estimates["accuracy"].value == pytest.approx(((pp[:, 1] >= 0.3) == py).mean())
     assert decision_cut(3) == "argmax" and decision_cut(3, 0.4) == "argmax"
-    table = _level_table(d["patient"], "Patient level")
+    table = level_table(d["patient"], "Patient level")
     names = [r[0] for r in table.rows]
     assert "Accuracy [p >= 0.300, validation Youden's J]" in names
     assert "ROC AUC" in names  # threshold-free numbers carry no cut
     assert "decision p >= 0.300" in table.caption
+    with_tta = level_table(d["slice"], "Slice level", "TTA off")
+    assert "Accuracy [p >= 0.5, TTA off]" in [r[0] for r in with_tta.rows]

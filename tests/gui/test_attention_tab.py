@@ -175,10 +175,12 @@ def test_prediction_shows_its_trust_cues_and_greys_an_outside_slice(
         assert all(b.isEnabled() for b in tab.prob_bars)
         assert not tab.pred_label.text().startswith("Outside")
     # a slice nothing like the training data: no confident bar, and it says why
-    bright = vol.hu + 3000.0
     from dataclasses import replace
 
-    session.viewer.set_volume(replace(vol, hu=bright))
+    from tests.trustdata import checkerboard
+
+    board = np.broadcast_to(checkerboard(vol.hu.shape[1:]), vol.hu.shape).copy()
+    session.viewer.set_volume(replace(vol, hu=board))
     session.viewer.set_index(2)
     qtbot.waitUntil(lambda: tab.result is not None and tab.result.trust is not None
                     and tab.result.trust.outside[0]

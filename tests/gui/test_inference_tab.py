@@ -10,6 +10,7 @@ from PySide6.QtCore import QPointF, Qt
 
 from tests.gui.conftest_runs import sample_dir, tiny_run  # noqa: F401
 from tests.gui.helpers import make_volume
+from tests.trustdata import checkerboard
 from vitdesk.gui.run_state import CurrentRun
 from vitdesk.gui.session import Session
 from vitdesk.gui.tabs.analysis_common import ACCENT, OUTSIDE_COLOUR, table_values
@@ -126,8 +127,8 @@ def test_series_outside_training_data_gets_no_confident_bar(
     assert "Shift: in distribution" in tab.trust_label.text()
     assert tab.strip_colour() == ACCENT
     assert tab.curve.opts["pen"].color().name() == ACCENT
-    # the same series 3000 HU brighter: nothing like the training slices
-    vol.hu[:] = vol.hu + 3000.0
+    # a 2-pixel checkerboard of -1000/+1000 HU: nothing like the training slices
+    vol.hu[:] = checkerboard(vol.hu.shape[1:])[None]
     session.viewer.set_volume(vol)
     with qtbot.waitSignal(tab.run().done, timeout=30000):
         pass

@@ -98,3 +98,17 @@ def test_report_shows_calibration_before_and_after(run_and_eval, tmp_path):
     assert f"{ev.calibration['ece_after']:.3f}" in html
     pdf = " ".join(p.extract_text() for p in PdfReader(str(files.pdf)).pages)
     assert "Slice ECE after" in pdf and "Temperature" in pdf
+
+
+def test_report_shows_the_fairness_gap_intervals(run_and_eval, tmp_path):
+    """The patient-bootstrap intervals of the gaps (once GUI-only) are in the report."""
+    run, ev = run_and_eval
+    files = write_run_report(run, ev, tmp_path / "gaps")
+    html = files.html.read_text(encoding="utf-8")
+    assert "Between groups (intervals: bootstrap of patients)" in html
+    rep = ev.fairness[0]
+    lo, hi = rep.gap_ci["accuracy_gap"]
+    if lo == lo:  # finite: printed as lo–hi next to the gap
+        assert f"{lo:.3f}–{hi:.3f}" in html
+    # accuracy rows name their level, cut and TTA
+    assert "Accuracy [p &gt;= 0.5, TTA off]" in html or "Accuracy [p >= 0.5, TTA off]" in html

@@ -139,6 +139,10 @@ class RunEvaluation:
         }
         return json_safe(d)
 
+    def tta_words(self) -> str:
+        """"TTA off" or "TTA on (k views)": said next to every accuracy-like number."""
+        return "TTA off" if not self.tta else f"TTA on ({self.tta.get('n_views', '?')} views)"
+
     def summary_rows(self) -> list[tuple[str, str]]:
         """(name, "value (lo-hi)") rows of the headline metrics for a console table."""
         rows = [("slices / patients", f"{self.n_slices} / {self.n_patients}")]
@@ -149,8 +153,9 @@ class RunEvaluation:
             for key in ("accuracy", "balanced_accuracy", "auc", "ece"):
                 e = lm.estimates.get(key)
                 if e is not None:
-                    # accuracy-like numbers depend on the decision cut: name it
-                    cut = f" [{lm.cut}]" if key in CUT_METRICS and lm.cut else ""
+                    # accuracy-like numbers depend on the decision cut and on TTA: name them
+                    cut = (f" [{lm.cut}, {self.tta_words()}]"
+                           if key in CUT_METRICS and lm.cut else "")
                     rows.append((f"{level} {key}{cut}", _fmt_ci(e.value, e.lo, e.hi)))
         if self.tta:
             rows.append(("TTA slice accuracy [argmax] (plain -> TTA)",

@@ -118,11 +118,14 @@ def _training_section(history: list[dict]) -> Section:
     return s
 
 
-def _level_table(level: dict, title: str) -> Table:
+def level_table(level: dict, title: str, tta: str = "") -> Table:
+    """One level's metrics table; accuracy-like rows name their decision cut (and
+    ``tta``, e.g. "TTA off", when given), as every tab of the workbench does."""
     names = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
              "auc": "ROC AUC", "ece": "Expected calibration error"}
     cut = level.get("cut") or ""
-    at = f" [{cut}]" if cut else ""  # accuracy-like numbers name their decision cut
+    # accuracy-like numbers name their decision cut and whether TTA was on
+    at = f" [{cut}{', ' + tta if tta else ''}]" if cut else ""
     cut_dependent = ("accuracy", "balanced_accuracy")
     rows = [[names.get(k, k) + (at if k in cut_dependent else ""), fmt_ci(e)]
             for k, e in level["metrics"].items()]
@@ -140,7 +143,7 @@ _AGGREGATION = {  # how metrics.evaluate turned slice probabilities into a patie
 }
 
 
-def _evaluation_section(ev: dict) -> Section:
+def _evaluation_section(ev: dict, tta: str = "") -> Section:
     s = Section("Evaluation")
     st = ev.get("settings", {})
     s.paragraphs.append(
@@ -148,9 +151,9 @@ def _evaluation_section(ev: dict) -> Section:
         f"{st.get('resampling', 'cases')}, seed {st.get('seed', '?')}. Patient score = "
         f"{_AGGREGATION.get(st.get('patient_score', 'mean'), 'mean').format(st.get('topk', 3))}"
         f"; patient label by the '{st.get('rule', 'majority')}' rule.")
-    s.tables.append(_level_table(ev["slice"], "Slice level"))
+    s.tables.append(level_table(ev["slice"], "Slice level", tta))
     if ev.get("patient"):
-        s.tables.append(_level_table(ev["patient"], "Patient level"))
+        s.tables.append(level_table(ev["patient"], "Patient level", tta))
     lvl = ev["slice"]
     cal = lvl.get("calibration", {})
     s.figures.append(lambda: figures.confusion_and_reliability(
@@ -295,15 +298,26 @@ def _fairness_sections(reports: list[dict]) -> list[Section]:
             rows.append([g["group"] + (" *" if g.get("small") else ""), str(g["n"]),
                          fmt_ci(m["accuracy"]), fmt_ci(m["tpr"]), fmt_ci(m["fpr"]),
                          fmt_ci(m["positive_rate"]), fmt_ci(m["auc"])])
-        s.tables.append(Table(["Group", "n", "Accuracy", "TPR", "FPR", "Positive rate", "AUC"],
+        s.tables.append(Table(["Group", "n", "Accuracy (slice, argmax)", "TPR", "FPR",
+                               "Positive rate", "AUC"],
                               rows, f"* fewer than {r['min_group_size']} cases: unreliable"
                               if any(g.get("small") for g in r["rows"]) else "Per group"))
         d = r["disparities"]
-        s.tables.append(Table(["Disparity", "Value"], [
-            ["Demographic parity difference", fmt(d.get("demographic_parity_difference"))],
-            ["Demographic parity ratio", fmt(d.get("demographic_parity_ratio"))],
-            ["Equalized odds difference", fmt(d.get("equalized_odds_difference"))],
-            ["Accuracy gap", fmt(d.get("accuracy_gap"))]], "Between groups"))
+        ci = r.get("gap_ci") or {}
+
+        def gap_ci(key: str, ci: dict = ci) -> str:
+            lo, hi = (ci.get(key) or (None, None))[:2]
+            if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+                return "–"
+            return f"{fmt(lo)}–{fmt(hi)}"
+
+        gaps = [("Demographic parity difference", "demographic_parity_difference"),
+                ("Demographic parity ratio", "demographic_parity_ratio"),
+                ("Equalized odds difference", "equalized_odds_difference"),
+                ("Accuracy gap", "accuracy_gap")]
+        s.tables.append(Table(["Disparity", "Value", "95% CI"],
+                              [[name, fmt(d.get(key)), gap_ci(key)] for name, key in gaps],
+                              "Between groups (intervals: bootstrap of patients)"))
         s.paragraphs.extend(r.get("notes", []))
         s.figures.append(lambda r=r: figures.fairness_bars(r))
         out.append(s)
@@ -335,7 +349,8 @@ def build_sections(data: ReportData) -> list[Section]:
     if data.history:
         sections.append(_training_section(list(data.history)))
     if data.evaluation is not None:
-        sections.append(_evaluation_section(plain(data.evaluation)))
+        tta = (f"TTA on ({data.tta.get('n_views', '?')} views)" if data.tta else "TTA off")
+        sections.append(_evaluation_section(plain(data.evaluation), tta))
     if data.calibration:
         sections.append(_calibration_section(dict(data.calibration)))
     if data.conformal:

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="error rate of the conformal prediction sets (default 0.1: each set "
                         "holds the true class 90%% of the time; a slice whose set is not one "
                         "class is 'refer')")
+    p.add_argument("--earlier", metavar="OLD_SRC",
+                   help="a run trained with --continue: also score it and its parent on the "
+                   "parent's test split of this data (forgetting)")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 

@@ -225,3 +225,36 @@ def test_cli_refusals(parent, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2, (extra, err)
         assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_forgetting_on_the_parents_test_split(tmp_path, capsys):
+    """Real DICOM: parent on scanner A, child on B; evaluate --earlier scores both models
+    on A's test split, and a run without a parent is refused in one line."""
+    from vitdesk.analysis.forgetting import forgetting
+    from vitdesk.cli import main
+    from vitdesk.engine.run import load_run
+    from vitdesk.imaging.synthetic import generate_sample
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    generate_sample(a, patients=8, slices=4, size=32, seed=1, scanner="A")
+    generate_sample(b, patients=8, slices=4, size=32, seed=2, scanner="B")
+    runs = tmp_path / "runs"
+    cfg = tiny_cfg(runs / "pa", epochs=1)
+    cfg.data.source = str(a)
+    parent = train(cfg)
+    cfg = tiny_cfg(runs / "ch", epochs=1)
+    cfg.data.source = str(b)
+    cfg.continual.continue_from = str(parent)
+    cfg.continual.rehearsal = 6
+    child = train(cfg)  # the parent's data is found through its recorded source
+    assert len(RehearsalBuffer.load(parent)) == 6
+    f = forgetting(load_run(child), str(a), n_boot=200)
+    test = json.loads((parent / "split.json").read_text())["splits"]["test"]
+    assert f["n_slices"] == len(test) > 0 and f["parent"] == "pa"
+    assert f["forgetting"] == pytest.approx(f["parent_acc"] - f["run_acc"])
+    lo, hi = f["forgetting_ci"]
+    assert lo <= f["forgetting"] <= hi
+    assert main(["evaluate", str(parent), "--data", str(a), "--earlier", str(a),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no parent run" in err and len(err.splitlines()) == 1

@@ -31,18 +31,35 @@ def run(args: argparse.Namespace) -> int:
     device = getattr(args, "device", "auto") or "auto"
     tta = TTAConfig() if args.tta else None
     transfer = None
+    earlier = None
     with sigint_cancels() as token:
-        ev = evaluate_run(load_run_for(args), args.data, tta=tta, device=device, cancel=token,
+        loaded = load_run_for(args)
+        if getattr(args, "earlier", None):
+            from vitdesk.analysis.forgetting import parent_of
+
+            parent_of(loaded)  # a run without a parent is refused before scoring
+        ev = evaluate_run(loaded, args.data, tta=tta, device=device, cancel=token,
                           listener=ConsoleProgress(),
                           conformal_alpha=getattr(args, "alpha", 0.1))
+        if getattr(args, "earlier", None):
+            from vitdesk.analysis.forgetting import forgetting
+
+            earlier = forgetting(loaded, args.earlier, cancel=token)
         if baseline is not None:
             transfer = evaluate_baseline(ev, args.run, baseline, args.data, tta=tta,
                                          device=device, cancel=token,
                                          listener=ConsoleProgress())
-    path = write_json(out / "metrics.json", metrics_doc(ev, transfer))
+    doc = metrics_doc(ev, transfer)
+    if earlier is not None:
+        doc["continual"] = earlier
+    path = write_json(out / "metrics.json", doc)
     print(f"evaluated run {ev.run_id} on the {ev.split} split (95% bootstrap CIs):")
     print(summary_table(ev.summary_rows()))
     if transfer is not None:
         print(transfer_lines(transfer))
+    if earlier is not None:
+        from vitdesk.analysis.forgetting import forgetting_line
+
+        print(forgetting_line(earlier))  # the new data's accuracy is the table's
     print(path)
     return 0

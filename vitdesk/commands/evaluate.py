@@ -57,9 +57,32 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(ev.summary_rows()))
     if transfer is not None:
         print(transfer_lines(transfer))
+    adapt = _adapt_figures(Path(args.run))
+    if adapt:
+        print(adapt)
     if earlier is not None:
         from vitdesk.analysis.forgetting import forgetting_line
 
         print(forgetting_line(earlier))  # the new data's accuracy is the table's
     print(path)
     return 0
+
+
+def _adapt_figures(run: Path) -> str:
+    """The adapted run's training-time source/target accuracy (``metrics.json`` adapt)."""
+    import json
+
+    try:
+        a = json.loads((run / "metrics.json").read_text(encoding="utf-8")).get("adapt") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if "target_acc" not in a and "source_test_acc" not in a:
+        return ""
+
+    def num(key: str) -> str:
+        v = a.get(key)
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return (f"adaptation (DANN, {a.get('target_slices', '?')} target slices): source test "
+            f"accuracy {num('source_test_acc')}, target accuracy {num('target_acc')} "
+            "(target labels used for this figure only)")

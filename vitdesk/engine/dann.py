@@ -179,7 +179,13 @@ def prepare_adapt(cfg: Any, data: Any, model: nn.Module, mean: tuple, std: tuple
         window = WindowSpec.parse(cfg.data.window, clahe=cfg.data.clahe)
         target = SliceDataset([dataclasses.replace(r, label=None) for r in keep],
                               list(data.classes), window, cfg.model.img_size, mean, std)
-        known = [r for r in keep if r.label in set(data.classes)]
+        try:  # the target's labels, when it has any, for the target accuracy only
+            known = [r for r in load_records(cfg.adapt.source, cancel or NEVER, None,
+                                             min_classes=1, patient_id=cfg.data.patient_id)
+                     if r.label in set(data.classes)]
+        except DataError:
+            known = []
+        known = target_records(known, data.splits)[0]
         labelled = (SliceDataset(known, list(data.classes), window, cfg.model.img_size,
                                  mean, std) if known else None)
         info["target_patients"] = len({r.patient for r in keep})

@@ -27,7 +27,8 @@ from vitdesk.gui.dialogs import FileErrorsDialog, show_error
 from vitdesk.gui.export_action import DicomResultsAction, ExportModelAction
 from vitdesk.gui.job_bar import JobBar
 from vitdesk.gui.resources import icon
-from vitdesk.gui.run_state import CurrentRun
+from vitdesk.gui.run_compare import RunCompareDialog
+from vitdesk.gui.run_state import CurrentRun, find_runs
 from vitdesk.gui.session import Session
 from vitdesk.gui.slice_view import SliceView
 from vitdesk.gui.study_browser import StudyBrowser
@@ -159,6 +160,9 @@ class MainWindow(QMainWindow):
             "&Settings…", self.show_settings, QKeySequence.StandardKey.Preferences, "settings",
             "Preferences: default device, threads, output folder, theme")
         self.about_action = self._action("&About vitdesk", self.show_about, None, "about")
+        self.compare_action = self._action(
+            "&Compare runs…", self.compare_runs, None, None,
+            "The trained runs side by side: model, data, date, validation metrics")
         self.export_model = ExportModelAction(self.session, self.current_run, self)
         self.dicom_results = DicomResultsAction(self.session, self.current_run, self)
         self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -185,6 +189,8 @@ class MainWindow(QMainWindow):
                 axis.capitalize(), lambda _c=False, a=axis: self.session.viewer.set_axis(a)))
         view_menu.addAction(self._action("Reset window", self.session.window.reset, None,
                                          "reset"))
+        view_menu.addSeparator()
+        view_menu.addAction(self.compare_action)
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self.about_action)
 
@@ -280,6 +286,13 @@ class MainWindow(QMainWindow):
             intro=f"'{series}' is shown without {n} of its files (the viewer marks the gap); "
                   "the reason for each is below.")
         self.last_errors_dialog.open()
+
+    def compare_runs(self) -> RunCompareDialog:
+        """Open the table of the runs found (workspace, opened folders, loaded runs)."""
+        dlg = RunCompareDialog(find_runs(self.session, self.current_run.recent), self)
+        self.compare_dialog = dlg
+        dlg.open()
+        return dlg
 
     def show_about(self) -> None:
         QMessageBox.about(

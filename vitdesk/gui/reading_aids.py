@@ -68,6 +68,12 @@ def corner_texts(volume: Volume | None, axis: str, index: int, n: int, width: fl
             "bottom_right": bottom_right}
 
 
+def _bar_image(lut: np.ndarray) -> QImage:
+    """The colour bar's image (high values at the top), made once per colormap."""
+    rgb = np.ascontiguousarray(lut[::-1, :3][:, None, :].repeat(12, axis=1))
+    return QImage(rgb.data, 12, rgb.shape[0], 36, QImage.Format.Format_RGB888).copy()
+
+
 class ReadingOverlay(QWidget):
     """Transparent layer over the view painting corners, letters, scale bar, colour bar."""
 
@@ -80,6 +86,7 @@ class ReadingOverlay(QWidget):
         self.scale_mm = 0.0  # length of the scale bar in mm (0: none)
         self.scale_px = 0.0  # and on screen
         self.colorbar: tuple[np.ndarray, float, float, str] | None = None  # lut, lo, hi, label
+        self._colorbar_image: QImage | None = None
         font = QFont(self.font())
         font.setPointSizeF(max(8.0, font.pointSizeF() * 0.95))
         self.setFont(font)
@@ -93,6 +100,7 @@ class ReadingOverlay(QWidget):
                      label: str = "") -> None:
         """Show a colour bar for an overlay (``lut`` (n, 3|4) uint8), or hide it (None)."""
         self.colorbar = None if lut is None else (np.asarray(lut, np.uint8), lo, hi, label)
+        self._colorbar_image = None if lut is None else _bar_image(self.colorbar[0])
         self.update()
 
     # ------------------------------------------------------------------ paint
@@ -139,12 +147,10 @@ class ReadingOverlay(QWidget):
         p.end()
 
     def _paint_colorbar(self, p: QPainter, fm: QFontMetrics) -> None:
-        lut, lo, hi, label = self.colorbar
+        _lut, lo, hi, label = self.colorbar
         bar_h = max(40, int(self.height() * 0.4))
         x, y = self.width() - _MARGIN - 44, (self.height() - bar_h) // 2
-        rgb = np.ascontiguousarray(lut[::-1, :3][:, None, :].repeat(12, axis=1))
-        img = QImage(rgb.data, 12, rgb.shape[0], 36, QImage.Format.Format_RGB888).copy()
-        p.drawImage(QRectF(x, y, 12, bar_h), img)
+        p.drawImage(QRectF(x, y, 12, bar_h), self._colorbar_image)
         p.setPen(QPen(QColor("white"), 1))
         p.drawRect(QRectF(x, y, 12, bar_h))
         self._text(p, x + 16, y + fm.ascent(), f"{hi:.3g}")

@@ -172,9 +172,10 @@ class RunPicker(QWidget):
         runs = find_runs(self.current.session, self.current.recent)
         self.combo.blockSignals(True)
         self.combo.clear()
-        for p in runs:
-            self.combo.addItem(f"{p.parent.name}/{p.name}" if p.parent.name != "runs"
-                               else p.name, str(p))
+        from vitdesk.gui.run_compare import human_name, run_summary
+
+        for p in runs:  # by what the run is (model, data, date, best metric), not its stamp
+            self.combo.addItem(human_name(run_summary(p)), str(p))
             self.combo.setItemData(self.combo.count() - 1, str(p),
                                    Qt.ItemDataRole.ToolTipRole)
         loaded = self.current.run_dir

@@ -17,7 +17,7 @@ be continued.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,13 +284,14 @@ def parent_training_data(parent: Path, loaded: object, earlier: object,
 
 
 def prepare_continual(cfg: object, out: Path, classes: Sequence[str], device: torch.device,
-                      *, earlier: object = None, resume: bool = False,
+                      load: Callable[[Path], object], *, earlier: object = None,
+                      resume: bool = False,
                       cancel: CancelToken = NEVER, listeners: Sequence = ()
                       ) -> ContinualSetup:
     """Load the parent of ``cfg.continual.continue_from``, check it fits, and make the
-    rehearsal and EWC hooks (their files in the parent folder are built on demand)."""
+    rehearsal and EWC hooks (their files in the parent folder are built on demand).
+    ``load``: the run loader (:func:`vitdesk.engine.run.load_run`), given by the caller."""
     from vitdesk.engine.plan import check_parent_fit, parent_folder, parent_problem
-    from vitdesk.engine.run import load_run
     from vitdesk.errors import ConfigError
     from vitdesk.jobs import Notice, emit
 
@@ -299,7 +300,7 @@ def prepare_continual(cfg: object, out: Path, classes: Sequence[str], device: to
     problem = parent_problem(parent)
     if problem:
         raise ConfigError(problem)
-    lr = load_run(parent, device="cpu")
+    lr = load(parent)
     if lr.classes != list(classes):
         raise ConfigError(f"continual.continue_from: run '{parent.name}' knows classes "
                           f"{lr.classes}, the new data {list(classes)}: continue with data of "

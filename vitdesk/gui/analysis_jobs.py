@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from vitdesk.analysis.inference import (
     RunTrust,
@@ -100,50 +99,27 @@ def attention_job(run: LoadedRun, lock: threading.Lock | None, hu2d: np.ndarray,
                   cancel: CancelToken = NEVER,
                   listener: Listener | None = None) -> SliceAttention:
     """Calibrated probabilities with the slice's trust cues (conformal set, shift), and
-    per-layer/head attention, rollouts and Grad-CAM of one slice.
-
-    For a CNN run only the probabilities and Grad-CAM are computed (no attention).
+    :func:`~vitdesk.analysis.attention.slice_maps` of one slice (Grad-CAM only for a CNN).
     """
-    from vitdesk.analysis import attention as att
+    from vitdesk.analysis.attention import slice_maps
     from vitdesk.analysis.run_model import device_of
     from vitdesk.data.dataset import Letterbox
-    from vitdesk.engine.models import is_cnn
 
+    o = options or EvalOptions(tta=None)
     hu2d = np.asarray(hu2d)
     h, w = hu2d.shape[:2]
-    box = Letterbox(h, w, run.img_size)
-    o = options or EvalOptions(tta=None)
     x = slice_tensors(run, [hu2d], [kind]).to(device_of(run.model))
-    vit = not is_cnn(run.model)
     cancel.check()
     with _lock(lock):
         trust = trust_of(run, o, cancel, listener)
         pred = predict_slices(run, [hu2d], o, trust, kinds=[kind], cancel=cancel)
         probs = pred.probs[0]
         cancel.check()
-        if vit:
-            attns = att.extract_attention(run.model, x)
-            grid = att.token_grid(run.model, x)
-            n_prefix = att.num_prefix_tokens(run.model)
-            pooled = att.reads_patch_mean(run.model)
-            cancel.check()
-        cam = att.grad_cam(run.model, x, int(probs.argmax()))[0]
-    cam = box.to_slice(cam).astype(np.float32)
-    if not vit:
-        emit(listener, Progress("attention", 1, 1))
-        return SliceAttention(probs.astype(np.float32), tuple(run.classes),
-                              np.zeros((0, 0, *cam.shape), np.float32), {}, cam, key,
-                              has_attention=False, trust=pred)
-    stacked = torch.stack(attns, dim=1)  # (1, L, heads, N, N)
-    per_head_grid = att.cls_to_patch(stacked, n_prefix, grid, pooled)[0].numpy()  # (L, heads, r, c)
-    per_head = np.stack([[box.to_slice(m) for m in layer] for layer in per_head_grid])
-    rollout = {}
-    for fusion in att.HEAD_FUSIONS:
-        roll = att.rollout_matrix(attns, fusion)
-        rollout[fusion] = box.to_slice(att.cls_to_patch(roll, n_prefix, grid, pooled)[0].numpy())
+        maps = slice_maps(run.model, x, int(probs.argmax()), Letterbox(h, w, run.img_size).to_slice,
+                          cancel)
     emit(listener, Progress("attention", 1, 1))
-    return SliceAttention(probs.astype(np.float32), tuple(run.classes),
-                          per_head.astype(np.float32), rollout, cam, key, trust=pred)
+    return SliceAttention(probs.astype(np.float32), tuple(run.classes), maps.per_head,
+                          maps.rollout, maps.grad_cam, key, maps.has_attention, pred)
 
 
 # --------------------------------------------------------------------------- inference

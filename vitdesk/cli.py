@@ -56,8 +56,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="continual fine-tuning: start from this finished run's weights (same "
                    "model, classes, window and image size) and train on --data")
     p.add_argument("--rehearsal", type=int, metavar="N",
-                   help="with --continue: replay N earlier training slices (kept in RUN as "
-                   "rehearsal.npz, pixel data) in every batch")
+                   help="with --continue: a buffer of N earlier training slices (kept in RUN "
+                   "as rehearsal.npz, pixel data); half a batch of them joins every batch")
     p.add_argument("--ewc", type=float, metavar="LAMBDA",
                    help="with --continue: elastic weight consolidation strength (e.g. 100)")
     p.add_argument("--earlier", metavar="SRC",

@@ -41,6 +41,8 @@ def test_summary_and_human_name(tmp_path):
     assert s.date == "2026-12-01 09:30" and s.finished
     assert human_name(s) == "vit_small_patch16_224 · chest_sample · 2026-12-01 09:30 · val acc 0.81"
     assert "/data" not in human_name(s)  # the folder name only, not the path
+    ref = run_summary(_run(tmp_path / "ref", "vit_test_tiny", [0.5], source="ref:9d78fb526bb1"))
+    assert ref.data == "data 9d78fb52"  # run folders keep a keyed reference, no path
 
 
 def test_unfinished_run_takes_the_best_of_its_history(tmp_path):

@@ -99,7 +99,8 @@ class MeasureTools(QObject):
     def refresh(self) -> None:
         """Recompute every label on the plane shown now (after a slice change)."""
         for m in self.items:
-            self._update(m)
+            if m.kind != "distance":  # a distance does not depend on the pixels
+                self._update(m)
 
     def _update(self, m: Measurement) -> None:
         plane = self._plane()

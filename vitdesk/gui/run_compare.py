@@ -51,6 +51,16 @@ def _best(rows: list[dict], key: str, best=max) -> float | None:
     return best(values) if values else None
 
 
+def _data_name(source: str) -> str:
+    """A short name of the data: its folder or file name; a run folder records only a
+    keyed reference (``ref:<key>``, no path), shown as ``data <key>``."""
+    if not source:
+        return "?"
+    if source.startswith("ref:"):
+        return f"data {source[4:12]}"
+    return Path(source.rstrip("/\\")).name or source
+
+
 def run_summary(folder: str | Path) -> RunSummary:
     """The summary of one run folder; missing files leave their fields empty."""
     folder = Path(folder)
@@ -77,7 +87,7 @@ def run_summary(folder: str | Path) -> RunSummary:
         folder=str(folder),
         model=str(model.get("name") or "?"),
         img_size=int(model["img_size"]) if isinstance(model.get("img_size"), int) else None,
-        data=Path(source.rstrip("/\\")).name if source else "?",
+        data=_data_name(source),
         date=time.strftime("%Y-%m-%d %H:%M", time.localtime(max(stamps))) if stamps else "",
         epochs=len(history),
         best_val_acc=float(best_acc) if isinstance(best_acc, int | float)

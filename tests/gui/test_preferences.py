@@ -191,3 +191,10 @@ def test_main_window_preferences_dialog_saves_and_applies(qtbot, tmp_path, monke
     assert win2.preferences.device == "cpu"
     assert win2.training_tab.form.output_root == str(tmp_path / "runs_here")
     assert QApplication.instance() is not None
+
+
+def test_data_source_sits_at_the_top_of_the_form(qtbot):
+    form = TrainingForm(lambda: None)
+    qtbot.addWidget(form)
+    first = form.layout().itemAt(0).widget()
+    assert first.title() == "Data and output" and first.isAncestorOf(form.src_edit)

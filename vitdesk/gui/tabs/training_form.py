@@ -246,12 +246,12 @@ class TrainingForm(QWidget):
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(data_box)  # first: what to train on, then how
         lay.addWidget(model_box)
         lay.addWidget(recipe_box)
         lay.addWidget(self.advanced_button)
         lay.addWidget(self.advanced)
         lay.addWidget(self.teacher_box)
-        lay.addWidget(data_box)
         lay.addWidget(self.problem_label)
         lay.addStretch(1)
 

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from vitdesk.analysis.options import EvalOptions, accuracy_words, tta_words
 from vitdesk.analysis.run_model import dataset_batches, device_of, records_dataset
 from vitdesk.errors import DataError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, Progress, emit
+
+if TYPE_CHECKING:  # the loaded run type; importing engine.run at runtime is not needed
+    from vitdesk.engine.run import LoadedRun
 
 
 @dataclass
@@ -57,7 +60,7 @@ class RunTrust:
                 f"{1 - c.alpha:.0%} of the time; more than one class: refer")
 
 
-def run_trust(run: Any, options: EvalOptions | None = None, *, cancel: CancelToken = NEVER,
+def run_trust(run: LoadedRun, options: EvalOptions | None = None, *, cancel: CancelToken = NEVER,
               listener: Listener | None = None) -> RunTrust:
     """Temperature, conformal calibrator and shift detector of a loaded ``run``."""
     from vitdesk.analysis.calibration import run_calibration, temperature_of
@@ -174,7 +177,7 @@ class SlicePredictions:
         return tta_words(self.tta)
 
 
-def slice_tensors(run: Any, slices: Sequence[np.ndarray], kinds: Sequence[str]
+def slice_tensors(run: LoadedRun, slices: Sequence[np.ndarray], kinds: Sequence[str]
                   ) -> torch.Tensor:
     """Slices (HU, or images for kind "image") -> the model batch (N, C, S, S), exactly as
     training sees them without augmentation."""
@@ -185,13 +188,13 @@ def slice_tensors(run: Any, slices: Sequence[np.ndarray], kinds: Sequence[str]
         for s, k in zip(slices, kinds, strict=True)]))
 
 
-def _tensor_batches(run: Any, slices: Sequence[np.ndarray], kinds: Sequence[str],
+def _tensor_batches(run: LoadedRun, slices: Sequence[np.ndarray], kinds: Sequence[str],
                     batch_size: int) -> Iterator[torch.Tensor]:
     for i in range(0, len(slices), batch_size):
         yield slice_tensors(run, slices[i:i + batch_size], kinds[i:i + batch_size])
 
 
-def _score(run: Any, make_batches: Any, n: int, names: list[str], labels: np.ndarray | None,
+def _score(run: LoadedRun, make_batches: Any, n: int, names: list[str], labels: np.ndarray | None,
            source: str, options: EvalOptions, trust: RunTrust, cancel: CancelToken,
            listener: Listener | None) -> SlicePredictions:
     from vitdesk.analysis.conformal import set_labels
@@ -229,7 +232,7 @@ def _score(run: Any, make_batches: Any, n: int, names: list[str], labels: np.nda
         trust.conformal_words())
 
 
-def predict_slices(run: Any, slices: Sequence[np.ndarray], options: EvalOptions | None = None,
+def predict_slices(run: LoadedRun, slices: Sequence[np.ndarray], options: EvalOptions | None = None,
                    trust: RunTrust | None = None, *, kinds: Sequence[str] | None = None,
                    names: Sequence[str] | None = None, cancel: CancelToken = NEVER,
                    listener: Listener | None = None) -> SlicePredictions:
@@ -261,7 +264,7 @@ def case_names(records: Sequence[Any]) -> list[str]:
     return out
 
 
-def predict_records(run: Any, data_src: str | Path | None = None,
+def predict_records(run: LoadedRun, data_src: str | Path | None = None,
                     options: EvalOptions | None = None, trust: RunTrust | None = None, *,
                     cancel: CancelToken = NEVER, listener: Listener | None = None
                     ) -> SlicePredictions:

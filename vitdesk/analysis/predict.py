@@ -83,12 +83,13 @@ def predict_input(
     1 - alpha (split-conformal, calibrated on the run's validation slices; a set that is
     not one class means "refer"); None or no validation slices: no sets.
     """
-    from vitdesk.analysis.conformal import check_alpha, run_conformal, set_labels
+    from vitdesk.analysis.conformal import check_alpha, set_labels
+    from vitdesk.analysis.inference import run_trust
+    from vitdesk.analysis.options import EvalOptions
+    from vitdesk.analysis.tta import predict_proba, tta_predict
 
     if conformal_alpha is not None:
         conformal_alpha = check_alpha(conformal_alpha)
-    from vitdesk.analysis.calibration import run_calibration, temperature_of
-    from vitdesk.analysis.tta import predict_proba, tta_predict
     from vitdesk.data.dataset import preprocess_slice
 
     lr = load_run_like(run, device)
@@ -105,8 +106,11 @@ def predict_input(
             yield xt[i:i + batch_size]
 
     total = math.ceil(len(xt) / batch_size)
-    temp = temperature_of(run_calibration(lr, cancel=cancel, listener=listener)
-                          if calibrate else None)
+    # the run's temperature and conformal calibrator, as evaluate and the GUI get them
+    trust = run_trust(lr, EvalOptions(calibrate=calibrate, conformal_alpha=conformal_alpha,
+                                      conformal_method=conformal_method, shift=False,
+                                      batch_size=batch_size), cancel=cancel, listener=listener)
+    temp = trust.temperature
     unc = None
     if tta is not None:
         res = tta_predict(model, batches(), tta, device=dev, total=total, cancel=cancel,
@@ -116,9 +120,7 @@ def predict_input(
         probs, _ = predict_proba(model, batches(), device=dev, total=total, cancel=cancel,
                                  listener=listener, temperature=temp)
         plain = probs
-    ccal = (run_conformal(lr, temp, conformal_alpha, conformal_method, batch_size=batch_size,
-                          cancel=cancel, listener=listener)
-            if conformal_alpha is not None else None)
+    ccal = trust.conformal
     # sets from the calibrated un-augmented probabilities, as the validation scores were
     sets = set_labels(ccal.sets(plain), list(lr.classes)) if ccal is not None else None
     rows = [PredictedSlice(key, z, probs[i], lr.classes[int(probs[i].argmax())],

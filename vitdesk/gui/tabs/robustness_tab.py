@@ -147,12 +147,14 @@ class RobustnessTab(QWidget):
         self.pct_spin.setRange(50, 99)
         self.pct_spin.setValue(95)
         self.pct_spin.setSuffix("th percentile")
-        self.pct_spin.setToolTip("Slices farther than this percentile of the training "
-                                 "slices' own distances are outliers")
+        self.pct_spin.setToolTip("Slices farther than this percentile of held-out "
+                                 "(validation) slices' distances raise the alarm: on data "
+                                 "like the training set, 100 minus this percent of slices do")
         self.shift_button = QPushButton("Check distribution shift", self)
         self.shift_button.clicked.connect(self._shift_or_cancel)
         self.shift_summary = hint("Compares the model's features of these slices with its "
-                                  "training slices (Mahalanobis distance).", self)
+                                  "training slices (Mahalanobis distance), as evaluate and "
+                                  "the report do.", self)
         self.shift_plot = pg.PlotWidget(self, background=BACKGROUND)
         self.shift_plot.setMinimumHeight(150)
         sp = self.shift_plot.getPlotItem()

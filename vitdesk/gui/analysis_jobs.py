@@ -59,7 +59,10 @@ def trust_of(run: LoadedRun, options: EvalOptions, cancel: CancelToken = NEVER,
         return hit[1]
     trust = run_trust(run, options, cancel=cancel, listener=listener)
     with _TRUST_GUARD:
-        if len(_TRUST) >= 8:  # a few runs and settings; the oldest go
+        # only the current run's: a kept entry holds its model in memory
+        for k in [k for k, (r, _t) in _TRUST.items() if r is not run]:
+            del _TRUST[k]
+        if len(_TRUST) >= 4:  # a few settings of one run; the oldest go
             _TRUST.pop(next(iter(_TRUST)))
         _TRUST[key] = (run, trust)
     return trust

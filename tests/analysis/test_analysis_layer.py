@@ -161,3 +161,14 @@ def test_no_private_helper_is_imported_across_analysis_modules():
             names = [x.strip().split(" as ")[0] for x in m.group(1).strip("()").split(",")]
             bad += [f"{f.name}: {x}" for x in names if x.startswith("_")]
     assert len(files) > 20 and bad == []
+
+
+def test_console_rows_carry_the_gap_intervals(loaded):
+    ev = evaluate_run(loaded, None, FAST.replace(shift=False))
+    rows = dict(ev.summary_rows())
+    rep = ev.fairness[0]
+    key = f"fairness by {rep.attribute} ({rep.positive}): accuracy gap"
+    assert rows[key].startswith(f"{rep.disparities['accuracy_gap']:.3f}")
+    lo, hi = rep.gap_ci["accuracy_gap"]
+    if np.isfinite(lo):
+        assert rows[key].endswith(f"({lo:.3f}-{hi:.3f})")

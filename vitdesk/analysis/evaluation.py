@@ -172,6 +172,13 @@ class RunEvaluation:
                          _fmt_ci(c.coverage.value, c.coverage.lo, c.coverage.hi)))
             rows.append(("conformal refer rate (set not one class)",
                          _fmt_ci(c.refer_rate.value, c.refer_rate.lo, c.refer_rate.hi)))
+        for rep in self.fairness:
+            # the gaps with their patient-bootstrap intervals, as the report and GUI show
+            for key, name in (("accuracy_gap", "accuracy gap"),
+                              ("equalized_odds_difference", "equalized odds difference")):
+                lo, hi = rep.gap_ci.get(key, (float("nan"), float("nan")))
+                rows.append((f"fairness by {rep.attribute} ({rep.positive}): {name}",
+                             _fmt_ci(rep.disparities.get(key, float("nan")), lo, hi)))
         if self.shift is not None:
             sh = self.shift
             rows.append(("shift alarm rate (observed / expected)",

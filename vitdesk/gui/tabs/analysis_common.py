@@ -233,14 +233,14 @@ def trust_html(pred: Any) -> str:
     import html
 
     lines = []
-    shift = html.escape(pred.shift_text())
+    shift = html.escape(pred.shift_text(), quote=False)
     if pred.out_of_distribution:
         lines.append(f"<b style='color:{WARN_COLOUR}'>⚠ Shift: {shift}. Do not rely on "
                      "these predictions.</b>")
     else:
         lines.append(f"Shift: {shift}.")
     refer = pred.refer
-    conf = html.escape(pred.conformal_text)
+    conf = html.escape(pred.conformal_text, quote=False)
     if refer is not None:
         n_ref = int(refer.sum())
         what = ("refer" if n_ref else "no slice to refer") if len(refer) == 1 else \
@@ -248,5 +248,5 @@ def trust_html(pred: Any) -> str:
         lines.append(f"Conformal: {what}; {conf}.")
     else:
         lines.append(f"Conformal: {conf}.")
-    lines.append(f"Calibration: {html.escape(pred.calibration_text)}.")
+    lines.append(f"Calibration: {html.escape(pred.calibration_text, quote=False)}.")
     return "<br>".join(lines)

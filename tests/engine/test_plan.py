@@ -160,10 +160,14 @@ def test_plan_module_imports_neither_torch_nor_qt():
 
 # ---- the planner ------------------------------------------------------------------------
 from vitdesk.engine.plan import (  # noqa: E402
+    FORWARD_SHARE,
+    LAST_CHECKPOINT_S,
     Fingerprint,
+    RunCosts,
     choose_batch,
     choose_geometry,
     data_fingerprint,
+    epoch_seconds,
     parse_budget,
     plan_for_data,
 )
@@ -220,8 +224,13 @@ def test_plan_for_data_fits_the_budget_with_the_measured_step():
     assert c.data.batch_size == 32 and c.data.balance == "loss"  # 468:300 > 1.5
     steps_per_epoch = -(-int(768 * 0.7) // 32)
     epochs = c.recipe.stages[0].epochs
-    assert epochs == min(300, int(60 * 0.8 / (steps_per_epoch * 0.02 * 1.25)))
+    # the epoch's steps plus validation's forward passes (4 batches of 115 images)
+    per_epoch = steps_per_epoch * 0.02 + 4 * 0.02 * FORWARD_SHARE
+    assert per_epoch == pytest.approx(epoch_seconds(0.02, steps_per_epoch, 32, 537, 115,
+                                                    RunCosts()))
+    assert epochs == min(300, int(60 * 0.9 / per_epoch))
     assert p.estimate.seconds <= 60 and p.estimate.steps == epochs * steps_per_epoch
+    assert p.estimate.seconds == pytest.approx(epochs * per_epoch)
     assert any("budget" in r for r in p.reasons)
     # a long budget on a small set still trains the smallest ViT (a wider one overfits)
     p = plan_for_data(cfg, _fp(), budget_s=3600, step_seconds=step)
@@ -248,12 +257,43 @@ def test_plan_for_data_fits_the_budget_with_the_measured_step():
     assert planned.cfg.model.patch_size == p.cfg.model.patch_size
 
 
+def test_the_estimate_counts_what_a_run_pays_beside_its_steps():
+    """Image reads and augmentation, validation, history/metrics/best writes and the
+    ``last`` checkpoint (per stage and every LAST_CHECKPOINT_S) are in the estimate and
+    take epochs from the budget."""
+    cfg = _cfg()
+    cfg.model.name = "auto"
+
+    def step(name, img, patch, batch):
+        return 0.02, 100.0
+
+    costs = RunCosts(epoch_writes=0.05, last_checkpoint=0.4, first_read=0.003,
+                     train_item=0.001, val_item=0.0002)
+    bare = plan_for_data(cfg, _fp(), budget_s=120, step_seconds=step)
+    p = plan_for_data(cfg, _fp(), budget_s=120, step_seconds=step, costs=costs)
+    epochs = p.cfg.recipe.stages[0].epochs
+    assert epochs < bare.cfg.recipe.stages[0].epochs
+    train_n, val_n, spe = 537, 115, 17  # 768 images at 0.7/0.15, batch 32
+    per_epoch = (spe * 0.02 + train_n * 0.001 + 4 * 0.02 * FORWARD_SHARE + val_n * 0.0002
+                 + 0.05)
+    train = epochs * per_epoch + (train_n + val_n) * 0.003
+    expected = train + (1 + int(train // LAST_CHECKPOINT_S)) * 0.4
+    assert p.estimate.seconds == pytest.approx(expected)
+    assert 100 <= p.estimate.seconds <= 120  # it fills the budget, with 10 % spare
+    # the old per-epoch overhead argument still adds to the writes
+    q = plan_for_data(cfg, _fp(), budget_s=120, step_seconds=step, costs=costs,
+                      epoch_overhead_s=0.1)
+    assert q.cfg.recipe.stages[0].epochs < epochs
+
+
 def test_fingerprint_of_an_image_folder(tmp_path):
     from tests.pngdata import write_square_pngs
 
     root = write_square_pngs(tmp_path / "d", per_class=6, size=40)
-    fp = data_fingerprint(str(root))
+    sampled = []
+    fp = data_fingerprint(str(root), sampled=sampled)
     assert (fp.images, fp.native_px, fp.kind) == (12, 40, "image")
+    assert len(sampled) == 12 and {r.label for r in sampled} == {"lesion", "normal"}
     assert fp.classes == {"lesion": 6, "normal": 6}
     assert fp.describe() == ("12 images of 12 patients, 2 classes (lesion 6, normal 6), "
                              "native 40 px")

@@ -23,7 +23,7 @@ data and a measured step time) lives in :mod:`vitdesk.engine.planner`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -475,6 +475,22 @@ AUTO_MODELS = (("vit_test_tiny", 1e-3), ("vit_tiny_patch16_224", 5e-4),
 PATCHES = (2, 4, 8, 16)
 SMALL_LABELLED = 5000  # labelled images below which a CNN beats a ViT trained on them alone
 MIN_EPOCHS = 20  # a ViT from random weights needs this many passes to learn anything
+# The trainer writes ``last`` (weights + optimizer state) at a stage's end, on cancel and
+# at most this often in between: on a small set an epoch lasts less than the write.
+LAST_CHECKPOINT_S = 30.0
+FORWARD_SHARE = 0.35  # an eval forward pass against a training step (forward, backward, AdamW)
+
+
+@dataclass(frozen=True)
+class RunCosts:
+    """What a run pays beside its optimizer steps, measured on this machine and data
+    (:func:`vitdesk.engine.probe.measure_run_costs`); all in seconds."""
+
+    epoch_writes: float = 0.0  # history + metrics, and the best checkpoint's share
+    last_checkpoint: float = 0.0  # one ``last`` write
+    first_read: float = 0.0  # one image read from disk (the first epoch; then cached)
+    train_item: float = 0.0  # one augmented training image from the cache
+    val_item: float = 0.0  # one validation image from the cache
 
 
 @dataclass(frozen=True)
@@ -597,7 +613,7 @@ def choose_batch(train_images: int) -> int:
 def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
                   step_seconds: Any, explicit: set[str] | frozenset[str] = frozenset(),
                   device: str = "cpu", memory_mb: float | None = None,
-                  epoch_overhead_s: float = 0.0) -> DataPlan:
+                  epoch_overhead_s: float = 0.0, costs: RunCosts | None = None) -> DataPlan:
     """Fill in the model, image and patch size, batch, epochs and recipe for ``fp``.
 
     Args:
@@ -610,7 +626,9 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
         device: where the run trains (cpu or cuda), for the choice of model.
         memory_mb: memory the run may use (None: not checked).
         epoch_overhead_s: measured seconds per epoch outside the steps (checkpoint and
-            history writes, :func:`vitdesk.engine.probe.measure_epoch_overhead`).
+            history writes), added to ``costs.epoch_writes``.
+        costs: the rest of what a run pays beside its steps (image reads and
+            augmentation, validation, checkpoint writes); None: steps only.
     """
     cfg = RunConfig.from_dict(cfg.to_dict())
     budget = budget_s or 600.0
@@ -622,6 +640,9 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
         why.append("weights: none (no pretrained backbone chosen; random init, full recipe)")
     random_init = weights == "none"
     train_images = max(1, int(fp.images * cfg.data.fractions[0]))
+    val_images = int(fp.images * cfg.data.fractions[1])
+    costs = costs or RunCosts()
+    costs = replace(costs, epoch_writes=costs.epoch_writes + epoch_overhead_s)
     batch = cfg.data.batch_size if "data.batch_size" in explicit else choose_batch(train_images)
     steps_per_epoch = max(1, -(-train_images // batch))
     candidates = AUTO_MODELS if auto else ((cfg.model.name, None),)
@@ -634,8 +655,13 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
     def option(name: str, lr: float | None, img: int, p: int, geo_why: list[str],
                finer: bool) -> tuple:
         step, peak = step_seconds(name, img, p, batch)
-        epochs = int(budget * 0.8  # 25 % of the steps' time: validation
-                     / (steps_per_epoch * step * 1.25 + epoch_overhead_s))
+        per_epoch = epoch_seconds(step, steps_per_epoch, batch, train_images, val_images,
+                                  costs)
+        fixed = (train_images + val_images) * costs.first_read + costs.last_checkpoint
+        # 10 % spare for a busy machine; ``last`` is written every LAST_CHECKPOINT_S
+        epochs = int((budget * 0.9 - fixed) / (per_epoch
+                                               + per_epoch / LAST_CHECKPOINT_S
+                                               * costs.last_checkpoint))
         return (name, lr, img, p, [*geo_why, patch_reason(img, p, patch_size_of(name), finer)],
                 step, peak, epochs)
 
@@ -707,8 +733,30 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
         why.append(f"class-balanced loss: the classes are {max(counts) / min(counts):.1f}:1")
     n_epochs = sum(s.epochs for s in cfg.stage_plan())
     steps = steps_per_epoch * n_epochs
-    est = Estimate(step, steps, steps * step * 1.25 + n_epochs * epoch_overhead_s, peak)
+    est = Estimate(step, steps, run_seconds(
+        step, steps_per_epoch, batch, train_images, val_images, costs,
+        [s.epochs for s in cfg.stage_plan()]), peak)
     return DataPlan(cfg, why, est)
+
+
+def epoch_seconds(step: float, steps_per_epoch: int, batch: int, train_images: int,
+                  val_images: int, costs: RunCosts) -> float:
+    """One epoch once the images are cached: the steps with their images' augmentation,
+    validation (forward passes and its images) and the per-epoch writes."""
+    val_batches = -(-val_images // batch)
+    return (steps_per_epoch * step + train_images * costs.train_item
+            + val_batches * step * FORWARD_SHARE + val_images * costs.val_item
+            + costs.epoch_writes)
+
+
+def run_seconds(step: float, steps_per_epoch: int, batch: int, train_images: int,
+                val_images: int, costs: RunCosts, stage_epochs: list[int]) -> float:
+    """A whole run: its epochs, the first read of every image, and the ``last``
+    checkpoints (one per stage, and one per LAST_CHECKPOINT_S of training)."""
+    per = epoch_seconds(step, steps_per_epoch, batch, train_images, val_images, costs)
+    train = per * sum(stage_epochs) + (train_images + val_images) * costs.first_read
+    writes = sum(1 for e in stage_epochs if e > 0) + int(train // LAST_CHECKPOINT_S)
+    return train + writes * costs.last_checkpoint
 
 
 def _duration(seconds: float) -> str:
@@ -720,9 +768,11 @@ def _duration(seconds: float) -> str:
     return f"{s}s"
 
 
-def data_fingerprint(src: str, *, patient_id: str = "check", sample: int = 16) -> Fingerprint:
+def data_fingerprint(src: str, *, patient_id: str = "check", sample: int = 16,
+                     sampled: list | None = None) -> Fingerprint:
     """Count the images, patients and classes of ``src`` and measure the native size of a
-    few images (header reads only for DICOM)."""
+    few images (header reads only for DICOM). ``sampled``, when given, receives those
+    few records (the probe times their reading and augmentation)."""
     from collections import Counter
 
     from vitdesk.data.sources import load_records
@@ -732,6 +782,8 @@ def data_fingerprint(src: str, *, patient_id: str = "check", sample: int = 16) -
     step = max(1, len(records) // sample)
     sides = []
     for r in records[::step][:sample]:
+        if sampled is not None:
+            sampled.append(r)
         side = _native_side(r.path, r.kind)
         if side:
             sides.append(side)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from vitdesk.config import RunConfig
-from vitdesk.engine.plan import DataPlan, Fingerprint
+from vitdesk.engine.plan import DataPlan, Fingerprint, RunCosts
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,12 @@ def measure_step(name: str, img_size: int, patch: int, batch: int, device: str =
     return times[len(times) // 2], peak
 
 
-def measure_epoch_overhead(out: str | Path, name: str, img_size: int, patch: int) -> float:
-    """Seconds a run spends per epoch outside its steps: the ``last`` checkpoint with its
-    optimizer state and the history and metrics files, each written atomically (fsync)
-    on the disk of ``out``. On a busy disk this outweighs many short epochs' steps."""
+def measure_checkpoint_costs(out: str | Path, name: str, img_size: int, patch: int
+                             ) -> tuple[float, float]:
+    """(seconds per epoch for the history, metrics and best-checkpoint writes, seconds
+    for one ``last`` checkpoint with its optimizer state), written atomically (fsync) as
+    the run writes them, on the disk of ``out``. The best checkpoint is counted at a
+    third of the epochs (about how often validation improves on a short run)."""
     import shutil
     import tempfile
 
@@ -117,17 +119,57 @@ def measure_epoch_overhead(out: str | Path, name: str, img_size: int, patch: int
         parent = parent.parent
     folder = Path(tempfile.mkdtemp(prefix=".vitdesk-probe-", dir=parent))
     try:
-        times = []
-        for _ in range(2):
+        last, epoch = [], []
+        for i in range(3):
             t0 = time.perf_counter()
-            ckpt.save_checkpoint(folder, "last", model.state_dict(), {"probe": True},
-                                 {"optimizer": opt.state_dict()})
+            ckpt.save_checkpoint(folder, "last", model.state_dict(), {"global_step": i},
+                                 {"optimizer": opt.state_dict(), "rng": ckpt.rng_state()})
+            t1 = time.perf_counter()
+            ckpt.save_checkpoint(folder, "best", model.state_dict(), {"global_step": i})
+            t2 = time.perf_counter()
             for f in ("history.jsonl", "metrics.json"):
-                atomic_write_text(folder / f, "{}\n")
-            times.append(time.perf_counter() - t0)
-        return sum(times) / len(times)
+                atomic_write_text(folder / f, "{}\n" * (i + 1))
+            last.append(t1 - t0)
+            epoch.append((t2 - t1) / 3 + time.perf_counter() - t2)
+        return sorted(epoch)[1], sorted(last)[1]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure_item_costs(cfg: RunConfig, records: list, img_size: int
+                       ) -> tuple[float, float, float]:
+    """(seconds to read one image from disk, to make one augmented training image from
+    the cache, one validation image from the cache), timed on ``records`` (a few of the
+    run's images) through the run's own dataset, windows and augmentation."""
+    if not records:
+        return 0.0, 0.0, 0.0
+    from vitdesk.data.dataset import SliceDataset
+    from vitdesk.engine.models import model_norm_stats
+    from vitdesk.engine.run import _augment_config
+    from vitdesk.imaging.windowing import WindowSpec
+
+    name = cfg.model.name if cfg.model.name != "auto" else "vit_test_tiny"
+    mean, std = model_norm_stats(name)
+    classes = sorted({r.label for r in records if r.label is not None})
+    recs = [r for r in records if r.label is not None]
+    window = WindowSpec.parse(cfg.data.window, clahe=cfg.data.clahe)
+    train = SliceDataset(recs, classes, window, img_size, mean, std,
+                         augment=_augment_config(cfg))
+    val = SliceDataset(recs, classes, window, img_size, mean, std)
+    n = max(1, len(recs))
+
+    def timed(ds: SliceDataset, epoch: int) -> float:
+        ds.set_epoch(epoch)
+        t0 = time.perf_counter()
+        for i in range(len(ds)):
+            ds[i]
+        return (time.perf_counter() - t0) / n
+
+    first = timed(train, 0)  # reads the files and fills the cache
+    timed(val, 0)
+    item = min(timed(train, 1), timed(train, 2))
+    val_item = min(timed(val, 1), timed(val, 2))
+    return max(0.0, first - item), item, val_item
 
 
 def _rss_peak_mb() -> float:
@@ -163,7 +205,9 @@ def plan_auto(cfg: RunConfig, *, budget_s: float | None, explicit: set[str],
     from vitdesk.engine.plan import AUTO_MODELS, choose_geometry, data_fingerprint, plan_for_data
 
     machine = probe_machine(cfg.device)
-    fp = fingerprint or data_fingerprint(cfg.data.source, patient_id=cfg.data.patient_id)
+    sampled: list = []
+    fp = fingerprint or data_fingerprint(cfg.data.source, patient_id=cfg.data.patient_id,
+                                         sampled=sampled)
     threads = torch.get_num_threads()
 
     def step(name: str, img: int, patch: int, batch: int) -> tuple[float, float]:
@@ -172,10 +216,12 @@ def plan_auto(cfg: RunConfig, *, budget_s: float | None, explicit: set[str],
     first = AUTO_MODELS[0][0] if cfg.model.name == "auto" else cfg.model.name
     img, patches, _why = choose_geometry(fp.native_px, patch_size_of(first), True)
     try:
-        overhead = measure_epoch_overhead(cfg.out, first, img, patches[-1])
+        writes, last = measure_checkpoint_costs(cfg.out, first, img, patches[-1])
+        read, item, val_item = measure_item_costs(
+            cfg, sampled, cfg.model.img_size if "model.img_size" in explicit else img)
+        costs = RunCosts(writes, last, read, item, val_item)
         planned = plan_for_data(cfg, fp, budget_s=budget_s, step_seconds=step,
-                                explicit=explicit, device=machine.device,
-                                epoch_overhead_s=overhead,
+                                explicit=explicit, device=machine.device, costs=costs,
                                 memory_mb=(machine.gpu_memory_mb if machine.device == "cuda"
                                            else machine.memory_mb))
     finally:

@@ -35,7 +35,7 @@ from vitdesk.engine.events import (
     TrainingFailed,
 )
 from vitdesk.engine.models import count_trainable
-from vitdesk.engine.plan import DISTILL_MODES
+from vitdesk.engine.plan import DISTILL_MODES, LAST_CHECKPOINT_S
 from vitdesk.engine.plan import distill_mode as plan_distill_mode
 from vitdesk.engine.recipe import (
     apply_stage,
@@ -342,6 +342,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self._resume_state: dict[str, Any] | None = None
+        self._last_saved = time.perf_counter()  # when ``last`` was written (or the run began)
 
     # ---- data ------------------------------------------------------------------------
     def _loader(self, ds: Dataset, sampler: Sampler, seed_epoch: int) -> DataLoader:
@@ -418,6 +419,7 @@ class Trainer:
         }
         path = ckpt.save_checkpoint(self.run_dir / "checkpoints", "last",
                                     self.model.state_dict(), self._meta(), state)
+        self._last_saved = time.perf_counter()
         emit(self.listeners, CheckpointSaved(str(path), "last"))
 
     def _save_best(self) -> None:
@@ -630,8 +632,13 @@ class Trainer:
                                         float(val_loss), float(val_acc), lr, seconds))
         if improved:
             self._save_best()
-        self.save_last()
         stage_stop = cfg.patience > 0 and st.bad_epochs >= cfg.patience
+        # ``last`` (weights + optimizer state, fsynced) costs more than a short epoch:
+        # written at a stage's end and at most every LAST_CHECKPOINT_S in between; a
+        # cancel writes it at once (fit), so a stopped run always resumes where it stopped
+        if (stage_stop or st.epoch >= self.stages[si].epochs
+                or time.perf_counter() - self._last_saved >= LAST_CHECKPOINT_S):
+            self.save_last()
         if stage_stop:
             st.bad_epochs = 0  # the next stage gets its own patience
         return stage_stop

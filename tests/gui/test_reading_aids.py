@@ -288,3 +288,14 @@ def test_viewer_keys_work_from_anywhere_in_the_window_but_not_in_text_fields(qtb
     assert listw.currentRow() == 1 and viewer.index == index  # arrows stay with the list
     qtbot.keyClick(listw, Qt.Key.Key_A)
     assert viewer.axis == "axial"  # but viewer letters still work
+
+
+def test_viewer_letters_for_a_flipped_volume(qtbot):
+    viewer, window = ViewerState(), WindowState()
+    w = SliceView(viewer, window)
+    qtbot.addWidget(w)
+    # columns toward the patient's right, slices head to feet
+    viewer.set_volume(make_volume(direction=np.diag([-1.0, 1.0, -1.0])))
+    assert w.overlay.orientation == {"left": "L", "right": "R", "top": "A", "bottom": "P"}
+    viewer.set_axis("coronal")
+    assert w.overlay.orientation == {"left": "L", "right": "R", "top": "I", "bottom": "S"}

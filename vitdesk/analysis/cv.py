@@ -305,6 +305,8 @@ def cross_validate(
     from vitdesk.engine.run import train
     from vitdesk.fileio import atomic_write_json
 
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    cfg.data.fold = ""  # a fold run's own config.toml given as --config: the folds are ours
     parent = Path(cfg.out).expanduser()
     _check_parent(parent, k, resume)
     check_folds(cfg, k, cancel, listeners)

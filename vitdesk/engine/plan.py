@@ -101,6 +101,27 @@ def describe_stage(s: StageConfig) -> str:
     return f"{s.name}: {s.epochs} ep at lr {s.lr:.0e}, {what}{decay}"
 
 
+def plan_lines(plan: Plan) -> list[str]:
+    """The plan in words, one line each: what the planner chose and why, the run (model,
+    image size, patches, weights, batch, recipe, epochs per stage), the estimate and the
+    notices. ``vitdesk plan`` prints these lines and the workbench shows them."""
+    cfg = plan.cfg
+    m = cfg.model
+    patch = m.patch_size or None
+    lines = ["plan:" if plan.reasons else "plan (model given, nothing chosen):"]
+    lines += [f"  {r}" for r in plan.reasons]
+    lines.append(f"  run: {m.name} at {m.img_size} px"
+                 + (f", {patch}-px patches" if patch else "")
+                 + f", weights {cfg.weights.pretrained}, batch {cfg.data.batch_size}, "
+                 f"recipe {cfg.recipe.kind}")
+    for i, s in enumerate(cfg.recipe.stages):
+        lines.append(f"    {i + 1}. {describe_stage(s)}")
+    if plan.estimate is not None:
+        lines.append(f"  estimate: {plan.estimate.describe()}")
+    lines += [f"  note: {n}" for n in plan.notices]
+    return lines
+
+
 def parse_epochs(text: str | None) -> list[int] | None:
     """``--epochs N`` or ``N1,N2,N3`` as numbers (None when not given)."""
     if text is None or not str(text).strip():

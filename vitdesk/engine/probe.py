@@ -12,11 +12,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vitdesk.config import RunConfig
-from vitdesk.engine.plan import DataPlan, Fingerprint, RunCosts
+from vitdesk.engine.plan import DataPlan, Fingerprint, Plan, RunCosts
 
 
 @dataclass(frozen=True)
@@ -227,3 +228,23 @@ def plan_auto(cfg: RunConfig, *, budget_s: float | None, explicit: set[str],
     finally:
         torch.set_num_threads(threads)
     return planned, machine
+
+
+def plan_with_budget(cfg: RunConfig, budget: str | float | None, *,
+                     cancel: Any = None, listener: Any = None) -> Plan:
+    """What ``vitdesk plan --data SRC --budget B`` prints, for ``cfg`` (the workbench's
+    form): the planner chooses the model, sizes, batch and epochs (``model.name`` auto),
+    then every rule of :func:`vitdesk.engine.plan.plan_run` applies.
+
+    Raises:
+        ConfigError: a bad budget, or a run the rules refuse.
+    """
+    from vitdesk.engine.plan import parse_budget, plan_run
+
+    budget_s = parse_budget(budget)
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    cfg.model.name = "auto"
+    planned, _machine = plan_auto(cfg, budget_s=budget_s, explicit=set())
+    plan = plan_run(planned.cfg, check_files=True)
+    plan.reasons, plan.estimate = planned.reasons, planned.estimate
+    return plan

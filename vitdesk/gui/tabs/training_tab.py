@@ -50,6 +50,7 @@ from vitdesk.gui.dialogs import gui_words, show_error
 from vitdesk.gui.job_bar import progress_text
 from vitdesk.gui.plots import TrainingPlots
 from vitdesk.gui.run_state import find_runs
+from vitdesk.gui.tabs.plan_panel import PlanPanel
 from vitdesk.gui.tabs.training_form import TrainingForm
 from vitdesk.gui.tabs.training_plan import (
     RunProgress,
@@ -182,9 +183,17 @@ class TrainingTab(QWidget):
         self.form = TrainingForm(self._workspace_folder, self._data_prefs, self)
         # teachers: every run the session knows (recorded, under runs/, beside opened folders)
         self.form.teacher_box.runs = lambda extra: find_runs(self.session, extra)
+        # the planner's run for a time budget, above the form it fills in
+        self.plan_panel = PlanPanel(lambda: self.form.run_config(validate=False),
+                                    self.form.set_config, self)
+        holder = QWidget(self)
+        hl = QVBoxLayout(holder)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(self.plan_panel)
+        hl.addWidget(self.form)
         setup = QScrollArea(self)
         setup.setWidgetResizable(True)
-        setup.setWidget(self.form)
+        setup.setWidget(holder)
         setup.setFrameShape(QScrollArea.Shape.NoFrame)
         # the panel is narrow: the form wraps instead of scrolling sideways
         setup.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -316,6 +325,7 @@ class TrainingTab(QWidget):
         self.cancel_button.setEnabled(running and not self.task.token.cancelled)
         self.resume_run_button.setEnabled(not running)
         self.form.setEnabled(not running)
+        self.plan_panel.setEnabled(not running)
 
     # ---- run control -------------------------------------------------------------------
     def start(self, out: str | None = None) -> Task | None:
@@ -534,7 +544,8 @@ class TrainingTab(QWidget):
 
     def shutdown(self, timeout_ms: int = 120_000) -> bool:
         """Cancel training, pretraining and the probe; wait for their threads to end."""
-        tasks = [t for t in (self.task, self.pretrain.task, self.probe_task)
+        tasks = [t for t in (self.task, self.pretrain.task, self.probe_task,
+                             self.plan_panel.task)
                  if t is not None and t.is_running()]
         for t in tasks:
             t.cancel()

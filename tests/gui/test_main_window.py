@@ -324,3 +324,25 @@ def test_open_slice_loads_a_series_not_yet_shown(qtbot, win, tmp_path):
     qtbot.waitUntil(lambda: win.session.current_key == other, timeout=10000)
     assert win.session.viewer.index == 4
     assert win.browser.current_key() == other
+
+
+def test_viewer_keys_work_from_the_tabs_but_not_while_typing(qtbot, win, volume):
+    from PySide6.QtWidgets import QPushButton
+
+    win.session.add_volume(volume)
+    win.activateWindow()
+    start = win.session.viewer.index
+    win.tabs.setCurrentIndex(TAB_ORDER.index("Windowing"))
+    button = next(b for b in win.windowing_tab.findChildren(QPushButton)
+                  if b.isVisible() and b.isEnabled())
+    button.setFocus()
+    qtbot.waitUntil(button.hasFocus)
+    qtbot.keyClick(button, Qt.Key.Key_Down)
+    assert win.session.viewer.index == start + 1  # focus in a tab: the viewer scrolls
+    qtbot.keyClick(button, Qt.Key.Key_C)
+    assert win.session.viewer.axis == "coronal"
+    search = win.browser.search
+    search.setFocus()
+    qtbot.waitUntil(search.hasFocus)
+    qtbot.keyClicks(search, "as")
+    assert search.text() == "as" and win.session.viewer.axis == "coronal"

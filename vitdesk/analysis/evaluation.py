@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from vitdesk.analysis.run_model import (
 )
 from vitdesk.errors import DataError, ModelError
 from vitdesk.jobs import NEVER, CancelToken, Listener, Notice, Progress, emit
+
+if TYPE_CHECKING:
+    from vitdesk.engine.run import LoadedRun
 
 _TASK = "evaluate"
 DEFAULT_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255)
@@ -427,7 +430,7 @@ def _pick_attention(labels: np.ndarray, probs: np.ndarray, n: int) -> list[int]:
 
 
 def evaluate_run(
-    run: str | Path | Any,
+    run: str | Path | LoadedRun,
     data_src: str | Path | None = None,
     options: EvalOptions | None = None,
     *,

@@ -209,6 +209,9 @@ class SliceView(QWidget):
         self.info_label.setObjectName("overlay")
         self.cursor_label = QLabel(self)
         self.cursor_label.setObjectName("overlay")
+        for label in (self.info_label, self.cursor_label):
+            # a longer text ("slice 10/16") must not re-lay out the whole window per frame
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.cursor_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         lay = QVBoxLayout(self)

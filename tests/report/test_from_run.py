@@ -110,5 +110,8 @@ def test_report_shows_the_fairness_gap_intervals(run_and_eval, tmp_path):
     lo, hi = rep.gap_ci["accuracy_gap"]
     if lo == lo:  # finite: printed as lo–hi next to the gap
         assert f"{lo:.3f}–{hi:.3f}" in html
+    # robustness curves say which slices their clean accuracy is of
+    n_sub = ev.robustness[-1].n
+    assert n_sub > 0 and "class-balanced subset of" in html and f"{n_sub} slices" in html
     # accuracy rows name their level, cut and TTA
     assert "Accuracy [p &gt;= 0.5, TTA off]" in html or "Accuracy [p >= 0.5, TTA off]" in html

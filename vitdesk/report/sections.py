@@ -330,6 +330,13 @@ def _robustness_section(results: list[dict]) -> Section:
         "HU perturbations are applied to raw Hounsfield units before windowing. Attack "
         "strengths (FGSM, PGD) are in units of the windowed [0, 1] image (1/255 = one "
         "display grey level). Dashed line: clean accuracy.")
+    sizes = sorted({int(r.get("n") or 0) for r in results} - {0})
+    if sizes:
+        # not the evaluation's accuracy: a smaller, class-balanced set, argmax, no TTA
+        s.paragraphs.append(
+            "Curves are measured on a class-balanced subset of "
+            f"{' / '.join(str(n) for n in sizes)} slices (slice accuracy, argmax, TTA off), "
+            "so their clean accuracy differs from the evaluation's.")
     rows = []
     for r in results:
         for c in r["curves"]:

@@ -23,7 +23,7 @@ def sample(tmp_path_factory):
 def steady_machine(monkeypatch):
     """Measured costs fixed, so two plans of the same inputs can be compared exactly."""
     monkeypatch.setattr(probe, "measure_step",
-                        lambda name, img, patch, batch, device="cpu": (0.01, 321.0))
+                        lambda name, img, patch, batch, device="cpu", **k: (0.01, 321.0))
     monkeypatch.setattr(probe, "measure_checkpoint_costs", lambda *a, **k: (0.01, 0.1))
     monkeypatch.setattr(probe, "measure_item_costs", lambda *a, **k: (0.001, 5e-4, 1e-4))
 
@@ -76,6 +76,30 @@ def test_use_this_plan_fills_the_form_that_start_trains(qtbot, tab, sample, stea
     assert [(s.name, s.epochs, s.lr) for s in cfg.recipe.stages] == [
         (s.name, s.epochs, s.lr) for s in planned.recipe.stages]
     assert cfg.weights.pretrained == "none" and tab.start_button.isEnabled()
+
+
+def test_the_gui_plan_times_steps_with_the_threads_its_run_trains_with(
+        qtbot, tab, sample, steady_machine, monkeypatch):
+    import os
+
+    import torch
+
+    from vitdesk.gui.tabs.training_tab import training_threads
+
+    seen = []
+
+    def step(name, img, patch, batch, device="cpu", threads=None):
+        seen.append((threads, torch.get_num_threads()))
+        return 0.01, 321.0
+
+    monkeypatch.setattr(probe, "measure_step", step)
+    before = torch.get_num_threads()
+    panel = _plan_in_gui(qtbot, tab, sample, "2m")
+    assert panel.plan is not None and seen
+    want = max(1, min(before, (os.cpu_count() or 2) - 1))
+    assert training_threads(before) == want
+    assert all(s == (want, want) for s in seen)
+    assert torch.get_num_threads() == before  # put back
 
 
 def test_a_bad_budget_or_no_data_is_named_without_a_worker(qtbot, tab, sample):

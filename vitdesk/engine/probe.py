@@ -55,8 +55,13 @@ def probe_machine(device: str = "auto") -> Machine:
 
 @functools.lru_cache(maxsize=32)
 def measure_step(name: str, img_size: int, patch: int, batch: int, device: str = "cpu",
-                 steps: int = 5, warmup: int = 2) -> tuple[float, float]:
+                 steps: int = 5, warmup: int = 2, threads: int | None = None
+                 ) -> tuple[float, float]:
     """(seconds per optimizer step, peak memory in MB) of ``name`` from random weights.
+
+    ``threads``: the torch CPU threads to time with (None: the current number); a part
+    of the cache key, since a step on two threads of a busy 2-core machine can take ten
+    times as long as on one.
 
     ``warmup`` untimed steps (allocator and thread pools settle), then the median of
     ``steps`` timed steps (forward, backward, AdamW). Peak memory is measured on CUDA;
@@ -64,6 +69,17 @@ def measure_step(name: str, img_size: int, patch: int, batch: int, device: str =
     optimizer and activations together), or the estimate from the weights and
     activations when that is larger.
     """
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _time_steps(name, img_size, patch, batch, device, steps, warmup)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_steps(name: str, img_size: int, patch: int, batch: int, device: str, steps: int,
+                warmup: int) -> tuple[float, float]:
     from vitdesk.config import patch_size_of
     from vitdesk.engine.models import create_model
 
@@ -212,7 +228,7 @@ def plan_auto(cfg: RunConfig, *, budget_s: float | None, explicit: set[str],
     threads = torch.get_num_threads()
 
     def step(name: str, img: int, patch: int, batch: int) -> tuple[float, float]:
-        return measure_step(name, img, patch, batch, machine.device)
+        return measure_step(name, img, patch, batch, machine.device, threads=threads)
 
     first = AUTO_MODELS[0][0] if cfg.model.name == "auto" else cfg.model.name
     img, patches, _why = choose_geometry(fp.native_px, patch_size_of(first), True)

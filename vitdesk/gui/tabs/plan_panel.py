@@ -32,12 +32,21 @@ from vitdesk.jobs import NEVER, CancelToken, Listener
 DEFAULT_BUDGET = "10m"  # the planner's own default when no budget is given
 
 
-def plan_job(cfg: RunConfig, budget: str, cancel: CancelToken = NEVER,
-             listener: Listener | None = None) -> Any:
-    """Worker side: the plan (imports torch and times a few steps: seconds)."""
+def plan_job(cfg: RunConfig, budget: str, threads: Callable[[int], int] | None = None,
+             cancel: CancelToken = NEVER, listener: Listener | None = None) -> Any:
+    """Worker side: the plan (imports torch and times a few steps: seconds), timed with
+    the torch threads the workbench's run will train with (``threads(current)``)."""
+    import torch
+
     from vitdesk.engine.probe import plan_with_budget
 
-    return plan_with_budget(cfg, budget or None, cancel=cancel, listener=listener)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads(before))
+    try:
+        return plan_with_budget(cfg, budget or None, cancel=cancel, listener=listener)
+    finally:
+        torch.set_num_threads(before)
 
 
 class PlanPanel(QGroupBox):
@@ -46,14 +55,17 @@ class PlanPanel(QGroupBox):
     Args:
         config: returns the form's current config (data source, window, split, seed...).
         apply: called with the planned :class:`~vitdesk.config.RunConfig` on "Use this plan".
+        threads: ``current torch threads -> the threads a run trains with`` (the steps
+            are timed with those); None: as they are.
     """
 
     planned = Signal(object)  # the Plan, once computed
 
     def __init__(self, config: Callable[[], RunConfig], apply: Callable[[RunConfig], None],
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None,
+                 threads: Callable[[int], int] | None = None) -> None:
         super().__init__("Plan for a time budget", parent)
-        self.config, self.apply = config, apply
+        self.config, self.apply, self.threads = config, apply, threads
         self.task: Task | None = None
         self.plan: Any = None
         self.budget_edit = QLineEdit(DEFAULT_BUDGET, self)
@@ -111,7 +123,7 @@ class PlanPanel(QGroupBox):
         self.use_button.setEnabled(False)
         self.plan_button.setEnabled(False)
         self.status.setText("Planning: measuring a few training steps on this machine…")
-        self.task = Task(plan_job, cfg, budget, parent=self, name="Plan")
+        self.task = Task(plan_job, cfg, budget, self.threads, parent=self, name="Plan")
         self.task.finished.connect(self._on_plan)
         self.task.errored.connect(lambda exc: self._show_problem(str(exc)))
         self.task.done.connect(lambda: self.plan_button.setEnabled(True))

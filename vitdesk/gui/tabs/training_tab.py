@@ -117,12 +117,18 @@ def run_training(cfg: RunConfig, resume: bool = False, cancel: CancelToken = NEV
     # machine stalls both: on 2 shared cores the tiny test ViT trained at 0.5 steps/s
     # with 2 threads and 15 steps/s with 1 (bench/gui_latency.py --mode training).
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 2) - 1)))
+    torch.set_num_threads(training_threads(before))
     lower_thread_priority()
     try:
         return train(cfg, cancel, listeners, resume=resume)
     finally:
         torch.set_num_threads(before)
+
+
+def training_threads(current: int) -> int:
+    """The torch threads a workbench run trains with: one core left to the GUI thread
+    (the plan panel times its steps with the same number)."""
+    return max(1, min(current, (os.cpu_count() or 2) - 1))
 
 
 def lower_thread_priority(step: int = 5) -> bool:
@@ -185,7 +191,7 @@ class TrainingTab(QWidget):
         self.form.teacher_box.runs = lambda extra: find_runs(self.session, extra)
         # the planner's run for a time budget, above the form it fills in
         self.plan_panel = PlanPanel(lambda: self.form.run_config(validate=False),
-                                    self.form.set_config, self)
+                                    self.form.set_config, self, threads=training_threads)
         holder = QWidget(self)
         hl = QVBoxLayout(holder)
         hl.setContentsMargins(0, 0, 0, 0)

@@ -112,7 +112,9 @@ def _enospc_on_call(n: int):
 
 
 def test_a_full_disk_mid_training_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    # 32 samples, batch 16: one last checkpoint per epoch; the 2nd state file finds no room
+    # 32 samples, batch 16: one last checkpoint per epoch (no 30 s spacing between them);
+    # the 2nd state file finds no room
+    monkeypatch.setattr("vitdesk.engine.trainer.LAST_CHECKPOINT_S", 0.0)
     monkeypatch.setattr(torch, "save", _enospc_on_call(2))
     out = tmp_path / "run"
     with pytest.raises(DiskFullError) as info:

@@ -180,3 +180,34 @@ def test_shifted_ct_copy_raises_the_alarm(shift_run):
     for res in (noisy, scanner):
         assert res.fraction_above > base.fraction_above
         assert res.auroc > 0.7 and res.auroc > base.auroc
+
+
+def test_series_verdict_allows_what_one_in_distribution_patient_shows():
+    from vitdesk.analysis.shift import series_shifted
+
+    # 27 of 300 (9 %) is far beyond the binomial count for 5 % ...
+    assert series_shifted(27, 300, 0.05)
+    # ... but one held-out patient already raised the alarm on 20 % of its slices:
+    # correlated slices make that ordinary, so the series is not called shifted
+    assert not series_shifted(27, 300, 0.05, group_max=0.2)
+    assert series_shifted(200, 300, 0.05, group_max=0.2)
+
+
+def test_detector_records_the_most_alarming_held_out_patient():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(200, 8))
+    # held-out patients of 20 slices each; patient 3 sits a little off the training mean
+    held = rng.normal(size=(100, 8))
+    groups = np.repeat(np.arange(5), 20)
+    held[groups == 3] += 0.8
+    det = MahalanobisDetector(percentile=95).fit(train, held, holdout_groups=groups)
+    above = det.reference_distances > det.threshold
+    expected = max(above[groups == g].mean() for g in range(5))
+    assert det.reference_group_max == pytest.approx(expected)
+    assert det.reference_group_max >= above[groups == 3].mean() > 0.05
+    res = det.score(held[groups == 3])
+    assert res.reference_group_max == det.reference_group_max
+    assert not res.out_of_distribution  # an in-distribution patient is not an alarm
+    assert det.score(held[groups == 3] + 5.0).out_of_distribution
+    # without patient groups the detector falls back to the binomial rule alone
+    assert np.isnan(MahalanobisDetector().fit(train, held).reference_group_max)

@@ -93,6 +93,7 @@ class ShiftResult:
     n_reference: int = 0  # held-out cases the threshold was set on
     reference: str = ""  # "validation" | "held-out training split"
     covariance: str = ""  # "ledoit-wolf" | "sample"
+    reference_group_max: float = float("nan")  # highest alarm share of one held-out patient
 
     @property
     def observed_rate(self) -> float:
@@ -107,7 +108,8 @@ class ShiftResult:
     @property
     def out_of_distribution(self) -> bool:
         """The verdict for the scored cases as a whole (see :func:`series_shifted`)."""
-        return series_shifted(len(self.outliers), len(self.distances), self.expected_rate)
+        return series_shifted(len(self.outliers), len(self.distances), self.expected_rate,
+                              group_max=self.reference_group_max)
 
     def verdict(self) -> str:
         """One line for the point of decision: in/out of distribution, the alarms seen
@@ -125,6 +127,7 @@ class ShiftResult:
                 "expected_rate": self.expected_rate, "observed_rate": self.fraction_above,
                 "auroc": self.auroc, "reference": self.reference,
                 "n_reference": self.n_reference, "covariance": self.covariance,
+                "reference_patient_max_rate": self.reference_group_max,
                 "n": int(len(self.distances)), "n_outliers": int(len(self.outliers)),
                 "outliers": self.outliers.tolist()}
 
@@ -134,18 +137,24 @@ class ShiftResult:
 SERIES_P = 0.01
 
 
-def series_shifted(n_above: int, n: int, expected_rate: float, p: float = SERIES_P) -> bool:
+def series_shifted(n_above: int, n: int, expected_rate: float, p: float = SERIES_P,
+                   group_max: float = float("nan")) -> bool:
     """Whether ``n_above`` alarms among ``n`` slices say the series is out of distribution.
 
     In-distribution slices raise the alarm with probability ``expected_rate`` each, so
     a few alarms in a long series are expected; the series is shifted when the binomial
-    chance of at least ``n_above`` alarms is below ``p``. A single slice is shifted when
-    it raises the alarm (no count to test).
+    chance of at least ``n_above`` alarms is below ``p``. Slices of one patient are not
+    independent, so the count must also exceed the share seen in the most alarming
+    held-out in-distribution patient (``group_max``, when known); otherwise a long,
+    ordinary series with a few more alarms than average would be called shifted. A
+    single slice is shifted when it raises the alarm (no count to test).
     """
     if n <= 0 or n_above <= 0:
         return False
     if n == 1:
         return True
+    if math.isfinite(group_max) and n_above / n <= group_max:
+        return False
     from scipy.stats import binom
 
     return bool(binom.sf(n_above - 1, n, expected_rate) < p)
@@ -193,6 +202,9 @@ class MahalanobisDetector:
         self.threshold = float("nan")
         self.reference_distances = np.zeros(0)
         self.reference = ""
+        # highest alarm share of one held-out patient: slices of a patient are correlated,
+        # so an in-distribution series can exceed the binomial count (see series_shifted)
+        self.reference_group_max = float("nan")
         self.n_train = 0  # training rows behind the Gaussian (set by fit_run_detector)
 
     @property
@@ -207,7 +219,8 @@ class MahalanobisDetector:
         return float(np.median(d)) if len(d) else float("nan")
 
     def fit(self, train_features: np.ndarray, holdout_features: np.ndarray | None = None,
-            *, groups: np.ndarray | None = None) -> MahalanobisDetector:
+            *, groups: np.ndarray | None = None,
+            holdout_groups: np.ndarray | None = None) -> MahalanobisDetector:
         """Fit mean and covariance, and set the threshold on held-out distances.
 
         Args:
@@ -218,6 +231,9 @@ class MahalanobisDetector:
                 the Gaussian is fitted on one part and the threshold set on the other.
             groups: (N,) patient of each training row, so a patient is never on both
                 sides of that split.
+            holdout_groups: (M,) patient of each held-out row; with ``groups`` they give
+                the highest alarm share of one in-distribution patient, which the series
+                verdict must exceed.
         """
         f = np.asarray(train_features, dtype=np.float64)
         if f.ndim != 2 or f.shape[0] < 2:
@@ -228,15 +244,22 @@ class MahalanobisDetector:
                             f"features {f.shape}")
         if h is not None and len(h) >= MIN_REFERENCE:
             fit_rows, ref, self.reference = f, h, "validation"
+            ref_groups = holdout_groups
         else:
             if f.shape[0] < 4:
                 raise DataError(f"shift: need at least 4 training feature rows to hold some "
                                 f"out for the threshold, got {f.shape[0]}")
             a, b = _split(len(f), groups, self.holdout, self.seed)
             fit_rows, ref, self.reference = f[a], f[b], "held-out training split"
+            ref_groups = None if groups is None else np.asarray(groups)[b]
         self._fit_gaussian(fit_rows)
         self.reference_distances = self.distances(ref)
         self.threshold = conformal_threshold(self.reference_distances, self.percentile)
+        if ref_groups is not None and len(ref_groups) == len(ref):
+            above = self.reference_distances > self.threshold
+            ref_groups = np.asarray(ref_groups)
+            self.reference_group_max = max(
+                float(above[ref_groups == g].mean()) for g in np.unique(ref_groups))
         return self
 
     def _fit_gaussian(self, f: np.ndarray) -> None:
@@ -275,7 +298,8 @@ class MahalanobisDetector:
             self.threshold, self.percentile, float(len(above) / max(len(d), 1)), ratio, above,
             d, expected_rate=self.expected_rate,
             auroc=ood_auroc(self.reference_distances, d), n_reference=len(self.reference_distances),
-            reference=self.reference, covariance="ledoit-wolf" if self.shrinkage else "sample")
+            reference=self.reference, covariance="ledoit-wolf" if self.shrinkage else "sample",
+            reference_group_max=self.reference_group_max)
 
 
 def fit_run_detector(run: Any, train_records: list, val_records: list, *,
@@ -316,8 +340,8 @@ def fit_run_detector(run: Any, train_records: list, val_records: list, *,
 
     tf, groups = features(present)
     val = [r for r in val_records if os.path.isfile(r.path)]
-    vf = features(val)[0] if len(val) >= MIN_REFERENCE else None
+    vf, vgroups = features(val) if len(val) >= MIN_REFERENCE else (None, None)
     det = MahalanobisDetector(percentile=percentile, shrinkage=True, seed=seed).fit(
-        tf, vf, groups=groups)
+        tf, vf, groups=groups, holdout_groups=vgroups)
     det.n_train = len(tf)
     return det

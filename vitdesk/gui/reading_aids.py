@@ -87,6 +87,7 @@ class ReadingOverlay(QWidget):
         self.scale_px = 0.0  # and on screen
         self.colorbar: tuple[np.ndarray, float, float, str] | None = None  # lut, lo, hi, label
         self._colorbar_image: QImage | None = None
+        self._colorbar_scaled: QImage | None = None
         font = QFont(self.font())
         font.setPointSizeF(max(8.0, font.pointSizeF() * 0.95))
         self.setFont(font)
@@ -101,6 +102,7 @@ class ReadingOverlay(QWidget):
         """Show a colour bar for an overlay (``lut`` (n, 3|4) uint8), or hide it (None)."""
         self.colorbar = None if lut is None else (np.asarray(lut, np.uint8), lo, hi, label)
         self._colorbar_image = None if lut is None else _bar_image(self.colorbar[0])
+        self._colorbar_scaled: QImage | None = None
         self.update()
 
     # ------------------------------------------------------------------ paint
@@ -150,7 +152,10 @@ class ReadingOverlay(QWidget):
         _lut, lo, hi, label = self.colorbar
         bar_h = max(40, int(self.height() * 0.4))
         x, y = self.width() - _MARGIN - 44, (self.height() - bar_h) // 2
-        p.drawImage(QRectF(x, y, 12, bar_h), self._colorbar_image)
+        if self._colorbar_scaled is None or self._colorbar_scaled.height() != bar_h:
+            # scaled once per height: a cine frame must not rescale it
+            self._colorbar_scaled = self._colorbar_image.scaled(12, bar_h)
+        p.drawImage(int(x), int(y), self._colorbar_scaled)
         p.setPen(QPen(QColor("white"), 1))
         p.drawRect(QRectF(x, y, 12, bar_h))
         self._text(p, x + 16, y + fm.ascent(), f"{hi:.3g}")

@@ -246,7 +246,13 @@ def test_colorbar_shown_and_hidden(view):
     lut = overlay_lut("inferno")
     view.set_overlay_colorbar(lut, 0.0, 1.0, "attention")
     assert view.overlay.colorbar[3] == "attention"
-    view.overlay.grab()  # paints without error
+    img = view.overlay.grab().toImage()
+    w, h = view.overlay.width(), view.overlay.height()
+    bar_h = max(40, int(h * 0.4))
+    x, y = w - 8 - 44 + 6, (h - bar_h) // 2
+    top, bottom = img.pixelColor(x, y + 2), img.pixelColor(x, y + bar_h - 2)
+    assert abs(top.red() - int(lut[-1, 0])) < 12 and abs(top.green() - int(lut[-1, 1])) < 12
+    assert abs(bottom.red() - int(lut[0, 0])) < 12 and abs(bottom.blue() - int(lut[0, 2])) < 12
     view.set_overlay_colorbar(None)
     assert view.overlay.colorbar is None
 

@@ -258,3 +258,38 @@ def test_forgetting_on_the_parents_test_split(tmp_path, capsys):
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no parent run" in err and len(err.splitlines()) == 1
+
+
+def test_a_cancelled_continued_run_resumes_to_the_same_history(parent, tmp_path):
+    """Rehearsal draws by batch index and EWC's anchor is the parent: a cut run resumed
+    reproduces the uninterrupted one."""
+    from vitdesk.engine.events import StepDone
+    from vitdesk.errors import Cancelled
+    from vitdesk.jobs import CancelToken
+
+    def cfg_at(name):
+        cfg = tiny_cfg(tmp_path / name, epochs=2, batch=8)
+        cfg.continual.continue_from = str(parent)
+        cfg.continual.rehearsal, cfg.continual.ewc = 8, 10.0
+        cfg.log_every = 1
+        return cfg
+
+    def history(run):
+        return [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+
+    new = TrainData(squares(24, 5), squares(8, 6), list(CLASSES))
+    full = train(cfg_at("full"), data=new, earlier=squares(64, 0))
+    token = CancelToken()
+
+    def stop(ev):
+        if isinstance(ev, StepDone) and ev.global_step == 4:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train(cfg_at("cut"), token, [stop], data=new, earlier=squares(64, 0))
+    cut = train(cfg_at("cut"), data=new, resume=True)
+    a, b = history(full), history(cut)
+    assert [h["step"] for h in a] == [h["step"] for h in b] == [3, 6]
+    for x, y in zip(a, b, strict=True):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
+        assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-4)

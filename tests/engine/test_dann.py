@@ -119,3 +119,36 @@ def test_cli_refuses_a_missing_target(tmp_path, capsys):
                  "vit_test_tiny", "--device", "cpu", "--adapt", str(tmp_path / "elsewhere")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "adapt.source" in err and len(err.splitlines()) == 1
+
+
+def test_a_cancelled_adapted_run_resumes_to_the_same_history(tmp_path):
+    """The domain classifier is in the ``last`` checkpoint and target draws follow the
+    batch index: cut + resume reproduces the uninterrupted run."""
+    from vitdesk.engine.events import StepDone
+    from vitdesk.errors import Cancelled
+    from vitdesk.jobs import CancelToken
+
+    target = TensorDataset(squares(16, 9).tensors[0] + 1.0, torch.full((16,), -1))
+    new = TrainData(squares(24, 0), squares(8, 1), list(CLASSES), target=target)
+
+    def cfg_at(name):
+        cfg = tiny_cfg(tmp_path / name, epochs=2, batch=8)
+        cfg.log_every = 1
+        return cfg
+
+    def history(run):
+        return [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+
+    full = train(cfg_at("full"), data=new)
+    token = CancelToken()
+
+    def stop(ev):
+        if isinstance(ev, StepDone) and ev.global_step == 4:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train(cfg_at("cut"), token, [stop], data=new)
+    cut = train(cfg_at("cut"), data=new, resume=True)
+    for x, y in zip(history(full), history(cut), strict=True):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
+        assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-4)

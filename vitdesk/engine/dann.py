@@ -91,6 +91,12 @@ class DANNHook(TrainHook):
     def parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"domain_head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.head.load_state_dict(state["domain_head"])
+
     def target_batch(self, step: int, n: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + 29 + int(step))
         idx = torch.randint(0, len(self.target), (n,), generator=g).tolist()

@@ -231,6 +231,13 @@ class TrainHook:
         """Move what the hook holds to the training device."""
         return self
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the ``last`` checkpoint keeps of the hook (its trained parameters)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on resume."""
+
 
 # ---- state ----------------------------------------------------------------------------
 @dataclass
@@ -395,6 +402,9 @@ class Trainer:
             self.scaler.load_state_dict(rs["scaler"])
         if self.ema is not None and rs.get("ema") is not None:
             self.ema.module.load_state_dict(rs["ema"])
+        for hook, hs in zip(self.hooks, rs.get("hooks") or [], strict=False):
+            if hs:
+                hook.load_state_dict(hs)
         if rs.get("rng") is not None:
             ckpt.set_rng_state(rs["rng"])
         self._resume_state = None
@@ -416,6 +426,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "rng": ckpt.rng_state(),
+            "hooks": [h.state_dict() for h in self.hooks],
         }
         path = ckpt.save_checkpoint(self.run_dir / "checkpoints", "last",
                                     self.model.state_dict(), self._meta(), state)

@@ -7,7 +7,8 @@ with a faint blob in the abnormal class) and each seed:
    what ``vitdesk train`` runs without ``--model``) and vitdesk trains it;
 2. vitdesk trains ``resnet18`` from random weights on the same labels, split and seed, at
    the ViT's image size and batch, for the epochs that fill the ViT's measured training
-   time (its own step time measured by the same probe; the reference in the same run);
+   time (the first seed from its step time measured by the same probe, later seeds from
+   the epoch time the earlier CNN run measured; the reference in the same run);
 3. both are scored on the held-out test patients; the ViT-minus-CNN accuracy and AUC
    come with paired patient-bootstrap 95 % intervals
    (:func:`vitdesk.analysis.baseline.compare_with_baseline`).
@@ -16,7 +17,8 @@ It also records the plan's estimated against the measured training time. Prints 
 last and writes JSON (default bench/results/plan_quality.json).
 
     .venv/bin/python bench/plan_quality.py [--budget 60s] [--seeds 1,2,3] [--threads 1]
-        [--patients 24] [--slices 8] [--images 150] [--out bench/results/plan_quality.json]
+        [--patients 24] [--slices 8] [--images 150] [--blob 18] [--data ct,png]
+        [--out bench/results/plan_quality.json]
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ import numpy as np
 import torch
 
 
-def blob_pngs(root: Path, per_class: int, size: int, seed: int) -> Path:
+def blob_pngs(root: Path, per_class: int, size: int, seed: int, blob: float = 18.0) -> Path:
     """Greyscale PNGs (one patient each): noise around grey 90 (SD 20); ``lesion`` adds a
-    Gaussian blob of +18 grey levels, sigma 2 px, somewhere inside: visible when one looks
-    for it, invisible to a threshold."""
+    Gaussian blob of ``blob`` grey levels, sigma 2 px, somewhere inside: visible when one
+    looks for it, invisible to a threshold."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -47,7 +49,7 @@ def blob_pngs(root: Path, per_class: int, size: int, seed: int) -> Path:
             img = rng.normal(90, 20, (size, size))
             if label == "lesion":
                 cy, cx = rng.uniform(5, size - 5, 2)
-                img += 18 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.0 ** 2))
+                img += blob * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.0 ** 2))
             Image.fromarray(img.clip(0, 255).astype(np.uint8), mode="L").save(
                 root / label / f"{label}_{i:04d}.png")
     return root
@@ -57,8 +59,12 @@ def _train_seconds(run: Path) -> float:
     return float(json.loads((run / "env.json").read_text())["train_seconds"])
 
 
-def one(data: Path, work: Path, seed: int, budget: str) -> dict:
-    """Plan and train the ViT, train the CNN for the same time, compare them."""
+def one(data: Path, work: Path, seed: int, budget: str,
+        cnn_epoch_s: float | None = None) -> dict:
+    """Plan and train the ViT, train the CNN for the same time, compare them.
+
+    ``cnn_epoch_s``: seconds per CNN epoch measured by an earlier seed's CNN run on this
+    data (better than a few timed steps on a machine whose load changes)."""
     from vitdesk.analysis.baseline import evaluate_baseline
     from vitdesk.analysis.evaluation import evaluate_run
     from vitdesk.config import RunConfig, StageConfig
@@ -89,8 +95,9 @@ def one(data: Path, work: Path, seed: int, budget: str) -> dict:
     train_n = int(images * v.data.fractions[0])
     val_n = int(images * v.data.fractions[1])
     spe = -(-train_n // v.data.batch_size)
-    per_epoch = epoch_seconds(step, spe, v.data.batch_size, train_n, val_n, RunCosts())
-    epochs = max(3, min(300, int(vit_s / per_epoch)))
+    per_epoch = cnn_epoch_s or epoch_seconds(step, spe, v.data.batch_size, train_n, val_n,
+                                             RunCosts())
+    epochs = max(2, min(300, round(vit_s / per_epoch)))
     c.recipe.stages = [StageConfig("full", epochs, 1e-3, "all", 1.0)]
     cnn_dir = train(plan_run(c, check_files=True).cfg, planned=True)
     cnn_s = _train_seconds(cnn_dir)
@@ -108,7 +115,7 @@ def one(data: Path, work: Path, seed: int, budget: str) -> dict:
                 "estimated_s": round(plan.estimate.seconds, 1), "trained_s": vit_s,
                 "auc": t["auc"]},
         "cnn": {"model": "resnet18", "epochs": epochs, "trained_s": cnn_s,
-                "auc": t["baseline_auc"]},
+                "epoch_s": cnn_s / epochs, "auc": t["baseline_auc"]},
         "slices": t["n_slices"], "patients": t["n_patients"],
         "accuracy_diff": paired["accuracy"], "auc_diff": paired["auc"],
         "transfer": {k: t[k] for k in ("model", "baseline_model")},
@@ -135,6 +142,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--size", type=int, default=64, help="CT slice size in px")
     ap.add_argument("--images", type=int, default=150, help="greyscale images per class")
+    ap.add_argument("--blob", type=float, default=18.0,
+                    help="grey levels the lesion blob adds (noise SD 20)")
     ap.add_argument("--png-size", type=int, default=32)
     ap.add_argument("--data", default="ct,png", help="ct, png or both")
     ap.add_argument("--out", default="bench/results/plan_quality.json")
@@ -152,10 +161,13 @@ def main() -> None:
                             size=args.size, seed=0)
             sets["ct"] = root / "ct"
         if "png" in args.data:
-            sets["png"] = blob_pngs(root / "png", args.images, args.png_size, seed=0)
+            sets["png"] = blob_pngs(root / "png", args.images, args.png_size, seed=0,
+                                    blob=args.blob)
         for name, data in sets.items():
+            cnn_epoch_s = None
             for seed in seeds:
-                r = one(Path(data), root / f"runs-{name}", seed, args.budget)
+                r = one(Path(data), root / f"runs-{name}", seed, args.budget, cnn_epoch_s)
+                cnn_epoch_s = r["cnn"]["epoch_s"]
                 r["data"] = name
                 rows.append(r)
                 print(json.dumps(r), flush=True)

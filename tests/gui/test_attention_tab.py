@@ -193,3 +193,79 @@ def test_prediction_shows_its_trust_cues_and_greys_an_outside_slice(
     assert tab.pred_label.text().startswith("Outside what the model was trained on")
     assert not any(b.isEnabled() for b in tab.prob_bars)
     assert "OUT OF DISTRIBUTION" in tab.trust_label.text()
+
+
+def test_overlay_low_end_is_transparent_and_colour_bar_follows_it(qtbot, setup):
+    from vitdesk.gui.reading_aids import overlay_lut
+
+    session, view, current, tab = setup
+    _wait_result(qtbot, tab, session.viewer.index)
+    assert tab.overlay.isVisible()
+    lut = tab.overlay.lut
+    # RGBA: value 0 is fully see-through (the slice shows), the top end fully opaque
+    assert lut.shape == (256, 4) and lut[0, 3] == 0 and lut[-1, 3] == 255
+    np.testing.assert_array_equal(lut, overlay_lut("inferno"))
+    # what the viewer paints: a cold pixel adds nothing, a hot one its colour
+    rgba = tab.overlay.lut[np.rint(tab.overlay.image * 255).astype(int)]
+    cold = tab.overlay.image < 0.05
+    assert cold.any() and (rgba[cold, 3] == 0).all()
+    # the colour bar is shown with the overlay, with its range and name
+    bar = view.overlay.colorbar
+    assert bar is not None and bar[1:] == (0.0, 1.0, "attention")
+    np.testing.assert_array_equal(bar[0], lut)
+    # a new colormap: overlay and bar change together
+    tab.cmap_combo.setCurrentText("viridis")
+    np.testing.assert_array_equal(tab.overlay.lut, overlay_lut("viridis"))
+    np.testing.assert_array_equal(view.overlay.colorbar[0], overlay_lut("viridis"))
+    # hidden with the overlay: unchecked, or another tab shown
+    tab.show_check.setChecked(False)
+    assert not tab.overlay.isVisible() and view.overlay.colorbar is None
+    tab.show_check.setChecked(True)
+    assert tab.overlay.isVisible() and view.overlay.colorbar is not None
+    tab.hide()
+    assert not tab.overlay.isVisible() and view.overlay.colorbar is None
+    tab.show()
+    assert view.overlay.colorbar is not None
+    view.grab()  # the bar paints
+
+
+def test_export_is_at_the_source_slice_resolution(qtbot, setup, sample_dir, tmp_path):  # noqa: F811
+    import pydicom
+
+    from vitdesk.gui.tabs.attention_tab import source_resolution
+    from vitdesk.imaging.io import load_path
+
+    session, view, current, tab = setup
+    vol = load_path(sample_dir / "case_002").volumes[0]
+    ds = pydicom.dcmread(vol.source_files[1])
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    assert (rows, cols) != (current.run.img_size,) * 2  # 48 px vs the model's 32
+    session.viewer.set_volume(vol)
+    session.viewer.set_axis("axial")
+    session.viewer.set_index(1)
+    _wait_result(qtbot, tab, 1)
+    view.resize(700, 500)  # the screen shows it larger: the export must not follow the screen
+    blended = cv2.imread(str(tab.export_png(tmp_path / "blend.png")), cv2.IMREAD_UNCHANGED)
+    assert blended.shape == (rows, cols, 3)
+    alone = cv2.imread(str(tab.export_png(tmp_path / "map.png", blended=False)),
+                       cv2.IMREAD_UNCHANGED)
+    assert alone.shape == (rows, cols) and alone.dtype == np.uint8
+    heat = tab.current_map()
+    np.testing.assert_array_equal(alone, np.rint(heat * 255).astype(np.uint8))
+    assert alone.max() == 255
+    # a cold pixel is the windowed slice unchanged (transparent low end); a hot one is not
+    from vitdesk.imaging.windowing import apply_window
+
+    grey = np.rint(np.clip(apply_window(vol.hu[1], session.window.width,
+                                        session.window.level), 0, 1) * 255)
+    cold = heat < 0.05
+    if cold.any():
+        assert np.abs(blended[cold].astype(int) - grey[cold][:, None]).max() <= 1
+    hot = heat > 0.95
+    assert np.abs(blended[hot].astype(int) - grey[hot][:, None]).max() > 5
+    # a map of another size is resampled to the slice's rows x columns
+    small = np.zeros((32, 32), np.float32)
+    small[:, 16:] = 1.0
+    big = source_resolution(small, (rows, cols + 12))
+    assert big.shape == (rows, cols + 12)
+    assert big[:, :10].max() == 0 and big[:, -10:].min() == 1

@@ -44,10 +44,18 @@ from PySide6.QtWidgets import (
 from vitdesk.gui import geometry
 from vitdesk.gui.analysis_jobs import SliceAttention, attention_job
 from vitdesk.gui.dialogs import gui_words, show_error
+from vitdesk.gui.reading_aids import overlay_lut
 from vitdesk.gui.run_state import CurrentRun, RunPicker
 from vitdesk.gui.session import Session
 from vitdesk.gui.slice_view import SliceView
-from vitdesk.gui.tabs.analysis_common import OUTSIDE_COLOUR, hint, scroll_layout, trust_html
+from vitdesk.gui.tabs.analysis_common import (
+    HINT_STYLE,
+    OUTSIDE_COLOUR,
+    WARN_COLOUR,
+    hint,
+    scroll_layout,
+    trust_html,
+)
 from vitdesk.gui.worker import Task
 
 MODES = ("Rollout", "Head mean", "Layer / head", "Grad-CAM")
@@ -79,6 +87,9 @@ class AttentionTab(QWidget):
         pred_box = QGroupBox("Prediction for this slice", self)
         pl = QVBoxLayout(pred_box)
         pl.addWidget(self.pred_label)
+        # ground truth beside the prediction: the workspace's label of this slice
+        self.truth_label = QLabel("", self)
+        pl.addWidget(self.truth_label)
         pl.addLayout(self.prob_grid)
         self.trust_label = QLabel("", self)
         self.trust_label.setWordWrap(True)
@@ -145,6 +156,8 @@ class AttentionTab(QWidget):
         self.overlay.setOpacity(self.opacity_slider.value() / 100)
         self.overlay.setVisible(False)
         view.view.addItem(self.overlay)
+        self.lut = overlay_lut(self.cmap_combo.currentText())
+        self._bar_lut: np.ndarray | None = None  # the lut of the colour bar shown, if any
         self._apply_cmap()
 
         self.debounce = QTimer(self)
@@ -171,6 +184,7 @@ class AttentionTab(QWidget):
         from vitdesk.engine.models import is_cnn  # here: the module pulls in timm
 
         self.result = None
+        self.truth_label.setText("")
         self._set_cnn(run is not None and is_cnn(run.model))
         for bar in self.prob_bars:
             bar.deleteLater()
@@ -287,10 +301,34 @@ class AttentionTab(QWidget):
             bar.setStyleSheet(f"QProgressBar::chunk {{ background: {OUTSIDE_COLOUR}; }}"
                               if outside else "")
         self.trust_label.setText(trust_html(trust) if trust is not None else "")
+        self._show_truth(res.classes[k])
         self.export_button.setEnabled(True)
         self.status.setText(f"Slice {self.session.viewer.index + 1} "
                             f"({self.session.viewer.axis}).")
         self.redraw()
+
+    def slice_label(self) -> str | None:
+        """The label of the slice in the viewer from the open workspace (its own label,
+        else its series' label), or None when not known."""
+        ws, key = self.session.workspace, self.session.current_key
+        if ws is None or key is None or self.session.viewer.axis != "axial":
+            return None
+        try:
+            return ws.labels_for_series(key).get(self.session.viewer.index)
+        except Exception:  # noqa: BLE001 - a series the workspace does not hold: not known
+            return None
+
+    def _show_truth(self, predicted: str) -> None:
+        label = self.slice_label()
+        if label is None:
+            self.truth_label.setText("Label: not known (label it in the Dataset tab)")
+            self.truth_label.setStyleSheet(HINT_STYLE)
+        elif label == predicted:
+            self.truth_label.setText(f"Label: {label} (agrees)")
+            self.truth_label.setStyleSheet("")
+        else:
+            self.truth_label.setText(f"Label: {label} ✗ disagrees with the prediction")
+            self.truth_label.setStyleSheet(f"color: {WARN_COLOUR};")
 
     # ----------------------------------------------------------------- drawing
     def current_map(self) -> np.ndarray | None:
@@ -327,8 +365,10 @@ class AttentionTab(QWidget):
         self._update_visibility()
 
     def _apply_cmap(self) -> None:
-        cmap = pg.colormap.get(self.cmap_combo.currentText())
-        self.overlay.setLookupTable(cmap.getLookupTable(0.0, 1.0, 256))
+        # RGBA with a see-through low end: cold regions leave the slice untouched
+        self.lut = overlay_lut(self.cmap_combo.currentText())
+        self.overlay.setLookupTable(self.lut)
+        self._update_visibility()
 
     def _on_opacity(self, value: int) -> None:
         self.opacity_value.setText(f"{value}%")
@@ -343,8 +383,18 @@ class AttentionTab(QWidget):
         self.redraw()
 
     def _update_visibility(self) -> None:
-        self.overlay.setVisible(self.result is not None and self.show_check.isChecked()
-                                and self.isVisible())
+        shown = (self.result is not None and self.show_check.isChecked()
+                 and self.isVisible())
+        self.overlay.setVisible(shown)
+        # the colour bar belongs to the overlay: shown with it, hidden without it
+        self._set_colorbar(self.lut if shown else None)
+
+    def _set_colorbar(self, lut: np.ndarray | None) -> None:
+        # only on a change: every cine frame passes here, and a new bar repaints the view
+        if lut is self._bar_lut:
+            return
+        self._bar_lut = lut
+        self.slice_view.set_overlay_colorbar(lut, 0.0, 1.0, "attention")
 
     def showEvent(self, ev) -> None:  # noqa: N802 - Qt naming
         super().showEvent(ev)
@@ -355,10 +405,14 @@ class AttentionTab(QWidget):
         # The overlay belongs to this tab: other tabs show a clean slice.
         super().hideEvent(ev)
         self.overlay.setVisible(False)
+        self._set_colorbar(None)
 
     # ----------------------------------------------------------------- export
-    def export_png(self, path: str | Path) -> Path:
-        """Write the slice (current display window) blended with the map as a PNG."""
+    def export_png(self, path: str | Path, blended: bool = True) -> Path:
+        """Write the map at the slice's own resolution (its rows x columns in the source,
+        never the model's input size nor the screen's): blended with the slice (current
+        display window, the viewer's colormap and opacity) or, with ``blended`` False, the
+        map alone as 8-bit grey (0..255 = the map's 0..1)."""
         import cv2
 
         from vitdesk.imaging.windowing import apply_window
@@ -367,31 +421,49 @@ class AttentionTab(QWidget):
         vol = self.session.viewer.volume
         if heat is None or vol is None:
             raise RuntimeError("no attention map to export yet")
-        img = apply_window(geometry.plane(vol, self.session.viewer.axis,
-                                          self.session.viewer.index),
-                           self.session.window.width, self.session.window.level)
-        # The viewer's own colormap, so the file looks like the screen.
-        rgb = _blend(img, heat, self.opacity_slider.value() / 100.0,
-                     self.cmap_combo.currentText())
+        plane = geometry.plane(vol, self.session.viewer.axis, self.session.viewer.index)
+        heat = source_resolution(heat, plane.shape)
+        if blended:
+            img = apply_window(plane, self.session.window.width, self.session.window.level)
+            # the viewer's colormap and see-through low end, so the file looks like the screen
+            out = _blend(img, heat, self.opacity_slider.value() / 100.0, self.lut)[..., ::-1]
+        else:
+            out = np.clip(np.rint(heat * 255), 0, 255).astype(np.uint8)
         path = Path(path)
-        if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        if not cv2.imwrite(str(path), np.ascontiguousarray(out)):
             raise OSError(f"{path}: could not write the PNG; check the folder")
         return path
 
     def _export_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export attention overlay",
-                                              "attention.png", "PNG images (*.png)")
+        path, chosen = QFileDialog.getSaveFileName(
+            self, "Export attention overlay", "attention.png",
+            f"{EXPORT_BLENDED} (*.png);;{EXPORT_MAP} (*.png)")
         if path:
             try:
-                self.export_png(path)
+                self.export_png(path, blended=not chosen.startswith(EXPORT_MAP))
                 self.session.message.emit(f"Overlay written to {path}")
             except Exception as exc:  # noqa: BLE001 - shown to the user
                 show_error(self, exc)
 
 
-def _blend(img: np.ndarray, heat: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
-    """Grey [0, 1] image blended with a pyqtgraph colormap (for maps matplotlib lacks)."""
-    lut = pg.colormap.get(cmap).getLookupTable(0.0, 1.0, 256)[:, :3].astype(np.float32) / 255
-    colour = lut[np.clip(np.rint(heat * 255), 0, 255).astype(int)]
+EXPORT_BLENDED = "Map blended with the slice"
+EXPORT_MAP = "Map alone, 8-bit grey"
+
+
+def source_resolution(heat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``heat`` resampled (bilinear) to the slice's rows x columns, if it differs."""
+    import cv2
+
+    rows, cols = int(shape[0]), int(shape[1])
+    if heat.shape == (rows, cols):
+        return heat
+    return cv2.resize(heat.astype(np.float32), (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+def _blend(img: np.ndarray, heat: np.ndarray, alpha: float, lut: np.ndarray) -> np.ndarray:
+    """Grey [0, 1] image blended with an RGBA lookup table (its alpha times ``alpha``)."""
+    rgba = lut[np.clip(np.rint(heat * (len(lut) - 1)), 0, len(lut) - 1).astype(int)]
+    colour = rgba[..., :3].astype(np.float32) / 255
+    a = alpha * rgba[..., 3:4].astype(np.float32) / 255
     grey = np.repeat(np.clip(img, 0, 1)[..., None], 3, axis=2)
-    return np.clip(np.rint(((1 - alpha) * grey + alpha * colour) * 255), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(((1 - a) * grey + a * colour) * 255), 0, 255).astype(np.uint8)

@@ -98,7 +98,12 @@ def test_plain_inference_on_test_split_reports_accuracy(qtbot, setup):
     # the number says its level, cut and that TTA was off
     assert f"slice accuracy [p >= 0.5, TTA off] {acc:.3f}" in tab.summary.text()
     cells = table_values(tab.table)
-    assert all(c[-1] in ("normal", "lesion") for c in cells)
+    # the ground truth beside the prediction, marked where they disagree
+    pred_names = [res.classes[k] for k in res.predicted]
+    truth = [res.classes[k] for k in res.labels]
+    assert [c[-1] for c in cells] == [t if t == p else f"{t} ✗"
+                                      for t, p in zip(truth, pred_names, strict=True)]
+    assert tab.table.horizontalHeaderItem(tab.table.columnCount() - 1).text() == "Label"
     # every row carries its conformal set; "refer" is said where it is not one class
     headers = [tab.table.horizontalHeaderItem(i).text() for i in range(tab.table.columnCount())]
     set_col, pred_col = headers.index("Set"), headers.index("Predicted")

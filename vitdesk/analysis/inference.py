@@ -118,6 +118,9 @@ class SlicePredictions:
     trust_notes: list[str] = field(default_factory=list)
     calibration_text: str = ""
     conformal_text: str = ""
+    # records: (series key, file, frame) of each row, so a viewer can open that slice;
+    # file paths may name patients: never written to exports or reports
+    origins: list[tuple[str, str, int]] | None = field(default=None, repr=False)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -278,8 +281,10 @@ def predict_records(run: LoadedRun, data_src: str | Path | None = None,
     ds = records_dataset(run, records)
     labels = np.asarray(ds.targets, dtype=int)
     idx = np.arange(len(ds))
-    return _score(run, lambda: dataset_batches(ds, idx, o.batch_size, False), len(ds),
+    pred = _score(run, lambda: dataset_batches(ds, idx, o.batch_size, False), len(ds),
                   case_names(records), labels, "records", o, trust, cancel, listener)
+    pred.origins = [(r.series, r.path, int(r.frame)) for r in records]
+    return pred
 
 
 __all__ = ["RunTrust", "SlicePredictions", "case_names", "predict_records", "predict_slices",

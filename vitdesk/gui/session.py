@@ -6,6 +6,8 @@ the signals; every slow step runs in a :class:`~vitdesk.gui.worker.Task`.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,24 @@ from vitdesk.imaging.volume import Volume
 
 WORKSPACE_DB = "workspace.sqlite"
 FALLBACK_WINDOW = CT_FALLBACK_WINDOW  # soft tissue, when a CT file carries no window
+
+
+def _norm(path: str | Path) -> str:
+    return os.path.normcase(os.path.realpath(str(path)))
+
+
+def slice_index(files: Sequence[str | Path], path: str | Path, frame: int = 0) -> int | None:
+    """The axial index of ``path`` (frame ``frame``) in a series whose slices came from
+    ``files`` in viewer order (:attr:`Volume.source_files`), or None if not there.
+
+    A multi-frame file repeats in ``files``: its frames are taken in file order (the
+    order a multi-frame CT is written in; the loader sorts frames by position).
+    """
+    target = _norm(path)
+    hits = [i for i, f in enumerate(files) if _norm(f) == target]
+    if not hits:
+        return None
+    return hits[min(max(int(frame), 0), len(hits) - 1)] if len(hits) > 1 else hits[0]
 
 
 def is_workspace(path: str | Path) -> bool:
@@ -67,7 +87,8 @@ class Session(QObject):
         self.thumb_task: Task | None = None
         self.current_key: str | None = None
         self._wanted: str | None = None
-        self._pending_slice: tuple[str, int] | None = None  # (key, axial index) to go to
+        # (key, axial index) to go to, or (key, (file, frame)) found once the series is loaded
+        self._pending_slice: tuple[str, Any] | None = None
         # folders opened this session: trained runs beside the images are offered too
         # (``vitdesk gui DEMO_OUT`` finds DEMO_OUT/run)
         self.opened_folders: list[Path] = []
@@ -144,11 +165,45 @@ class Session(QObject):
             self.open_series(key)
         return True
 
+    def record_slice(self, series_key: str, path: str | Path, frame: int = 0
+                     ) -> tuple[str, int] | None:
+        """(open series key, 0-based axial index) of a dataset record's slice (its
+        series key, file and frame), or None when the series is not open here."""
+        key = self.find_series(series_key)
+        if key is None:
+            return None
+        vol = self.library.cached(key)
+        files = vol.source_files if vol is not None else self.library.entries[key].files
+        index = slice_index(files, path, frame)
+        return None if index is None else (key, index)
+
+    def open_record(self, series_key: str, path: str | Path, frame: int = 0) -> bool:
+        """Show a dataset record's slice (series key, file, frame) in the viewer; the
+        index is read from the loaded volume's own slice order. False, with a status
+        message, when its series is not open here."""
+        key = self.find_series(series_key)
+        if key is None or self.record_slice(key, path, frame) is None:
+            self.message.emit(f"Series {series_key[:8]} is not open here: open its folder or "
+                              "workspace first.")
+            return False
+        self._pending_slice = (key, (str(path), int(frame)))
+        if self.current_key == key and self.viewer.volume is not None:
+            self._go_to_pending()
+        else:
+            self.open_series(key)
+        return True
+
     def _go_to_pending(self) -> None:
         if self._pending_slice is None or self._pending_slice[0] != self.current_key:
             return
         index = self._pending_slice[1]
         self._pending_slice = None
+        if isinstance(index, tuple):  # a record: its place in the volume just loaded
+            vol = self.viewer.volume
+            index = slice_index(vol.source_files if vol is not None else (), *index)
+            if index is None:
+                self.message.emit("That slice is not in the loaded series.")
+                return
         self.viewer.set_axis("axial")
         self.viewer.set_index(index)
 

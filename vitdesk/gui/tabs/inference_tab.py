@@ -60,6 +60,16 @@ from vitdesk.gui.tabs.analysis_common import (
 )
 from vitdesk.gui.worker import Task
 
+NOT_OPEN_TIP = "Its series is not open: open the run's data folder or workspace to see it"
+DISAGREE_TIP = "The label disagrees with the prediction"
+
+
+def truth_text(label: str | None, predicted: str) -> str:
+    """A ground-truth cell: the label, marked ✗ when it disagrees with the prediction."""
+    if label is None:
+        return "–"
+    return label if label == predicted else f"{label} ✗"
+
 
 class InferenceTab(QWidget):
     """Per-slice predictions of the current run, plain or with TTA."""
@@ -153,6 +163,9 @@ class InferenceTab(QWidget):
 
         self.table = make_table(["#", "Predicted"], self)
         self.table.cellClicked.connect(lambda r, _c: self.select_case(r))
+        self.table.cellDoubleClicked.connect(lambda r, _c: self.open_row(r))
+        self.table.setToolTip("Double-click a row to show its slice in the viewer")
+        self.row_names: list[str] = []  # column 0: slice numbers as the viewer counts them
 
         top = QWidget(self)
         tl2 = QVBoxLayout(top)
@@ -177,6 +190,9 @@ class InferenceTab(QWidget):
         session.viewer.volume_changed.connect(lambda _v: self._sync_cursor())
         session.viewer.axis_changed.connect(lambda _a: self._sync_cursor())
         current.changed.connect(lambda _run: self.clear())
+        # a folder opened after the run: its series' slice numbers become known
+        session.import_finished.connect(lambda _r: self._relabel())
+        session.workspace_changed.connect(lambda _w: self._relabel())
 
     # ----------------------------------------------------------------- options
     def tta_config(self) -> TTAConfig | None:
@@ -229,6 +245,7 @@ class InferenceTab(QWidget):
 
     def clear(self) -> None:
         self.result = None
+        self.row_names = []
         self.table.setRowCount(0)
         self.curve.setData([], [])
         self.band_hi.setData([], [])
@@ -250,10 +267,12 @@ class InferenceTab(QWidget):
         self.class_combo.blockSignals(False)
         headers = ["#" if res.source == "series" else "Slice", "Predicted"]
         headers += [f"P({c})" for c in res.classes] + ["± (TTA)", "Set", "Shift"]
-        if res.labels is not None:
+        truth = self.ground_truth()
+        if truth is not None:
             headers.append("Label")
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
+        self.row_names = self._row_names()
         rows, wrong = [], []
         refer, outside = res.refer, res.outside
         pred = res.predicted
@@ -264,19 +283,26 @@ class InferenceTab(QWidget):
                 shown += " (outside training data)"
             elif refer is not None and refer[i]:
                 shown += " (refer)"
-            row: list[Any] = [str(i + 1) if res.source == "series" else res.names[i],
+            row: list[Any] = [self.row_names[i],
                               shown, *[float(p) for p in res.probs[i]],
                               float(res.uncertainty[i]),
                               "–" if res.sets is None else (res.sets[i] or "(empty)"),
                               "–" if res.shift is None else
                               f"{'out' if outside[i] else 'in'} "
                               f"({res.shift.distances[i] / res.shift.threshold:.2f}×)"]
-            if res.labels is not None:
-                row.append(res.classes[int(res.labels[i])])
-                if int(res.labels[i]) != k:
+            if truth is not None:
+                label = truth[i]
+                row.append(truth_text(label, res.classes[k]))
+                if label is not None and label != res.classes[k]:
                     wrong.append(i)
             rows.append(row)
         fill_table(self.table, rows, warn_rows=wrong)
+        if truth is not None:
+            for i in wrong:
+                self.table.item(i, len(headers) - 1).setToolTip(DISAGREE_TIP)
+        for i, name in enumerate(self.row_names):
+            if name.endswith("#?"):
+                self.table.item(i, 0).setToolTip(NOT_OPEN_TIP)
         self._grey_rows(np.flatnonzero(outside))
         self.plot.getPlotItem().setLabel("bottom", "slice" if res.source == "series" else "case")
         self._draw_strip()
@@ -288,6 +314,66 @@ class InferenceTab(QWidget):
             parts.insert(1, f"{res.accuracy_text()} ({len(wrong)} wrong, amber)")
         self.summary.setText("; ".join(parts))
         self.trust_label.setText(trust_html(res))
+
+    # ----------------------------------------------------------------- rows <-> viewer
+    def ground_truth(self) -> list[str | None] | None:
+        """Each row's known label (class name or None), or None when nothing is known:
+        the data set's labels, or for the open series the workspace's slice labels."""
+        res = self.result
+        if res is None:
+            return None
+        if res.labels is not None:
+            return [res.classes[int(c)] for c in res.labels]
+        ws, key = self.session.workspace, self.session.current_key
+        if res.source != "series" or ws is None or key is None or not self._series_mode():
+            return None
+        try:
+            known = ws.labels_for_series(key)
+        except Exception:  # noqa: BLE001 - a series the workspace does not hold: no labels
+            return None
+        if not known:
+            return None
+        return [known.get(i) for i in range(len(res.probs))]
+
+    def _row_names(self) -> list[str]:
+        """Column 0: the slice number as the viewer counts it (1-based). Data-set rows are
+        ``KEY#N`` (the browser's search opens it); ``KEY#?`` while the series is not open."""
+        res = self.result
+        if res is None:
+            return []
+        if res.source == "series" or not res.origins:
+            return [str(i + 1) for i in range(len(res.probs))] if res.source == "series" \
+                else list(res.names)
+        names = []
+        for series, path, frame in res.origins:
+            found = self.session.record_slice(series, path, frame)
+            names.append(f"{series[:8]}#{found[1] + 1}" if found else f"{series[:8]}#?")
+        return names
+
+    def _relabel(self) -> None:
+        res = self.result
+        if res is None or res.source == "series" or not self.table.rowCount():
+            return
+        self.row_names = self._row_names()
+        for i, name in enumerate(self.row_names):
+            item = self.table.item(i, 0)
+            if item is not None:
+                item.setText(name)
+                item.setToolTip("" if not name.endswith("#?") else NOT_OPEN_TIP)
+
+    def open_row(self, i: int) -> bool:
+        """Show row ``i``'s slice in the viewer: the open series' slice, or a data-set
+        record's slice of its series (loaded if needed). False when it is not open here."""
+        res = self.result
+        if res is None or not 0 <= i < len(res.probs):
+            return False
+        if res.source == "series":
+            self.select_case(i)
+            return self._series_mode()
+        if not res.origins:
+            return False
+        series, path, frame = res.origins[i]
+        return self.session.open_record(series, path, frame)
 
     def _grey_rows(self, rows: Any) -> None:
         from PySide6.QtGui import QColor
@@ -386,8 +472,11 @@ class InferenceTab(QWidget):
                 head.append("label")
             w.writerow(head)
             pred, outside = res.predicted, res.outside
+            # data-set rows by the slice number the viewer shows, as the table names them
+            names = (self.row_names if res.source != "series"
+                     and len(self.row_names) == len(res.probs) else res.names)
             for i in range(len(res.probs)):
-                row = [i, res.names[i], res.classes[int(pred[i])],
+                row = [i, names[i], res.classes[int(pred[i])],
                        *[f"{p:.6f}" for p in res.probs[i]], *[f"{s:.6f}" for s in res.std[i]],
                        f"{res.uncertainty[i]:.6f}",
                        "" if res.sets is None else (res.sets[i] or "(empty)"),

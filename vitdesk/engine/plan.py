@@ -15,7 +15,12 @@ the field and the fix. The rules:
 - ``teacher.mode`` empty becomes token for a distilled student, else soft; token needs
   a distilled student; a teacher must share image size and window;
 - backbone cards (window, size) and a coarse ViT grid give notices;
-- a resumed run keeps its ``config.toml``; a flag that would change it is refused.
+- a resumed run keeps its ``config.toml``; a flag that would change it is refused;
+- a continued run (``continual.continue_from``) takes its parent's model, image size,
+  patch, pooling and window (a flag that differs is refused, named), starts from the
+  parent's weights (no ``weights.pretrained``), and the parent must have finished;
+  rehearsal and EWC need a parent; ``adapt.source`` must exist and the model have one
+  head (not ``*_distilled``).
 
 The data-driven planner (image size, patch, batch, epochs from a fingerprint of the
 data and a measured step time) lives in :mod:`vitdesk.engine.planner`.

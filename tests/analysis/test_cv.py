@@ -27,6 +27,9 @@ def test_mean_interval_is_the_t_interval_of_the_mean():
     t = mean_interval([0.6, float("nan"), 0.8, None])
     assert t.n == 2 and t.mean == pytest.approx(0.7)
     assert math.isnan(mean_interval([0.5]).sd) and mean_interval([]).n == 0
+    # accuracies near 1: the interval stops at 1
+    near = mean_interval([1.0, 1.0, 0.92, 1.0, 1.0], bounds=(0.0, 1.0))
+    assert near.hi == 1.0 and near.lo == pytest.approx(0.984 - 2.7764451 * 0.0357771 / 5**0.5)
 
 
 def _fold(rng: np.random.Generator, n: int, shift: float, cut: float) -> dict:
@@ -66,14 +69,14 @@ def test_pooled_metrics_count_each_folds_own_decisions_and_rank_all_probabilitie
 
 def test_cv_table_shows_folds_spread_and_pooled():
     folds = [{"fold": i, "n_patients": 4, "n_slices": 8, "cuts": {"slice": "p >= 0.5",
-              "patient": "p >= 0.612, validation Youden's J"},
+              "patient": f"p >= 0.6{i}2, validation Youden's J"},
               "slice_accuracy": a, "slice_auc": a + 0.1, "patient_accuracy": a,
               "patient_auc": None} for i, a in ((1, 0.75), (2, 0.5), (3, 1.0))]
     r = CVResult(k=3, seed=0, classes=["normal", "lesion"], folds=folds)
     r.summary = {k: mean_interval([f[k] for f in folds])
                  for k in ("slice_accuracy", "slice_auc", "patient_accuracy", "patient_auc")}
     lines = r.table().splitlines()
-    assert "slice accuracy [p >= 0.5]" in lines[0] and "[p >= 0.612 val. Youden]" in lines[0]
+    assert "slice accuracy [p >= 0.5]" in lines[0] and "[each fold's val. Youden]" in lines[0]
     assert lines[4].startswith("mean +- SD") and "0.750 +- 0.250" in lines[4]
     assert lines[5].startswith("95% CI (t)")
     assert r.to_dict()["summary"]["patient_auc"]["n"] == 0  # undefined: no number made up

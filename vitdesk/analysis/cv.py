@@ -57,11 +57,13 @@ class FoldSpread:
         return {"mean": self.mean, "sd": self.sd, "lo": self.lo, "hi": self.hi, "n": self.n}
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> FoldSpread:
+def mean_interval(values: Sequence[float], confidence: float = 0.95,
+                  bounds: tuple[float, float] | None = None) -> FoldSpread:
     """Mean, sample SD (ddof 1) and the t interval of the mean of the finite ``values``.
 
     Folds are few (5 or 10), so the normal 1.96 would be too narrow: the interval uses
-    Student's t with n - 1 degrees of freedom. Fewer than two values give NaN spread.
+    Student's t with n - 1 degrees of freedom, clipped to ``bounds`` (an accuracy or AUC
+    cannot pass 1). Fewer than two values give NaN spread.
     """
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     n = int(v.size)
@@ -74,7 +76,10 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> FoldSpre
 
     sd = float(v.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return FoldSpread(mean, sd, mean - half, mean + half, n)
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return FoldSpread(mean, sd, lo, hi, n)
 
 
 def fold_numbers(metrics_doc: dict) -> dict[str, Any]:
@@ -155,15 +160,15 @@ class CVResult:
             "format": CV_FORMAT, "k": self.k, "seed": self.seed, "classes": self.classes,
             "finished": self.finished, "folds": self.folds,
             "summary": {k: v.to_dict() for k, v in self.summary.items()},
-            "interval": "95% t interval of the mean over folds (df = folds - 1)",
+            "interval": "95% t interval of the mean over folds (df = folds - 1), clipped "
+                        "to [0, 1]",
             "pooled": self.pooled, "notes": self.notes,
         })
 
     def table(self) -> str:
         """Per-fold numbers, mean +- SD, the 95% interval and the pooled line (console)."""
-        cuts = self.folds[0]["cuts"] if self.folds else {}
         heads = ["fold", "patients", "slices"] + [
-            f"{lv} {key}" + (f" [{_short_cut(cuts.get(lv, ''))}]" if key == "accuracy" else "")
+            f"{lv} {key}" + (f" [{self.cut_words(lv)}]" if key == "accuracy" else "")
             for lv, key in CV_METRICS]
         rows = [[str(f["fold"]), str(f["n_patients"]), str(f["n_slices"])]
                 + [_f(f.get(f"{lv}_{key}")) for lv, key in CV_METRICS] for f in self.folds]
@@ -181,8 +186,15 @@ class CVResult:
                          for r in [heads, *rows])
 
 
-def _short_cut(cut: str) -> str:
-    return cut.replace(", validation Youden's J", " val. Youden")
+    def cut_words(self, level: str) -> str:
+        """The decision cut of ``level``'s accuracy: the one cut every fold used, or
+        whose cut each fold chose (a validation cut differs from fold to fold)."""
+        cuts = {f["cuts"].get(level, "") for f in self.folds}
+        if len(cuts) == 1:
+            return cuts.pop().replace(", validation Youden's J", " val. Youden")
+        if all("Youden" in c or c == "p >= 0.5" for c in cuts):
+            return "each fold's val. Youden"
+        return "each fold's cut"
 
 
 def _f(v: Any) -> str:
@@ -339,7 +351,8 @@ def cross_validate(
         oof.append(_load_oof(run / "eval" / OOF_FILE, doc))
         atomic_write_json(parent / "cv.json", result.to_dict(), allow_nan=False)
     emit(list(listeners), Progress(_TASK, k, k, "summary"))
-    result.summary = {f"{lv}_{key}": mean_interval([f[f"{lv}_{key}"] for f in result.folds])
+    result.summary = {f"{lv}_{key}": mean_interval([f[f"{lv}_{key}"] for f in result.folds],
+                                                   bounds=(0.0, 1.0))
                       for lv, key in CV_METRICS}
     result.pooled = pooled_metrics(oof, result.classes, patient_score=o.patient_score,
                                    topk=o.topk, n_boot=o.n_boot, seed=o.seed)

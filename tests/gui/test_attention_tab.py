@@ -269,3 +269,42 @@ def test_export_is_at_the_source_slice_resolution(qtbot, setup, sample_dir, tmp_
     big = source_resolution(small, (rows, cols + 12))
     assert big.shape == (rows, cols + 12)
     assert big[:, :10].max() == 0 and big[:, -10:].min() == 1
+
+
+def _labelled_workspace(qtbot, session, sample_dir, folder, classes):  # noqa: F811
+    """A workspace holding the sample's series; returns (workspace, first series key)."""
+    session.open_workspace(folder, create=True)
+    with qtbot.waitSignal(session.import_finished, timeout=30000):
+        session.import_path(sample_dir)
+    ws = session.workspace
+    for c in classes:
+        ws.add_class(c)
+    return ws, sorted(session.library.entries)[0]
+
+
+def test_prediction_shows_the_slice_label_beside_it(qtbot, setup, sample_dir, tmp_path):  # noqa: F811
+    session, view, current, tab = setup
+    classes = list(current.run.classes)
+    ws, key = _labelled_workspace(qtbot, session, sample_dir, tmp_path / "ws", classes)
+    session.open_series(key)
+    qtbot.waitUntil(lambda: session.current_key == key, timeout=15000)
+    session.viewer.set_axis("axial")
+    session.viewer.set_index(2)
+    _wait_result(qtbot, tab, 2)
+    pred = classes[int(tab.result.probs.argmax())]
+    other = next(c for c in classes if c != pred)
+    # not labelled yet
+    assert tab.truth_label.text() == "Label: not known (label it in the Dataset tab)"
+    ws.set_slice_label(key, 2, pred)
+    session.viewer.set_index(3)
+    _wait_result(qtbot, tab, 3)
+    session.viewer.set_index(2)
+    _wait_result(qtbot, tab, 2)
+    assert tab.truth_label.text() == f"Label: {pred} (agrees)"
+    # a label that disagrees is marked
+    ws.set_slice_label(key, 2, other)
+    session.viewer.set_index(1)
+    _wait_result(qtbot, tab, 1)
+    session.viewer.set_index(2)
+    _wait_result(qtbot, tab, 2)
+    assert tab.truth_label.text() == f"Label: {other} ✗ disagrees with the prediction"

@@ -187,3 +187,33 @@ def test_trust_is_fitted_once_per_run_and_dropped_with_it(setup, tiny_run):  # n
     assert b is not a and b.detector.threshold == pytest.approx(a.detector.threshold)
     # the previous run's entry (and model) is not kept
     assert all(r is other for r, _t in J._TRUST.values())
+
+
+def test_series_rows_show_the_workspace_label_beside_the_prediction(
+        qtbot, setup, sample_dir, tmp_path):  # noqa: F811
+    session, current, tab = setup
+    classes = list(current.run.classes)
+    session.open_workspace(tmp_path / "ws", create=True)
+    with qtbot.waitSignal(session.import_finished, timeout=30000):
+        session.import_path(sample_dir)
+    ws = session.workspace
+    for c in classes:
+        ws.add_class(c)
+    key = sorted(session.library.entries)[0]
+    session.open_series(key)
+    qtbot.waitUntil(lambda: session.viewer.volume is not None, timeout=15000)
+    tab.tta_box.setChecked(False)
+    with qtbot.waitSignal(tab.run().done, timeout=30000):
+        pass
+    assert tab.table.horizontalHeaderItem(tab.table.columnCount() - 1).text() != "Label"
+    pred = [classes[k] for k in tab.result.predicted]
+    ws.set_slice_label(key, 1, pred[1])
+    ws.set_slice_label(key, 3, next(c for c in classes if c != pred[3]))
+    with qtbot.waitSignal(tab.run().done, timeout=30000):
+        pass
+    assert tab.table.horizontalHeaderItem(tab.table.columnCount() - 1).text() == "Label"
+    labels = [row[-1] for row in table_values(tab.table)]
+    other = next(c for c in classes if c != pred[3])
+    assert labels[1] == pred[1] and labels[3] == f"{other} ✗"
+    assert labels[0] == labels[2] == "–"
+    assert tab.table.item(3, 0).foreground().color().name() in ("#e0a040", OUTSIDE_COLOUR)

@@ -250,6 +250,7 @@ class AttentionTab(QWidget):
         if not self.isVisible():
             return None  # nobody looks: showEvent recomputes when the tab is shown
         if self.result is not None and self.result.key == key:
+            self._show_truth(self.result.classes[int(self.result.probs.argmax())])
             self.redraw()
             return None
         if self.task is not None and self.task.is_running():

@@ -283,6 +283,16 @@ def check_folds(cfg: RunConfig, k: int, cancel: CancelToken = NEVER,
     return folds
 
 
+def fold_eval_options(device: str = "auto", seed: int = 0) -> Any:
+    """What each fold's evaluation computes: the metrics with their cuts, calibration and
+    conformal sets; robustness, shift, fairness and attention are left to ``vitdesk
+    evaluate DIR/fold-i`` (they cost more than the metrics on a small test fold)."""
+    from vitdesk.analysis.options import EvalOptions
+
+    return EvalOptions(robustness=False, shift=False, fairness=False, gap_intervals=False,
+                       attention_samples=0, device=device, seed=seed)
+
+
 def cross_validate(
     cfg: RunConfig,
     k: int,
@@ -312,7 +322,6 @@ def cross_validate(
         Cancelled: finished folds (and their evaluations) are kept.
     """
     from vitdesk.analysis.evaluation import evaluate_run
-    from vitdesk.analysis.options import EvalOptions
     from vitdesk.data.source_refs import for_run_folder
     from vitdesk.engine.run import train
     from vitdesk.fileio import atomic_write_json
@@ -322,10 +331,7 @@ def cross_validate(
     parent = Path(cfg.out).expanduser()
     _check_parent(parent, k, resume)
     check_folds(cfg, k, cancel, listeners)
-    o = options or EvalOptions(robustness=False, shift=False, fairness=False,
-                               gap_intervals=False, attention_samples=0, device=cfg.device,
-                               seed=cfg.seed)
-    o = o.check()
+    o = (options or fold_eval_options(cfg.device, cfg.seed)).check()
     # ---- everything is valid: now write -------------------------------------------------
     parent.mkdir(parents=True, exist_ok=True)
     result = CVResult(k=k, seed=cfg.seed, classes=[])
@@ -396,5 +402,5 @@ def read_plan(parent: str | Path) -> RunConfig:
 
 
 __all__ = ["CV_METRICS", "CVResult", "FoldSpread", "check_folds", "cross_validate",
-           "fold_config", "fold_dir", "fold_numbers", "mean_interval", "pooled_metrics",
-           "read_plan"]
+           "fold_config", "fold_dir", "fold_eval_options", "fold_numbers", "mean_interval",
+           "pooled_metrics", "read_plan"]

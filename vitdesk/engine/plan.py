@@ -189,6 +189,13 @@ def apply_rules(cfg: RunConfig, epochs: str | None = None) -> Plan:
     if cfg.teacher.run:
         cfg.teacher.mode = distill_mode(name, cfg.teacher.mode)
     notices.extend(backbone_card_notices(cfg))
+    c = cfg.continual
+    if c.continue_from:
+        extra = [f"a rehearsal buffer of {c.rehearsal} earlier slices" if c.rehearsal else "",
+                 f"EWC lambda {c.ewc:g}" if c.ewc else ""]
+        notices.append(f"continues run '{Path(c.continue_from).name}': starts from its weights "
+                       "(weights 'none' here), with its model, image size and window"
+                       + "".join(f", {e}" for e in extra if e))
     coarse = coarse_grid_warning(name, cfg.model.img_size, cfg.model.patch_size)
     if coarse:
         notices.append(coarse)

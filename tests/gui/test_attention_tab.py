@@ -227,6 +227,11 @@ def test_overlay_low_end_is_transparent_and_colour_bar_follows_it(qtbot, setup):
     tab.show()
     assert view.overlay.colorbar is not None
     view.grab()  # the bar paints
+    # another slice: the old slice's map is hidden at once, the new one shown when ready
+    session.viewer.set_index(session.viewer.index + 1)
+    assert not tab.overlay.isVisible() and view.overlay.colorbar is None
+    _wait_result(qtbot, tab, session.viewer.index)
+    assert tab.overlay.isVisible() and view.overlay.colorbar is not None
 
 
 def test_export_is_at_the_source_slice_resolution(qtbot, setup, sample_dir, tmp_path):  # noqa: F811

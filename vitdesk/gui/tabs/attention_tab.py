@@ -232,6 +232,9 @@ class AttentionTab(QWidget):
             self._on_mode()
 
     def _schedule(self, *_args: Any) -> None:
+        # the map of another slice is hidden at once (it would not belong to the image
+        # shown, and cine frames then draw the slice alone) until this slice's map is in
+        self._update_visibility()
         self.debounce.start()
 
     def _key(self) -> tuple | None:
@@ -384,8 +387,8 @@ class AttentionTab(QWidget):
         self.redraw()
 
     def _update_visibility(self) -> None:
-        shown = (self.result is not None and self.show_check.isChecked()
-                 and self.isVisible())
+        shown = (self.result is not None and self.result.key == self._key()
+                 and self.show_check.isChecked() and self.isVisible())
         self.overlay.setVisible(shown)
         # the colour bar belongs to the overlay: shown with it, hidden without it
         self._set_colorbar(self.lut if shown else None)

@@ -116,3 +116,120 @@ def test_cli_and_form_refuse_with_the_same_message(qtbot, tmp_path, case, words)
     assert words in str(cli_err.value)
     assert str(gui_err.value) == str(cli_err.value)
     assert form.problem == str(cli_err.value)  # what the form shows before Start
+
+
+# ---- continue from a run and adapt to a new site (issue 15) ------------------------------
+def _parent(folder: Path, finished: bool = True) -> Path:
+    """A run folder as a finished run leaves it (config, best checkpoint, metrics)."""
+    import json
+
+    (folder / "checkpoints").mkdir(parents=True)
+    c = RunConfig()
+    c.model.name, c.model.img_size, c.data.window = "vit_test_tiny", 32, "soft_tissue"
+    c.weights.pretrained = "none"
+    save_config(c, folder / "config.toml")
+    if finished:
+        (folder / "checkpoints" / "best.json").write_text("{}", encoding="utf-8")
+        (folder / "metrics.json").write_text(json.dumps({"finished": True}), encoding="utf-8")
+    return folder
+
+
+def _sites_cli(data, out, argv):
+    base = ["train", "--data", str(data), "--out", str(out), "--device", "cpu",
+            "--recipe", "full", "--epochs", "2"]
+    return plan_from_args(build_parser().parse_args(base + argv))
+
+
+def _sites_gui(form, data, out, parent=None, rehearsal=0, ewc=0.0, target=None, model=None):
+    form.recipe_combo.setCurrentIndex(form.recipe_combo.findData("full"))
+    form.stage_table.epochs_spin(0).setValue(2)
+    if model:
+        form.model_combo.setCurrentText(model)
+        form.set_weights("none")
+    if parent is not None:
+        form.sites_box.choose_parent(parent)
+        form.sites_box.rehearsal_spin.setValue(rehearsal)
+        form.sites_box.ewc_spin.setValue(ewc)
+    if target is not None:
+        form.sites_box.choose_target(target)
+    form.src_radio.setChecked(True)
+    form.src_edit.setText(str(data))
+    return form.run_config(out=str(out)), form.warning.splitlines()
+
+
+def test_cli_and_form_plan_the_same_continued_run(qtbot, tmp_path):
+    data, out = tmp_path / "new", tmp_path / "run"
+    data.mkdir()
+    parent = _parent(tmp_path / "runs" / "first")
+    form = TrainingForm(lambda: None)
+    qtbot.addWidget(form)
+    cli = _sites_cli(data, out, ["--continue", str(parent), "--rehearsal", "40",
+                                 "--ewc", "100"])
+    cfg, notices = _sites_gui(form, data, out, parent=parent, rehearsal=40, ewc=100.0)
+    assert not form.problem, form.problem
+    assert cfg.to_dict() == cli.cfg.to_dict()
+    assert notices == cli.notices
+    # the parent's model, size and window; its weights, not the form's
+    assert (cfg.model.name, cfg.model.img_size, cfg.data.window) == (
+        "vit_test_tiny", 32, "soft_tissue")
+    assert cfg.weights.pretrained == "none"
+    assert (cfg.continual.continue_from, cfg.continual.rehearsal, cfg.continual.ewc) == (
+        str(parent), 40, 100.0)
+    assert any("continues run 'first'" in n and "40 earlier slices" in n for n in notices)
+    assert not form.model_combo.isEnabled()  # the parent's model, not editable here
+    # unticking forgets the parent and what it would have remembered
+    form.sites_box.continue_box.setChecked(False)
+    cfg = form.run_config(out=str(out))
+    assert (cfg.continual.continue_from, cfg.continual.rehearsal, cfg.continual.ewc) == (
+        "", 0, 0.0)
+    assert form.model_combo.isEnabled()
+
+
+def test_cli_and_form_plan_the_same_adapted_run(qtbot, tmp_path):
+    data, target, out = tmp_path / "a", tmp_path / "b", tmp_path / "run"
+    data.mkdir()
+    target.mkdir()
+    form = TrainingForm(lambda: None)
+    qtbot.addWidget(form)
+    cli = _sites_cli(data, out, ["--adapt", str(target), "--model", "vit_test_tiny",
+                                 "--img-size", "32", "--pretrained", "none"])
+    _sites_gui(form, data, out, target=target, model="vit_test_tiny")
+    form.img_spin.setValue(32)  # after the model (choosing one sets its native size)
+    cfg = form.run_config(out=str(out))
+    assert not form.problem, form.problem
+    assert cfg.to_dict() == cli.cfg.to_dict()
+    assert form.warning.splitlines() == cli.notices
+    assert (cfg.adapt.source, cfg.adapt.weight) == (str(target), 1.0)
+
+
+SITE_REFUSED = [
+    ("unfinished", "has not finished training"),
+    ("missing-target", "not found"),
+    ("distilled", "has two heads"),
+]
+
+
+@pytest.mark.parametrize(("case", "words"), SITE_REFUSED)
+def test_cli_and_form_refuse_continue_and_adapt_alike(qtbot, tmp_path, case, words):
+    data, out = tmp_path / "new", tmp_path / "run"
+    data.mkdir()
+    form = TrainingForm(lambda: None)
+    qtbot.addWidget(form)
+    if case == "unfinished":
+        parent = _parent(tmp_path / "runs" / "first", finished=False)
+        argv, kw = ["--continue", str(parent)], {"parent": parent}
+    else:
+        target = tmp_path / ("nowhere" if case == "missing-target" else "b")
+        if case != "missing-target":
+            target.mkdir()
+        model = "vit_test_tiny_distilled" if case == "distilled" else "vit_test_tiny"
+        argv = ["--adapt", str(target), "--model", model, "--img-size", "64",
+                "--pretrained", "none"]
+        kw = {"target": target, "model": model}
+    with pytest.raises(ConfigError) as cli_err:
+        _sites_cli(data, out, argv)
+    with pytest.raises(ConfigError) as gui_err:
+        _sites_gui(form, data, out, **kw)
+    assert words in str(cli_err.value)
+    assert str(gui_err.value) == str(cli_err.value)
+    assert form.problem == str(cli_err.value)  # the form's problem line, before Start

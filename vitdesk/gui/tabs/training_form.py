@@ -40,7 +40,7 @@ from vitdesk.config import (
     default_stages,
     patch_size_of,
 )
-from vitdesk.engine.plan import Plan, apply_rules, check_run
+from vitdesk.engine.plan import Plan, apply_rules, check_run, inherit_parent
 from vitdesk.errors import ConfigError
 from vitdesk.gui.dialogs import gui_words
 from vitdesk.gui.tabs.training_plan import (
@@ -50,6 +50,7 @@ from vitdesk.gui.tabs.training_plan import (
     native_img_size,
     plan_text,
 )
+from vitdesk.gui.tabs.training_sites import SitesBox
 from vitdesk.gui.tabs.training_teacher import TeacherBox
 from vitdesk.gui.tabs.training_widgets import (
     StageTable,
@@ -204,6 +205,7 @@ class TrainingForm(QWidget):
 
         self.teacher_box = TeacherBox(self.workspace, self._set,
                                       lambda: self.cfg.model.name, parent=self)
+        self.sites_box = SitesBox(self.workspace, self._set, parent=self)
 
         # ---- data and output
         self.ws_radio = QRadioButton("Open workspace (labels from the Dataset tab)", self)
@@ -252,6 +254,7 @@ class TrainingForm(QWidget):
         lay.addWidget(self.advanced_button)
         lay.addWidget(self.advanced)
         lay.addWidget(self.teacher_box)
+        lay.addWidget(self.sites_box)
         lay.addWidget(self.problem_label)
         lay.addStretch(1)
 
@@ -386,6 +389,7 @@ class TrainingForm(QWidget):
                 self.src_radio.setChecked(True)
                 self.src_edit.setText(d.source)
             self.teacher_box.show_config(cfg.teacher)
+            self.sites_box.show_config(cfg)
         finally:
             self._loading = False
         self.refresh()
@@ -427,6 +431,7 @@ class TrainingForm(QWidget):
             f"automatic: {default_run_folder(ws or self.output_root).parent}/<date-time>")
         self.refresh_weights()
         self.teacher_box.refresh_workspace()
+        self.sites_box.refresh_runs()
         self.restore()
         self.refresh()
 
@@ -552,6 +557,14 @@ class TrainingForm(QWidget):
             cfg.seed = int(prefs.get("seed", cfg.seed))
         cfg.out = out or self.out_edit.text().strip() or str(default_run_folder(
             self.workspace() or self.output_root))
+        if cfg.continual.continue_from:
+            # the parent's model, size and window, as `vitdesk train --continue` without
+            # model flags: the form's model fields are not a request here
+            try:
+                cfg = inherit_parent(cfg, cfg.continual.continue_from, frozenset())
+            except ConfigError:
+                if validate:
+                    raise
         # the plan's rules and notices, the same as `vitdesk train` (vitdesk.engine.plan)
         try:
             plan = apply_rules(cfg)
@@ -597,4 +610,8 @@ class TrainingForm(QWidget):
         self.problem_label.setText(gui_words(self.problem))  # shown in the GUI's words
         self.problem_label.setVisible(bool(self.problem))
         self.force_staged_box.setVisible(self.cfg.recipe.kind == "staged")
+        continuing = bool(self.cfg.continual.continue_from)
+        for w in (self.model_combo, self.img_spin, self.weights_combo,
+                  self.weights_file_button, self.weights_dir_button):
+            w.setEnabled(not continuing)  # the parent's (the plan line says which)
         self.changed.emit()

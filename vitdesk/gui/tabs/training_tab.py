@@ -189,6 +189,7 @@ class TrainingTab(QWidget):
         self.form = TrainingForm(self._workspace_folder, self._data_prefs, self)
         # teachers: every run the session knows (recorded, under runs/, beside opened folders)
         self.form.teacher_box.runs = lambda extra: find_runs(self.session, extra)
+        self.form.sites_box.runs = lambda extra: find_runs(self.session, extra)
         # the planner's run for a time budget, above the form it fills in
         self.plan_panel = PlanPanel(lambda: self.form.run_config(validate=False),
                                     self.form.set_config, self, threads=training_threads)

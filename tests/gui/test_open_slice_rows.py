@@ -108,7 +108,8 @@ def test_row_numbers_are_slice_numbers_when_only_some_slices_are_labelled(
     assert not set(names) & set(res.names)  # not the count of labelled slices
     for i in (0, len(names) - 1):
         ref = parse_slice_ref(names[i])
-        assert tab.open_row(i)
+        with qtbot.waitSignal(tab.slice_opened, timeout=1000):  # the window focuses the viewer
+            assert tab.open_row(i)
         qtbot.waitUntil(lambda r=ref: (session.current_key or "").startswith(r[0])
                         and session.viewer.index == r[1] - 1, timeout=15000)
         np.testing.assert_allclose(session.viewer.volume.hu[ref[1] - 1],

@@ -81,6 +81,7 @@ class MainWindow(QMainWindow):
         self.dataset_tab.suggest_panel.set_current_run(self.current_run)
         self.attention_tab = AttentionTab(self.session, self.current_run, self.viewer, self)
         self.inference_tab = InferenceTab(self.session, self.current_run, self)
+        self.inference_tab.slice_opened.connect(self.viewer.grab_focus)
         self.fairness_tab = FairnessTab(self.session, self.current_run, self)
         self.robustness_tab = RobustnessTab(self.session, self.current_run, self)
         self.report_tab = ReportTab(self.session, self.current_run, self)

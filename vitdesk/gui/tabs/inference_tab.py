@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -73,6 +73,8 @@ def truth_text(label: str | None, predicted: str) -> str:
 
 class InferenceTab(QWidget):
     """Per-slice predictions of the current run, plain or with TTA."""
+
+    slice_opened = Signal()  # a row's slice was shown: the window gives the viewer focus
 
     def __init__(self, session: Session, current: CurrentRun,
                  parent: QWidget | None = None) -> None:
@@ -373,7 +375,10 @@ class InferenceTab(QWidget):
         if not res.origins:
             return False
         series, path, frame = res.origins[i]
-        return self.session.open_record(series, path, frame)
+        ok = self.session.open_record(series, path, frame)
+        if ok:
+            self.slice_opened.emit()
+        return ok
 
     def _grey_rows(self, rows: Any) -> None:
         from PySide6.QtGui import QColor

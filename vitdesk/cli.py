@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="error rate of the conformal prediction sets (default 0.1: each set "
                         "holds the true class 90%% of the time; a slice whose set is not one "
                         "class is 'refer')")
+    p.add_argument("--earlier", metavar="OLD_SRC",
+                   help="a run trained with --continue: the parent's data, for the forgetting "
+                   "figures (default: the source the parent's split recorded)")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--dicom", metavar="DIR", help="also write the report as an Encapsulated "
                    "PDF in each DICOM study of the test split (no patient identity)")

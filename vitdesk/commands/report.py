@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from vitdesk.console import ConsoleProgress
     from vitdesk.fileio import check_output_path
-    from vitdesk.report.from_run import write_run_report
+    from vitdesk.report.from_run import continual_figures, write_run_report
 
     # every input and output is checked before the evaluation runs
     out = Path(args.out) if args.out else Path(args.run) / "report"
@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
             transfer = evaluate_baseline(ev, args.run, baseline, args.data, tta=TTAConfig(),
                                          device=device, cancel=token,
                                          listener=ConsoleProgress())
-    files = write_run_report(args.run, ev, out, transfer=transfer)
+        continual = continual_figures(lr, getattr(args, "earlier", None), cancel=token,
+                                      listener=ConsoleProgress())
+    files = write_run_report(args.run, ev, out, transfer=transfer, continual=continual)
     write_json(out / "metrics.json", metrics_doc(ev, transfer))  # the numbers behind it
     if transfer is not None:
         print(transfer_lines(transfer))

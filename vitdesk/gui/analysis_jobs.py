@@ -198,15 +198,16 @@ def evaluate_job(run: LoadedRun, lock: threading.Lock | None, src: str | None = 
 def report_job(run: LoadedRun, lock: threading.Lock | None, out_dir: str, src: str | None = None,
                split: str = "test", forbidden: Sequence[str] = (), cancel: CancelToken = NEVER,
                listener: Listener | None = None, baseline: str | None = None,
-               **options: Any) -> Any:
+               earlier: str | None = None, **options: Any) -> Any:
     """Evaluate the run and write ``report.html`` / ``report.pdf`` into ``out_dir``.
 
     ``options``: :class:`EvalOptions` fields (tta, robustness, shift, n_boot, ...).
     ``baseline``: a run folder scored on the same slices for the transfer section.
+    ``earlier``: a continued run's parent data (None: the source its split recorded).
     """
     from vitdesk.analysis.baseline import evaluate_baseline
     from vitdesk.analysis.run_model import device_of
-    from vitdesk.report.from_run import write_run_report
+    from vitdesk.report.from_run import continual_figures, write_run_report
 
     o = EvalOptions().replace(split=split, **options).check()
     ev = evaluate_job(run, lock, src, o, cancel=cancel, listener=listener)
@@ -218,9 +219,16 @@ def report_job(run: LoadedRun, lock: threading.Lock | None, out_dir: str, src: s
             ev, run.run_dir, baseline, src or None, split=split, tta=o.tta,
             n_boot=o.n_boot, device=device_of(run.model).type, cancel=cancel,
             listener=listener)
+    continual = None
+    if run.cfg.continual.continue_from:
+        emit(listener, Notice("report", "Scoring the parent run on its test split"))
+        with _lock(lock):
+            continual = continual_figures(run, earlier or None, cancel=cancel,
+                                          listener=listener)
     cancel.check()
     emit(listener, Notice("report", "Writing report.html and report.pdf"))
-    return write_run_report(run.run_dir, ev, out_dir, forbidden=forbidden, transfer=transfer)
+    return write_run_report(run.run_dir, ev, out_dir, forbidden=forbidden, transfer=transfer,
+                            continual=continual)
 
 
 # --------------------------------------------------------------------------- fairness

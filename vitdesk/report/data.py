@@ -67,6 +67,10 @@ class ReportData:
     calibration: dict | None = None  # analysis.calibration.calibration_summary()
     conformal: dict | None = None  # analysis.conformal.ConformalResult.to_dict()
     attention: Sequence[AttentionSample] | None = None
+    # a continued run: analysis.forgetting.forgetting() (parent vs run on the parent's
+    # test split), or {"note": why it was not measured}
+    continual: dict | None = None
+    adapt: dict | None = None  # an adapted run: metrics.json 'adapt' (source/target accuracy)
     notes: list[str] = field(default_factory=list)
 
 

@@ -168,10 +168,53 @@ def model_card(run_dir: str | Path, evaluation: Any = None) -> ModelCard:
     )
 
 
+def adapt_figures(run_dir: str | Path) -> dict | None:
+    """An adapted run's source/target accuracy as training recorded it (``metrics.json``
+    'adapt'), or None for a run that was not adapted."""
+    a = _read_json(Path(run_dir) / "metrics.json").get("adapt")
+    return dict(a) if isinstance(a, dict) and a else None
+
+
+def continual_figures(run: Any, earlier: str | Path | None = None, *,
+                      cancel: Any = None, listener: Any = None) -> dict | None:
+    """What a report shows about forgetting: :func:`~vitdesk.analysis.forgetting.forgetting`
+    of a continued run (``earlier``: the parent's data; None: the source its split.json
+    recorded), ``{"parent", "note"}`` when it cannot be measured (the parent or its data
+    moved: the report says why instead of failing), or None for a run without a parent.
+
+    The CLI report and the workbench's Report tab both call this, so both show the same.
+    """
+    from vitdesk.analysis.forgetting import forgetting
+    from vitdesk.errors import Cancelled, VitdeskError
+    from vitdesk.jobs import NEVER
+
+    name = run.cfg.continual.continue_from
+    if not name:
+        return None
+    try:
+        return forgetting(run, earlier, cancel=cancel or NEVER, listener=listener)
+    except Cancelled:
+        raise
+    except VitdeskError as exc:
+        # the reason goes to the console or status line only: it may name folders, and
+        # a report holds no paths
+        from vitdesk.jobs import Notice, emit
+
+        emit(listener, Notice("report", f"forgetting not measured: {exc}"))
+        return {"parent": Path(name).name,
+                "note": "the parent run or its test split could not be read here (put the "
+                        "two run folders side by side and give the parent's training data "
+                        "as the earlier data: --earlier SRC, or 'Earlier data' in the "
+                        "Report tab)"}
+
+
 def report_data_from_run(run_dir: str | Path, evaluation: Any,
-                         transfer: dict | None = None) -> ReportData:
+                         transfer: dict | None = None,
+                         continual: dict | None = None) -> ReportData:
     """ReportData for a run and its :class:`~vitdesk.analysis.evaluation.RunEvaluation`
-    (``transfer``: :func:`~vitdesk.analysis.baseline.compare_with_baseline`'s figures)."""
+    (``transfer``: :func:`~vitdesk.analysis.baseline.compare_with_baseline`'s figures;
+    ``continual``: :func:`~vitdesk.analysis.forgetting.forgetting`'s, or ``{"parent",
+    "note"}`` saying why it was not measured)."""
     run = Path(run_dir)
     ev = evaluation
     card = model_card(run, ev)
@@ -205,13 +248,15 @@ def report_data_from_run(run_dir: str | Path, evaluation: Any,
         conformal=getattr(ev, "conformal", None),
         attention=attention or None,
         transfer=transfer,
+        continual=continual,
+        adapt=adapt_figures(run),
         notes=notes,
     )
 
 
 def write_run_report(run_dir: str | Path, evaluation: Any, out_dir: str | Path,
-                     forbidden: Iterable[str] = (), transfer: dict | None = None
-                     ) -> ReportFiles:
+                     forbidden: Iterable[str] = (), transfer: dict | None = None,
+                     continual: dict | None = None) -> ReportFiles:
     """Write ``out_dir/report.html`` and ``report.pdf`` for a run and its evaluation."""
-    return write_report(report_data_from_run(run_dir, evaluation, transfer), out_dir,
-                        forbidden)
+    return write_report(report_data_from_run(run_dir, evaluation, transfer, continual),
+                        out_dir, forbidden)

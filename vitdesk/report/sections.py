@@ -230,6 +230,40 @@ def _extra_section(data: ReportData) -> Section | None:
     return s if s.tables else None
 
 
+def sites_section(data: ReportData) -> Section | None:
+    """Forgetting of a continued run and source/target accuracy of an adapted run."""
+    s = Section("Learning across sites and over time")
+    c = data.continual
+    if c and "forgetting" in c:
+        lo, hi = (c.get("forgetting_ci") or [None, None])[:2]
+        rows = [["Parent run", str(c.get("parent", ""))],
+                ["Scored on", f"the parent's {c.get('split', 'test')} split: "
+                              f"{c.get('n_slices')} slices of {c.get('n_patients')} patients"],
+                ["Parent's accuracy there [argmax]", fmt(c.get("parent_acc"))],
+                ["This run's accuracy there [argmax]", fmt(c.get("run_acc"))],
+                ["Forgetting, parent - this run (95% CI, patient bootstrap)",
+                 f"{fmt(c.get('forgetting'))} ({fmt(lo)} to {fmt(hi)})"]]
+        s.tables.append(Table(["Continual fine-tuning", ""], rows,
+                              "Forgetting: the drop on the earlier data's test split"))
+    elif c and c.get("note"):
+        s.paragraphs.append(f"Continued from parent run {c.get('parent', '?')}; forgetting "
+                            f"not measured: {c['note']}")
+    a = data.adapt
+    if a and ("source_test_acc" in a or "target_acc" in a):
+        rows = [["Target slices adapted on", fmt(a.get("target_slices"))],
+                ["Adaptation weight", fmt(a.get("weight"), 2)],
+                ["Source test accuracy [argmax]", fmt(a.get("source_test_acc"))],
+                ["Target accuracy [argmax]", fmt(a.get("target_acc"))]]
+        if a.get("target_patients") is not None:
+            rows.insert(1, ["Target patients", fmt(a.get("target_patients"))])
+        note = a.get("target_note") or ""
+        s.tables.append(Table(["Adaptation (DANN)", ""], rows,
+                              "Source and target accuracy at the end of training"
+                              + (f"; target {note}" if note else "")
+                              + "; target labels used for this figure only"))
+    return s if s.tables or s.paragraphs else None
+
+
 def _calibration_section(c: dict) -> Section:
     s = Section("Calibration (temperature scaling)")
     if not c.get("fitted"):
@@ -365,6 +399,9 @@ def build_sections(data: ReportData) -> list[Section]:
     extra = _extra_section(data)
     if extra:
         sections.append(extra)
+    sites = sites_section(data)
+    if sites:
+        sections.append(sites)
     if data.fairness:
         sections.extend(_fairness_sections([plain(r) for r in data.fairness]))
     if data.robustness:

@@ -113,6 +113,20 @@ class ReportTab(QWidget):
         out_row = QHBoxLayout()
         out_row.addWidget(self.out_edit, 1)
         out_row.addWidget(self.out_button)
+        # a continued run's forgetting is scored on its parent's test split: the parent's
+        # data, when it is no longer where the parent's split recorded it
+        self.earlier_edit = QLineEdit(self)
+        self.earlier_edit.setPlaceholderText("where the parent's split recorded it")
+        self.earlier_edit.setToolTip("The data the parent run was trained on: the report "
+                                     "scores the parent and this run on the parent's test "
+                                     "patients (forgetting)")
+        self.earlier_button = QPushButton("Browse…", self)
+        self.earlier_button.clicked.connect(self._choose_earlier)
+        self.earlier_row = QWidget(self)
+        earlier_lay = QHBoxLayout(self.earlier_row)
+        earlier_lay.setContentsMargins(0, 0, 0, 0)
+        earlier_lay.addWidget(self.earlier_edit, 1)
+        earlier_lay.addWidget(self.earlier_button)
         checks = QGridLayout()
         checks.addWidget(self.tta_check, 0, 0)
         checks.addWidget(self.robust_check, 1, 0)
@@ -125,6 +139,10 @@ class ReportTab(QWidget):
         form.addRow("Attention samples", self.att_spin)
         form.addRow("Bootstrap resamples", self.boot_spin)
         form.addRow("Compare with", base_row)
+        self.earlier_label = QLabel("Earlier data", self)
+        form.addRow(self.earlier_label, self.earlier_row)
+        self.earlier_label.hide()
+        self.earlier_row.hide()
         form.addRow("Folder", out_row)
 
         self.build_button = QPushButton("Build report", self)
@@ -253,6 +271,9 @@ class ReportTab(QWidget):
 
     def _on_run(self, run: Any) -> None:
         self.refresh_baselines()
+        continued = run is not None and bool(run.cfg.continual.continue_from)
+        self.earlier_label.setVisible(continued)  # only a continued run has a parent
+        self.earlier_row.setVisible(continued)
         self.files = None
         for b in (self.open_html_button, self.open_pdf_button):
             b.setEnabled(False)
@@ -268,6 +289,15 @@ class ReportTab(QWidget):
 
             raise ConfigError("Report: no run loaded; pick a trained run first")
         return Path(self.current.run.run_dir) / "report"
+
+    def earlier(self) -> str | None:
+        """The parent's data for the forgetting figures (None: as its split recorded)."""
+        return self.earlier_edit.text().strip() or None
+
+    def _choose_earlier(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Data the parent run was trained on")
+        if folder:
+            self.earlier_edit.setText(folder)
 
     def _choose_out(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder for report.html and report.pdf")
@@ -303,6 +333,7 @@ class ReportTab(QWidget):
         src, split = self.source.value()
         task = Task(report_job, self.current.run, self.current.lock, str(out), src, split,
                     self.forbidden_markers(), name="report", baseline=self.baseline(),
+                    earlier=self.earlier() if self.earlier_row.isVisibleTo(self) else None,
                     tta=TTAConfig() if self.tta_check.isChecked() else None,
                     robustness=self.robust_check.isChecked(),
                     shift=self.shift_check.isChecked(),

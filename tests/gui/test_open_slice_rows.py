@@ -51,7 +51,11 @@ def test_test_split_rows_open_their_slice_in_the_viewer(qtbot, setup, sample_dir
     # nothing open yet: the rows say their series and that the number is not known
     names = [row[0] for row in table_values(tab.table)]
     assert names == [f"{s[:8]}#?" for s, _p, _f in res.origins]
-    assert tab.table.item(0, 0).toolTip() == NOT_OPEN_TIP
+    # the name cell says the series is not open, whether or not the shift alarm also
+    # greys the row (its tip is kept beside, never instead)
+    tip = tab.table.item(0, 0).toolTip()
+    assert tip.split("\n")[0] == NOT_OPEN_TIP
+    assert ("outside what the model was trained on" in tip) == bool(res.outside[0])
     assert not tab.open_row(0)
 
     with qtbot.waitSignal(session.import_finished, timeout=30000):

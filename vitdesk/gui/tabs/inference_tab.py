@@ -61,6 +61,7 @@ from vitdesk.gui.tabs.analysis_common import (
 from vitdesk.gui.worker import Task
 
 NOT_OPEN_TIP = "Its series is not open: open the run's data folder or workspace to see it"
+OUTSIDE_TIP = "beyond the run's shift threshold: outside what the model was trained on"
 DISAGREE_TIP = "The label disagrees with the prediction"
 
 
@@ -302,10 +303,8 @@ class InferenceTab(QWidget):
         if truth is not None:
             for i in wrong:
                 self.table.item(i, len(headers) - 1).setToolTip(DISAGREE_TIP)
-        for i, name in enumerate(self.row_names):
-            if name.endswith("#?"):
-                self.table.item(i, 0).setToolTip(NOT_OPEN_TIP)
         self._grey_rows(np.flatnonzero(outside))
+        self._name_tips()
         self.plot.getPlotItem().setLabel("bottom", "slice" if res.source == "series" else "case")
         self._draw_strip()
         self._sync_cursor()
@@ -361,7 +360,21 @@ class InferenceTab(QWidget):
             item = self.table.item(i, 0)
             if item is not None:
                 item.setText(name)
-                item.setToolTip("" if not name.endswith("#?") else NOT_OPEN_TIP)
+        self._name_tips()
+
+    def _name_tips(self) -> None:
+        """The name cell's tooltip: whether its series is open, and the shift alarm (both
+        when both hold, so neither hides the other)."""
+        res = self.result
+        outside = res.outside if res is not None else np.zeros(0, bool)
+        for i, name in enumerate(self.row_names):
+            item = self.table.item(i, 0)
+            if item is None:
+                continue
+            tips = [NOT_OPEN_TIP] if name.endswith("#?") else []
+            if i < len(outside) and outside[i]:
+                tips.append(OUTSIDE_TIP)
+            item.setToolTip("\n".join(tips))
 
     def open_row(self, i: int) -> bool:
         """Show row ``i``'s slice in the viewer: the open series' slice, or a data-set
@@ -388,8 +401,7 @@ class InferenceTab(QWidget):
                 item = self.table.item(int(r), c)
                 if item is not None:
                     item.setForeground(QColor(OUTSIDE_COLOUR))
-                    item.setToolTip("beyond the run's shift threshold: outside what the model "
-                                    "was trained on")
+                    item.setToolTip(OUTSIDE_TIP)
 
     # ----------------------------------------------------------------- strip
     def strip_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

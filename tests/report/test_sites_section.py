@@ -3,10 +3,12 @@ run and source/target accuracy of an adapted run, in the HTML and the PDF alike.
 
 from __future__ import annotations
 
+import html
 import json
 
 from pypdf import PdfReader
 
+from tests.gui.conftest_runs import sample_dir, tiny_run  # noqa: F401
 from vitdesk.report.build import write_report
 from vitdesk.report.data import ModelCard, ReportData
 from vitdesk.report.from_run import adapt_figures
@@ -68,3 +70,44 @@ def test_adapt_figures_come_from_the_runs_metrics(tmp_path):
     assert adapt_figures(tmp_path) is None  # a run that was not adapted
     (tmp_path / "metrics.json").write_text(json.dumps({"finished": True, "adapt": ADAPT}))
     assert adapt_figures(tmp_path) == ADAPT
+
+
+def test_cli_report_of_a_continued_run_shows_forgetting(tiny_run, tmp_path, capsys):  # noqa: F811
+    """`vitdesk report` of a run trained with `--continue` writes the section, with the
+    numbers `vitdesk evaluate --earlier` computes; a moved parent gives a note, not a stop."""
+    import shutil
+
+    import torch
+
+    from vitdesk.analysis.forgetting import forgetting
+    from vitdesk.cli import main
+    from vitdesk.engine.run import load_run
+    from vitdesk.imaging.synthetic import generate_sample
+
+    new = tmp_path / "b"
+    generate_sample(new, patients=6, slices=6, size=48, seed=1)
+    parent = shutil.copytree(tiny_run, tmp_path / "runs" / "first")
+    child = tmp_path / "runs" / "second"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--data", str(new), "--continue", str(parent), "--rehearsal",
+                     "6", "--recipe", "full", "--epochs", "1", "--batch-size", "8",
+                     "--device", "cpu", "--out", str(child)]) == 0
+        assert main(["report", str(child), "--data", str(new), "--device", "cpu",
+                     "--out", str(tmp_path / "rep")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    doc = html.unescape((tmp_path / "rep" / "report.html").read_text())
+    f = forgetting(load_run(child, "cpu"), None)
+    assert f"Parent's accuracy there [argmax]</td><td>{f['parent_acc']:.3f}<" in doc
+    assert f"This run's accuracy there [argmax]</td><td>{f['run_acc']:.3f}<" in doc
+    assert str(tmp_path) not in doc
+
+    shutil.move(parent, tmp_path / "elsewhere")  # the parent is no longer beside it
+    assert main(["report", str(child), "--data", str(new), "--device", "cpu",
+                 "--out", str(tmp_path / "rep2")]) == 0
+    doc = html.unescape((tmp_path / "rep2" / "report.html").read_text())
+    assert "forgetting not measured" in doc and "Parent's accuracy there" not in doc
+    assert str(tmp_path) not in doc
+    assert "forgetting not measured" in capsys.readouterr().err  # the reason, on the console

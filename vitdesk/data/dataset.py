@@ -1,20 +1,9 @@
 """Slices into model tensors: one preprocessing path for training, inference and overlays.
 
-The pure numpy steps live in :mod:`vitdesk.data.preprocess` (torch-free, so an exported
-model predicts without torch) and are re-exported here.
-
-Geometry of :func:`preprocess_slice` (and of every training sample):
-
-1. the slice (H, W) becomes channels in [0, 1]: DICOM HU through ``WindowSpec.apply``;
-   PNG/JPEG (already windowed) scaled by their bit depth, greyscale replicated;
-2. it is zero-padded (black) to a centred square of side ``S = max(H, W)``:
-   ``pad_top = (S - H) // 2``, ``pad_left = (S - W) // 2``;
-3. the square is resized to ``img_size`` (``cv2.INTER_AREA`` when shrinking,
-   ``INTER_LINEAR`` when enlarging), so one model pixel is ``S / img_size`` slice pixels;
-4. channels are normalised with the model's pretrained ``mean`` / ``std``.
-
-Nothing is cropped away, so any map over the model input (attention, Grad-CAM) maps
-back onto the whole displayed slice with :meth:`Letterbox.to_slice`.
+The pure numpy steps and their geometry (window, centred zero-pad to a square, resize,
+normalise; nothing cropped, so maps go back onto the slice with
+:meth:`Letterbox.to_slice`) live in :mod:`vitdesk.data.preprocess` (torch-free, so an
+exported model predicts without torch) and are re-exported here.
 """
 
 from __future__ import annotations

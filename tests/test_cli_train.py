@@ -209,6 +209,7 @@ def test_folds_cross_validate_partition_summarise_and_resume_after_ctrl_c(
     so; cv.json holds each fold's evaluate numbers, their mean/SD/t interval and the pooled
     out-of-fold metrics; Ctrl-C in fold 2 keeps fold 1 and --resume finishes the rest."""
     import numpy as np
+    from scipy import stats
 
     import vitdesk.console
     from vitdesk.analysis.cv import mean_interval
@@ -271,10 +272,14 @@ def test_folds_cross_validate_partition_summarise_and_resume_after_ctrl_c(
     assert sorted(tested) == sorted({r.patient for r in load_records(png_data)})
     for key, s in doc["summary"].items():
         values = [f[key] for f in doc["folds"]]
-        ref = mean_interval(values)
+        # reference: scipy's t interval of the mean, clipped to [0, 1] (a rate)
+        lo, hi = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
+                                  scale=stats.sem(values))
         assert s["mean"] == pytest.approx(np.mean(values)) and s["n"] == 3
         assert s["sd"] == pytest.approx(np.std(values, ddof=1))
-        assert (s["lo"], s["hi"]) == (pytest.approx(ref.lo), pytest.approx(ref.hi))
+        assert (s["lo"], s["hi"]) == (pytest.approx(max(lo, 0.0)), pytest.approx(min(hi, 1.0)))
+        spread = mean_interval(values, bounds=(0.0, 1.0))
+        assert (spread.lo, spread.hi) == (pytest.approx(s["lo"]), pytest.approx(s["hi"]))
     pooled = doc["pooled"]
     assert pooled["n_slices"] == pooled["n_patients"] == 20
     correct = sum(f["slice_accuracy"] * f["n_slices"] for f in doc["folds"])

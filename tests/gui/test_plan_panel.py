@@ -43,9 +43,9 @@ def _plan_in_gui(qtbot, tab, source, budget):
     panel.budget_edit.setText(budget)
     task = panel.start()
     assert task is not None
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=120_000)
-    qtbot.waitUntil(lambda: panel.plan is not None or bool(panel.status.text()),
-                    timeout=10_000)
+    # the button comes back on the task's ``done``, which follows ``finished``/``errored``;
+    # is_running() turns False before those queued signals reach the GUI thread
+    qtbot.waitUntil(panel.plan_button.isEnabled, timeout=120_000)
     return panel
 
 

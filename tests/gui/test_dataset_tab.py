@@ -39,7 +39,7 @@ def win(qtbot, tmp_path, data):
     w.session.new_workspace(tmp_path / "ws")
     task = w.open_path(data)
     qtbot.waitUntil(lambda: w.session.viewer.volume is not None, timeout=10000)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=5000)
     tab = w.dataset_tab
     tab.add_class("normal")
     tab.add_class("lesion")

@@ -66,7 +66,7 @@ def test_export_model_from_the_dialog(qtbot, tiny_run, tmp_path):  # noqa: F811
         p = torch.softmax(run.model(torch.from_numpy(x)), -1).numpy()
     assert np.abs(ExportedModel(tmp_path / "exp", "fp32").probs(x, calibrated=False)
                   - p).max() <= 1e-4
-    qtbot.waitUntil(lambda: not act.task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: act.task.has_ended(), timeout=5000)
 
 
 def test_a_bad_folder_is_refused_before_any_work(qtbot, tiny_run, tmp_path, monkeypatch):  # noqa: F811
@@ -138,4 +138,4 @@ def test_dicom_results_from_the_dialog(qtbot, tiny_run, sample_dir, tmp_path, mo
     assert sr.Modality == "SR" and sr.PatientIdentityRemoved == "YES"
     src = pydicom.dcmread(next(case.glob("*.dcm")))
     assert sr.StudyInstanceUID != src.StudyInstanceUID  # de-identified: remapped
-    qtbot.waitUntil(lambda: not act.task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: act.task.has_ended(), timeout=5000)

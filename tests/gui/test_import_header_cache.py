@@ -68,12 +68,12 @@ def test_session_imports_into_an_open_workspace_through_its_cache(qtbot, tmp_pat
             task = session.import_path(data)
             with qtbot.waitSignal(session.import_finished, timeout=20000):
                 pass
-            qtbot.waitUntil(lambda t=task: not t.is_running(), timeout=10000)
+            qtbot.waitUntil(lambda t=task: t.has_ended(), timeout=10000)
             assert len(parsed) == expected
             assert len(session.workspace.series()) == 2
     finally:
         for t in (session.thumb_task, session.load_task, session.import_task):
             if t is not None and t.is_running():
                 t.cancel()
-                qtbot.waitUntil(lambda t=t: not t.is_running(), timeout=10000)
+                qtbot.waitUntil(lambda t=t: t.has_ended(), timeout=10000)
         session.close_workspace()

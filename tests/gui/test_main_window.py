@@ -56,7 +56,7 @@ def test_background_import_lists_series_and_opens_one(qtbot, win, tmp_path):
     task = win.open_path(tmp_path)
     assert task is not None and win.job_bar.isVisible()
     qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=5000)
     assert len(win.browser.series_keys()) == 2
     patients = [win.browser.model.item(r).text() for r in range(win.browser.model.rowCount())]
     assert sorted(p.split(" · ", 1)[1] for p in patients) == ["F 34y", "M 61y"]
@@ -86,7 +86,7 @@ def test_unreadable_files_are_listed_with_a_reason(qtbot, win, tmp_path):
     assert "skipped" not in summary
     qtbot.waitUntil(lambda: win.session.current_key is not None, timeout=10000)
     assert win.browser.series_keys() == [win.session.current_key]
-    qtbot.waitUntil(lambda: win.session.load_task is None or not win.session.load_task.is_running())
+    qtbot.waitUntil(lambda: win.session.load_task is None or win.session.load_task.has_ended())
 
 
 def test_one_bad_file_never_stops_a_folder_import(qtbot, win, tmp_path, monkeypatch):
@@ -128,7 +128,7 @@ def test_one_bad_file_never_stops_a_folder_import(qtbot, win, tmp_path, monkeypa
     win.session.failed.connect(errors.append)
     task = win.open_path(root)
     qtbot.waitUntil(lambda: win.last_errors_dialog is not None, timeout=15000)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=5000)
     assert errors == []  # no "This is a bug" dialog
     assert len(win.browser.series_keys()) == 3  # good, the LUT file, more
     imported = sorted(f for k in win.browser.series_keys()
@@ -188,7 +188,7 @@ def test_synthetic_sample_opens(qtbot, win, tmp_path):
     generate_sample(tmp_path / "sample", patients=2, slices=6, size=48, seed=3)
     task = win.open_path(tmp_path / "sample")
     qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=15000)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=5000)
     assert len(win.browser.series_keys()) == 2
     assert win.session.viewer.volume.shape == (6, 48, 48)
 
@@ -219,7 +219,7 @@ def test_dropping_a_folder_imports_it(qtbot, win, tmp_path):
     task = win.session.import_task
     assert task is not None
     qtbot.waitUntil(lambda: len(win.browser.series_keys()) == 1, timeout=10000)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=5000)
     qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
 
 
@@ -228,7 +228,7 @@ def test_new_workspace_keeps_open_series_and_is_recent(qtbot, win, tmp_path, vol
 
     files = _series(tmp_path / "s", np.zeros((3, 16, 16), np.float32), "kept")
     task = win.open_path(tmp_path / "s")
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=10000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=10000)
     qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
     win.new_workspace(tmp_path / "ws")
     ws = win.session.workspace
@@ -255,7 +255,7 @@ def test_failed_load_keeps_the_browser_on_the_series_shown(qtbot, win, tmp_path,
     _series(tmp_path / "b", hu + 5, "B", pid="P2", seed=4)
     task = win.open_path(tmp_path)
     qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=5000)
     first = win.session.current_key
     assert win.browser.current_key() == first
     other = next(k for k in win.browser.series_keys() if k != first)
@@ -284,7 +284,7 @@ def test_series_opened_without_one_file_lists_it_with_its_reason(qtbot, win, tmp
     odd = ct_slice(tmp_path / "b.dcm", np.zeros((9, 8), np.int16), z=8)
     task = win.open_path(tmp_path)
     qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=10000)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=5000)
     assert win.session.viewer.volume.n_slices == 3
     qtbot.waitUntil(lambda: win.last_errors_dialog is not None, timeout=5000)
     dialog = win.last_errors_dialog
@@ -317,7 +317,7 @@ def test_open_slice_loads_a_series_not_yet_shown(qtbot, win, tmp_path):
     _series(tmp_path / "a", hu, "Chest A", pid="P1")
     _series(tmp_path / "b", hu + 10, "Chest B", pid="P2", seed=2)
     task = win.open_path(tmp_path)
-    qtbot.waitUntil(lambda: not task.is_running() and win.session.viewer.volume is not None,
+    qtbot.waitUntil(lambda: task.has_ended() and win.session.viewer.volume is not None,
                     timeout=10000)
     other = [k for k in win.browser.series_keys() if k != win.session.current_key][0]
     assert win.open_slice(other, 4)

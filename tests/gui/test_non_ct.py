@@ -84,7 +84,7 @@ def test_pydicom_mr_file_opens_with_its_own_window(qtbot, win, tmp_path):
         pytest.skip("pydicom's MR_small.dcm is not available")
     task = win.open_path(src)
     qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=15000)
-    qtbot.waitUntil(lambda: task is None or not task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: task is None or task.has_ended(), timeout=5000)
     vol = win.session.viewer.volume
     assert str(vol.meta.get("Modality")) == "MR"
     assert (win.session.window.width, win.session.window.level) == (1600.0, 600.0)

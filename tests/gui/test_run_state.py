@@ -29,7 +29,7 @@ def test_runs_of_workspace_are_listed_and_loaded(qtbot, tiny_run, tmp_path):  # 
     idx = paths.index(str(tiny_run))
     picker.combo.activated.emit(idx)  # what a user's choice does
     qtbot.waitUntil(lambda: bool(seen), timeout=10000)
-    qtbot.waitUntil(lambda: not current.task.is_running(), timeout=5000)
+    qtbot.waitUntil(lambda: current.task.has_ended(), timeout=5000)
     run = seen[0]
     assert run.classes == ["lesion", "normal"] and not run.model.training
     assert picker.combo.currentData() == str(tiny_run)
@@ -59,7 +59,7 @@ def test_runs_beside_an_opened_folder_are_offered(qtbot, sample_dir, tiny_run, t
     picker = RunPicker(current)
     qtbot.addWidget(picker)
     task = session.import_path(demo)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=20000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=20000)
 
     def offered() -> bool:  # the picker refreshes on import_finished, queued after the task
         return str(demo / "run") in [picker.combo.itemData(i)

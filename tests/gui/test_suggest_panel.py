@@ -28,7 +28,7 @@ def test_suggest_next_lists_unlabelled_slices_and_jumps_the_viewer(qtbot, tmp_pa
     w.session.new_workspace(tmp_path / "ws")
     task = w.open_path(pool)
     qtbot.waitUntil(lambda: w.session.viewer.volume is not None, timeout=15000)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=15000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=15000)
     tab, panel = w.dataset_tab, w.dataset_tab.suggest_panel
     tab.add_class("normal")
     tab.add_class("lesion")

@@ -30,7 +30,7 @@ def test_formula_pretraining_from_the_gui_lists_the_encoder(qtbot, tmp_path):
         assert settings["formula"] == "fractals" and settings["data"] == ""
         assert "-fractals-" in settings["out"] and "mask_ratio" not in settings
         task = panel.start()
-        qtbot.waitUntil(lambda: not task.is_running(), timeout=60000)
+        qtbot.waitUntil(lambda: task.has_ended(), timeout=60000)
         assert task.error is None, task.error
         out = task.result
         card = read_card(out)

@@ -53,7 +53,7 @@ def _train(qtbot, tab: TrainingTab, out: Path) -> Path:
     tab.run_finished.connect(finished.append)
     task = tab.start(out=str(out))
     assert task is not None, tab.form.problem
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=120000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=120000)
     qtbot.waitUntil(lambda: bool(finished), timeout=5000)
     return Path(finished[0])
 

@@ -164,7 +164,7 @@ def test_run_curves_pause_resume_cancel_then_resume_from_folder(qtbot, tab, samp
     qtbot.waitUntil(lambda: tab.progress.global_step > frozen, timeout=10000)
 
     tab.cancel()
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=30000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=30000)
     qtbot.waitUntil(lambda: tab.start_button.isEnabled(), timeout=5000)
     assert "Cancelled" in tab.status_label.text()
     cp = ckpt.load_checkpoint(out / "checkpoints", "last")
@@ -179,7 +179,7 @@ def test_run_curves_pause_resume_cancel_then_resume_from_folder(qtbot, tab, samp
     assert len(plots.epoch_loss.data) >= 3  # prefilled from history.jsonl
     qtbot.waitUntil(lambda: tab.progress.global_step > stopped_at, timeout=30000)
     tab.cancel()
-    qtbot.waitUntil(lambda: not task2.is_running(), timeout=30000)
+    qtbot.waitUntil(lambda: task2.has_ended(), timeout=30000)
     assert ckpt.load_checkpoint(out / "checkpoints", "last").meta["global_step"] > stopped_at
 
 
@@ -193,7 +193,7 @@ def test_finished_run_is_reported_and_registered_in_the_workspace(qtbot, sample,
     finished = []
     tab.run_finished.connect(finished.append)
     task = tab.start()
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=60000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=60000)
     qtbot.waitUntil(lambda: bool(finished), timeout=5000)
     run_dir = finished[0]
     assert run_dir.parent == (tmp_path / "ws" / "runs").resolve() or \
@@ -232,7 +232,7 @@ def test_closing_the_window_during_training_asks_then_cancels_cleanly(qtbot, sam
 
 def test_engine_probe_fills_devices_and_model_names(qtbot, tab):
     tab.show()  # first show starts the background probe
-    qtbot.waitUntil(lambda: tab.probe_task is not None and not tab.probe_task.is_running(),
+    qtbot.waitUntil(lambda: tab.probe_task is not None and tab.probe_task.has_ended(),
                     timeout=60000)
     qtbot.waitUntil(lambda: tab.form.known_models is not None, timeout=5000)
     assert "vit_base_patch16_224" in tab.form.known_models
@@ -279,7 +279,7 @@ def labelled_workspace(qtbot, sample, tmp_path):
     session = Session()
     session.new_workspace(tmp_path / "ws")
     task = session.import_path(sample)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=30000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=30000)
     qtbot.waitUntil(lambda: len(session.workspace.series()) == 4, timeout=5000)
     session.workspace.import_labels_csv(sample / "labels.csv")
     yield session
@@ -295,7 +295,7 @@ def test_training_on_the_workspace_labels_then_pretraining_lists_the_encoder(
     tab.form.ws_radio.setChecked(True)
     assert tab.form.run_config(out="x").data.source == str(session.workspace.folder)
     task = tab.start()
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=60000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=60000)
     assert task.error is None and len(tab.plots.epoch_loss.data) == 3
     assert len(session.workspace.runs()) == 1
 
@@ -305,7 +305,7 @@ def test_training_on_the_workspace_labels_then_pretraining_lists_the_encoder(
     panel.batch_spin.setValue(8)
     assert panel.start_button.isEnabled()
     ptask = panel.start()
-    qtbot.waitUntil(lambda: not ptask.is_running(), timeout=60000)
+    qtbot.waitUntil(lambda: ptask.has_ended(), timeout=60000)
     assert ptask.error is None, ptask.error
     out = ptask.result
     assert out.parent == session.workspace.folder / "pretrain"

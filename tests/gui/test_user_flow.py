@@ -75,7 +75,7 @@ def test_a_whole_session_in_one_window(qtbot, tiny_run, sample_dir, tmp_path):  
     # ---- open the folder, look at a series
     task = win.open_path(demo)
     qtbot.waitUntil(lambda: win.session.viewer.volume is not None, timeout=30000)
-    qtbot.waitUntil(lambda: not task.is_running(), timeout=10000)
+    qtbot.waitUntil(lambda: task.has_ended(), timeout=10000)
     assert len(win.browser.series_keys()) == 6
     win.viewer.viewer.step(1)
     win.viewer.graphics.scene().sigMouseMoved.emit(

@@ -64,7 +64,7 @@ def test_user_error_is_one_line_without_details(qtbot):
     task = Task(fail)
     with qtbot.waitSignal(task.errored, timeout=5000) as blocker:
         task.start()
-    qtbot.waitUntil(lambda: not task.is_running())
+    qtbot.waitUntil(lambda: task.has_ended())
     exc = blocker.args[0]
     box = error_box(None, exc)
     assert box.text() == "/data/x.dcm: unsupported transfer syntax JPEG 2000; install codecs"
@@ -79,7 +79,7 @@ def test_bug_shows_traceback_in_collapsed_details(qtbot):
     task = Task(buggy)
     with qtbot.waitSignal(task.errored, timeout=5000) as blocker:
         task.start()
-    qtbot.waitUntil(lambda: not task.is_running())
+    qtbot.waitUntil(lambda: task.has_ended())
     box = error_box(None, blocker.args[0])
     assert "KeyError" in box.text()
     assert "buggy" in box.detailedText() and "Traceback" in box.detailedText()
@@ -108,3 +108,18 @@ def test_the_runner_is_deleted_on_the_gui_thread(qtbot):
     # moved back before its thread ended, so the worker thread never destroys it
     assert runner.thread() is QApplication.instance().thread()
     qtbot.waitUntil(lambda: not shiboken6.isValid(runner), timeout=2000)  # deleteLater ran
+
+
+def test_has_ended_only_once_the_result_reached_the_gui_thread(qtbot):
+    """is_running() turns False as the thread leaves; the queued ``finished`` may still be
+    on its way. has_ended() is the point where the result has been delivered."""
+    seen = []
+    task = Task(count_to, 3)
+    task.finished.connect(lambda r: seen.append(("finished", task.has_ended())))
+    task.done.connect(lambda: seen.append(("done", task.has_ended())))
+    assert not task.has_ended()
+    task.start()
+    task.wait(5000)
+    assert not task.is_running() and not task.has_ended() and seen == []
+    qtbot.waitUntil(task.has_ended, timeout=5000)
+    assert seen == [("finished", False), ("done", True)] and task.result is not None

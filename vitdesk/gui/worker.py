@@ -133,6 +133,7 @@ class Task(QObject):
         # (see _Runner.run), never by the worker thread
         self._thread.finished.connect(self._on_thread_finished)
         self._started = False
+        self._ended = False
 
     def start(self) -> Task:
         """Start the thread (once). Returns self for chaining."""
@@ -156,6 +157,12 @@ class Task(QObject):
     def is_running(self) -> bool:
         return self._thread.isRunning()
 
+    def has_ended(self) -> bool:
+        """True once ``done`` has been emitted: the result (``finished``/``errored``/
+        ``cancelled``) has reached the GUI thread. ``is_running()`` turns False earlier,
+        as soon as the thread leaves, while those queued signals may still be on the way."""
+        return self._ended
+
     def wait(self, msecs: int = 5000) -> bool:
         """Block until the thread ends (shutdown only; never in normal GUI code)."""
         return self._thread.wait(msecs)
@@ -176,6 +183,7 @@ class Task(QObject):
         self._thread.wait()
         self._runner.deleteLater()
         _LIVE.discard(self)
+        self._ended = True
         self.done.emit()
 
 

@@ -113,7 +113,7 @@ def test_plain_inference_on_test_split_reports_accuracy(qtbot, setup):
         assert ("(refer)" in c[pred_col]) == (not one) or "outside" in c[pred_col]
     text = tab.trust_label.text()
     assert "Shift: in distribution" in text or "OUT OF DISTRIBUTION" in text
-    assert "expected 5%" in text and "Conformal:" in text
+    assert stated_rate(text) and "Conformal:" in text
     assert f"temperature {res.temperature:.2f}" in text
 
 
@@ -147,7 +147,7 @@ def test_series_outside_training_data_gets_no_confident_bar(
     assert res.out_of_distribution and res.outside.all()
     text = tab.trust_label.text()
     assert "OUT OF DISTRIBUTION: outside what the model was trained on" in text
-    assert "Do not rely" in text and "expected 5%" in text
+    assert "Do not rely" in text and stated_rate(text)
     # grey, dashed strip instead of the confident accent colour
     assert tab.strip_colour() == OUTSIDE_COLOUR
     assert tab.curve.opts["pen"].color().name() == OUTSIDE_COLOUR
@@ -217,3 +217,12 @@ def test_series_rows_show_the_workspace_label_beside_the_prediction(
     assert labels[1] == pred[1] and labels[3] == f"{other} ✗"
     assert labels[0] == labels[2] == "–"
     assert tab.table.item(3, 0).foreground().color().name() in ("#e0a040", OUTSIDE_COLOUR)
+
+
+def stated_rate(text: str) -> bool:
+    """The shift line states the in-distribution alarm rate it is set for: 5 %, or
+    1/(n+1) (8 % here) when the tiny run's 12 validation slices set the threshold."""
+    import re
+
+    m = re.search(r"expected (\d+)%", text)
+    return bool(m) and 5 <= int(m[1]) <= 10

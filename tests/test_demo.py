@@ -47,7 +47,7 @@ def test_demo_writes_sample_backbone_run_and_report(tmp_path):
     t = m["transfer"]
     # what each side was given is part of the comparison
     assert t["baseline_model"].startswith("cnn_test_tiny (weights: none), 1 epoch in ")
-    assert t["model"].startswith("vit_test_tiny (weights: 'pretrain'), 3 epochs in ")
+    assert t["model"].startswith("vit_test_tiny_convstem (weights: 'pretrain'), 3 epochs in ")
     assert t["n_slices"] == m["n_slices"] and "paired" in t
     assert "Transfer effectiveness" in html and "Baseline run" in html
     demo_steps = [e.done for e in events if isinstance(e, Progress) and e.task == "demo"]

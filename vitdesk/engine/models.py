@@ -9,6 +9,7 @@ the DeiT distillation token and a second head.
 from __future__ import annotations
 
 import difflib
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,46 @@ TEST_MODELS: dict[str, dict[str, Any]] = {
     # vit_test_tiny loads into it)
     "vit_test_tiny_distilled": dict(patch_size=8, embed_dim=64, depth=2, num_heads=4,
                                     mlp_ratio=2.0, distilled=True),
+    # vit_test_tiny with a convolutional stem in place of the patchify layer
+    "vit_test_tiny_convstem": dict(patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                                   mlp_ratio=2.0, embed_layer="convstem"),
 }
+
+
+class ConvStem(nn.Module):
+    """Stride-2 3x3 convolutions down to the patch grid, then a 1x1 projection: the
+    "early convolutions" stem of Xiao et al. 2021, which trains ViTs faster and more
+    stably than one large-stride patchify convolution, most of all on small data."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int) -> None:
+        super().__init__()
+        steps = int(math.log2(patch_size))
+        if 2 ** steps != patch_size or steps < 1:
+            raise ModelError(f"a convolutional stem needs a power-of-two patch, got {patch_size}")
+        layers: list[nn.Module] = []
+        c_in, c = in_chans, max(8, embed_dim // 2 ** (steps - 1))
+        for _ in range(steps):
+            layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),
+                       nn.ReLU(inplace=True)]
+            c_in, c = c, min(embed_dim, c * 2)
+        layers.append(nn.Conv2d(c_in, embed_dim, 1))
+        self.body = nn.Sequential(*layers)
+        self.in_channels = in_chans  # what a patchify Conv2d says (MAE reads it)
+        self.out_channels = embed_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def conv_stem_embed(**kwargs: Any) -> nn.Module:
+    """timm's PatchEmbed (grid, flatten, dynamic sizes) with a ConvStem as ``proj``."""
+    from timm.layers import PatchEmbed
+
+    embed = PatchEmbed(**kwargs)
+    embed.proj = ConvStem(embed.proj.in_channels, embed.proj.out_channels, embed.patch_size[0])
+    return embed
+
+
 # A ResNet with one BasicBlock per stage and narrow widths: trains in seconds at 32 px.
 CNN_TEST_MODELS: dict[str, dict[str, Any]] = {
     "cnn_test_tiny": dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16),
@@ -102,6 +142,8 @@ def create_model(
         spec = dict(TEST_MODELS[name])
         spec["patch_size"] = kwargs.pop("patch_size", spec["patch_size"])
         cls = VisionTransformerDistilled if spec.pop("distilled", False) else VisionTransformer
+        if spec.get("embed_layer") == "convstem":
+            spec["embed_layer"] = conv_stem_embed
         _check_divisible(name, img_size, spec["patch_size"])
         model = cls(
             img_size=img_size, num_classes=num_classes, in_chans=in_chans,

@@ -52,7 +52,7 @@ CNN_PREFIXES = (
     "tf_mobilenetv3", "densenet", "ghostnet", "mnasnet",
 )
 CNN_TEST_NAMES = frozenset({"cnn_test_tiny"})
-TEST_VIT_NAMES = frozenset({"vit_test_tiny", "vit_test_tiny_distilled"})
+TEST_VIT_NAMES = frozenset({"vit_test_tiny", "vit_test_tiny_distilled", "vit_test_tiny_convstem"})
 DISTILL_MODES = ("soft", "hard", "token")
 # How each front end spells "keep the stages" (one sentence for both, so notices match).
 KEEP_STAGES = ("set recipe.force_staged to keep the stages (--force-staged, or 'Keep "

@@ -19,15 +19,15 @@ from vitdesk.engine.plan import describe_stage
 
 # the ViTs, DeiT students for distillation, and CNN baselines / teachers (any other timm
 # name can be typed in)
-MODELS = ("vit_test_tiny", "vit_tiny_patch16_224", "vit_small_patch16_224",
-          "vit_base_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224",
-          "vit_test_tiny_distilled", "deit_tiny_distilled_patch16_224", "cnn_test_tiny",
-          "resnet18", "resnet50")
+MODELS = ("vit_test_tiny", "vit_test_tiny_convstem", "vit_tiny_patch16_224",
+          "vit_small_patch16_224", "vit_base_patch16_224", "deit_tiny_patch16_224",
+          "deit_small_patch16_224", "vit_test_tiny_distilled",
+          "deit_tiny_distilled_patch16_224", "cnn_test_tiny", "resnet18", "resnet50")
 
 
 def native_img_size(model: str) -> int | None:
     """The resolution a timm name was trained at (``..._224`` -> 224; test model -> 32)."""
-    if model == "vit_test_tiny":
+    if model in ("vit_test_tiny", "vit_test_tiny_convstem"):
         return 32
     tail = model.rsplit("_", 1)[-1]
     return int(tail) if tail.isdigit() else None

@@ -178,7 +178,7 @@ def test_plan_prints_the_run_and_train_without_a_model_runs_it(png_data, tmp_pat
     m = re.search(r"run: (\S+) at (\d+) px, (\d+)-px patches, weights none", out)
     assert m, out
     model, img, patch = m.group(1), int(m.group(2)), int(m.group(3))
-    assert model in ("vit_test_tiny", "vit_tiny_patch16_224") and img == 32
+    assert model in ("vit_test_tiny_convstem", "vit_tiny_patch16_224") and img == 32
     assert patch in (2, 4) and f"patch {patch} px: a {32 // patch}x{32 // patch} grid" in out
     epochs = int(out.split("1. full: ")[1].split(" ep")[0])
     assert 3 <= epochs <= 300

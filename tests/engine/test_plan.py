@@ -209,17 +209,21 @@ def _fp(images=768, native=64, classes=None):
 
 
 def test_plan_for_data_fits_the_budget_with_the_measured_step():
+    from vitdesk.engine.plan import AUTO_MODELS
+
+    SMALLEST = AUTO_MODELS[0][0]  # noqa: N806 (the name the plan starts from)
+    assert SMALLEST == "vit_test_tiny_convstem"
     calls = []
 
     def step(name, img, patch, batch):  # a machine where vit_tiny is 10x slower
         calls.append((name, img, patch, batch))
-        return (0.02 if name == "vit_test_tiny" else 0.2), 100.0
+        return (0.02 if name == SMALLEST else 0.2), 100.0
 
     cfg = _cfg()
     cfg.model.name = "auto"
     p = plan_for_data(cfg, _fp(), budget_s=60, step_seconds=step)
     c = p.cfg
-    assert (c.model.name, c.model.img_size, c.model.patch_size) == ("vit_test_tiny", 64, 4)
+    assert (c.model.name, c.model.img_size, c.model.patch_size) == (SMALLEST, 64, 4)
     assert c.weights.pretrained == "none" and c.recipe.kind == "full"
     assert c.data.batch_size == 32 and c.data.balance == "loss"  # 468:300 > 1.5
     steps_per_epoch = -(-int(768 * 0.7) // 32)
@@ -234,7 +238,7 @@ def test_plan_for_data_fits_the_budget_with_the_measured_step():
     assert any("budget" in r for r in p.reasons)
     # a long budget on a small set still trains the smallest ViT (a wider one overfits)
     p = plan_for_data(cfg, _fp(), budget_s=3600, step_seconds=step)
-    assert p.cfg.model.name == "vit_test_tiny" and any("too few" in r for r in p.reasons)
+    assert p.cfg.model.name == SMALLEST and any("too few" in r for r in p.reasons)
     # on a large set it buys the larger ViT, still with its 16x16 grid of 4-px patches
     big = _fp(images=20000, classes={"lesion": 8000, "normal": 12000})
     p = plan_for_data(cfg, big, budget_s=36000, step_seconds=step)
@@ -242,10 +246,10 @@ def test_plan_for_data_fits_the_budget_with_the_measured_step():
     assert p.cfg.recipe.stages[0].epochs >= 20
     # a budget too short for 4-px patches takes the 8x8 grid of 8-px patches
     def slow_fine(name, img, patch, batch):
-        return (0.5 if patch == 4 or name != "vit_test_tiny" else 0.02), 100.0
+        return (0.5 if patch == 4 or name != SMALLEST else 0.02), 100.0
 
     p = plan_for_data(cfg, _fp(), budget_s=60, step_seconds=slow_fine)
-    assert (p.cfg.model.name, p.cfg.model.patch_size) == ("vit_test_tiny", 0)  # its own 8
+    assert (p.cfg.model.name, p.cfg.model.patch_size) == (SMALLEST, 0)  # its own 8
     assert any("a finer grid does not fit the budget" in r for r in p.reasons)
     # what the user gave is kept
     cfg.data.batch_size, cfg.model.img_size = 8, 32

@@ -162,10 +162,11 @@ def measure_item_costs(cfg: RunConfig, records: list, img_size: int
         return 0.0, 0.0, 0.0
     from vitdesk.data.dataset import SliceDataset
     from vitdesk.engine.models import model_norm_stats
+    from vitdesk.engine.plan import AUTO_MODELS
     from vitdesk.engine.run import _augment_config
     from vitdesk.imaging.windowing import WindowSpec
 
-    name = cfg.model.name if cfg.model.name != "auto" else "vit_test_tiny"
+    name = cfg.model.name if cfg.model.name != "auto" else AUTO_MODELS[0][0]
     mean, std = model_norm_stats(name)
     classes = sorted({r.label for r in records if r.label is not None})
     recs = [r for r in records if r.label is not None]

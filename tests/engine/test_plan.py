@@ -223,7 +223,10 @@ def test_plan_for_data_fits_the_budget_with_the_measured_step():
     cfg.model.name = "auto"
     p = plan_for_data(cfg, _fp(), budget_s=60, step_seconds=step)
     c = p.cfg
-    assert (c.model.name, c.model.img_size, c.model.patch_size) == (SMALLEST, 64, 4)
+    # the conv stem keeps its own 8-px patches (an 8x8 grid): no finer grid is tried
+    assert (c.model.name, c.model.img_size, c.model.patch_size) == (SMALLEST, 64, 0)
+    assert {(n, pt) for n, _i, pt, _b in calls if n == SMALLEST} == {(SMALLEST, 8)}
+    assert any("convolutional stem sees every pixel" in r for r in p.reasons)
     assert c.weights.pretrained == "none" and c.recipe.kind == "full"
     assert c.data.batch_size == 32 and c.data.balance == "loss"  # 468:300 > 1.5
     steps_per_epoch = -(-int(768 * 0.7) // 32)
@@ -244,12 +247,17 @@ def test_plan_for_data_fits_the_budget_with_the_measured_step():
     p = plan_for_data(cfg, big, budget_s=36000, step_seconds=step)
     assert p.cfg.model.name == "vit_tiny_patch16_224" and p.cfg.model.patch_size == 4
     assert p.cfg.recipe.stages[0].epochs >= 20
-    # a budget too short for 4-px patches takes the 8x8 grid of 8-px patches
+    # a plain-stem ViT from random weights takes the finest grid the budget allows: 4-px
+    # patches when they fit, and the 8x8 grid of 8-px patches when they do not
     def slow_fine(name, img, patch, batch):
-        return (0.5 if patch == 4 or name != SMALLEST else 0.02), 100.0
+        return (0.5 if patch == 4 else 0.02), 100.0
 
-    p = plan_for_data(cfg, _fp(), budget_s=60, step_seconds=slow_fine)
-    assert (p.cfg.model.name, p.cfg.model.patch_size) == (SMALLEST, 0)  # its own 8
+    plain = _cfg()
+    plain.model.name, plain.weights.pretrained = "vit_test_tiny", "none"
+    p = plan_for_data(plain, _fp(), budget_s=60, step_seconds=lambda *a: (0.02, 100.0))
+    assert (p.cfg.model.name, p.cfg.model.patch_size) == ("vit_test_tiny", 4)
+    p = plan_for_data(plain, _fp(), budget_s=60, step_seconds=slow_fine)
+    assert (p.cfg.model.name, p.cfg.model.patch_size) == ("vit_test_tiny", 0)  # its own 8
     assert any("a finer grid does not fit the budget" in r for r in p.reasons)
     # what the user gave is kept
     cfg.data.batch_size, cfg.model.img_size = 8, 32

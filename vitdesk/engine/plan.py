@@ -595,8 +595,14 @@ def parse_budget(text: str | float | int | None) -> float | None:
     return seconds
 
 
-def choose_geometry(native_px: int, own_patch: int | None, random_init: bool
-                    ) -> tuple[int, list[int], list[str]]:
+# ViTs whose patchify layer is a convolutional stem (engine/models.ConvStem): the stem
+# already sees every pixel, so a finer token grid only costs (patch 4 instead of 8 on the
+# quick demo's sample: 2x the time, accuracy 0.794 vs 0.825, AUC 0.892 vs 0.917)
+CONV_STEM_NAMES = frozenset({"vit_test_tiny_convstem"})
+
+
+def choose_geometry(native_px: int, own_patch: int | None, random_init: bool,
+                    conv_stem: bool = False) -> tuple[int, list[int], list[str]]:
     """Image size and the patch sizes to consider for images of ``native_px``, finest
     first, with the reasons.
 
@@ -613,6 +619,8 @@ def choose_geometry(native_px: int, own_patch: int | None, random_init: bool
     if random_init or not own_patch:
         patches = [p for p in PATCHES
                    if img % p == 0 and MIN_GRID_PLAN <= img // p <= MAX_GRID]
+        if patches and conv_stem:
+            return img, patches[-1:], why  # the coarsest grid of at least 8x8
         if patches:
             return img, patches, why
     p = int(own_patch or 16)
@@ -623,11 +631,16 @@ def choose_geometry(native_px: int, own_patch: int | None, random_init: bool
     return img // p * p, [p], why
 
 
-def patch_reason(img: int, patch: int, own: int | None, finer: bool) -> str:
+def patch_reason(img: int, patch: int, own: int | None, finer: bool,
+                 conv_stem: bool = False) -> str:
     """Why this patch: its grid, and whether the budget ruled out a finer one."""
     if not patch:
         return "no patches (a CNN)"
     grid = f"a {img // patch}x{img // patch} grid"
+    if conv_stem:
+        return (f"patch {patch} px: {grid}, the coarsest of at least {MIN_GRID_PLAN}x"
+                f"{MIN_GRID_PLAN} (the convolutional stem sees every pixel, so a finer grid "
+                "would only cost time)")
     why = (f"the model's own, {grid}" if own and patch == own else
            f"{grid}, at least {MIN_GRID_PLAN}x{MIN_GRID_PLAN} so small findings are not lost "
            "inside one patch")
@@ -697,8 +710,9 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
         epochs = int((budget * 0.9 - fixed) / (per_epoch
                                                + per_epoch / LAST_CHECKPOINT_S
                                                * costs.last_checkpoint))
-        return (name, lr, img, p, [*geo_why, patch_reason(img, p, patch_size_of(name), finer)],
-                step, peak, epochs)
+        reason = patch_reason(img, p, patch_size_of(name), finer,
+                              conv_stem=name in CONV_STEM_NAMES and random_init)
+        return (name, lr, img, p, [*geo_why, reason], step, peak, epochs)
 
     chosen = fallback = None
     for name, lr in candidates:
@@ -708,7 +722,8 @@ def plan_for_data(cfg: RunConfig, fp: Fingerprint, *, budget_s: float | None,
             patches = [cfg.model.patch_size or own or 0]
             geo_why = [f"image size {img} px (given)"]
         else:
-            img, patches, geo_why = choose_geometry(fp.native_px, own, random_init)
+            img, patches, geo_why = choose_geometry(fp.native_px, own, random_init,
+                                                    conv_stem=name in CONV_STEM_NAMES)
         fit = None
         for k, p in enumerate(patches):
             o = option(name, lr, img, p, geo_why, finer=k > 0)

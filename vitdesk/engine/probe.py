@@ -220,7 +220,13 @@ def plan_auto(cfg: RunConfig, *, budget_s: float | None, explicit: set[str],
     """The planner on this machine: fingerprint ``cfg.data.source``, probe the machine,
     measure the candidates' steps and fill in the run (:func:`plan_for_data`)."""
     from vitdesk.config import patch_size_of
-    from vitdesk.engine.plan import AUTO_MODELS, choose_geometry, data_fingerprint, plan_for_data
+    from vitdesk.engine.plan import (
+        AUTO_MODELS,
+        CONV_STEM_NAMES,
+        choose_geometry,
+        data_fingerprint,
+        plan_for_data,
+    )
 
     machine = probe_machine(cfg.device)
     sampled: list = []
@@ -232,7 +238,8 @@ def plan_auto(cfg: RunConfig, *, budget_s: float | None, explicit: set[str],
         return measure_step(name, img, patch, batch, machine.device, threads=threads)
 
     first = AUTO_MODELS[0][0] if cfg.model.name == "auto" else cfg.model.name
-    img, patches, _why = choose_geometry(fp.native_px, patch_size_of(first), True)
+    img, patches, _why = choose_geometry(fp.native_px, patch_size_of(first), True,
+                                         conv_stem=first in CONV_STEM_NAMES)
     try:
         writes, last = measure_checkpoint_costs(cfg.out, first, img, patches[-1])
         read, item, val_item = measure_item_costs(

@@ -199,7 +199,7 @@ def test_cli_and_form_plan_the_same_adapted_run(qtbot, tmp_path):
     assert not form.problem, form.problem
     assert cfg.to_dict() == cli.cfg.to_dict()
     assert form.warning.splitlines() == cli.notices
-    assert (cfg.adapt.source, cfg.adapt.weight) == (str(target), 1.0)
+    assert (cfg.adapt.source, cfg.adapt.weight) == (str(target), 0.1)
 
 
 SITE_REFUSED = [

@@ -324,7 +324,7 @@ def check_continual_adapt(cfg: RunConfig, check_files: bool = True) -> None:
         what = "continual.rehearsal" if c.rehearsal else "continual.ewc"
         raise ConfigError(f"{what} needs a parent run to remember: add --continue RUN")
     if a.source and a.weight <= 0:
-        raise ConfigError(f"adapt.weight={a.weight}: use a positive weight, e.g. 1")
+        raise ConfigError(f"adapt.weight={a.weight}: use a positive weight, e.g. 0.1")
     if not check_files:
         return
     if c.continue_from:

@@ -87,7 +87,14 @@ def test_mahalanobis_flags_shifted_not_in_distribution(rng):
 def test_mahalanobis_singular_covariance_and_model_features(trained_vit, test_set):
     x, _ = test_set
     feats = extract_features(trained_vit, [x[:16], x[16:32]])
-    assert feats.shape == (32, 64)  # fewer cases than dimensions: singular covariance
+    # 64 pooled features, then the mean and SD of the 64-wide patch-embedding tokens;
+    # fewer cases than dimensions: singular covariance
+    assert feats.shape == (32, 3 * 64)
+    pooled = trained_vit.forward_head(trained_vit.forward_features(x[:16]), pre_logits=True)
+    np.testing.assert_allclose(feats[:16, :64], pooled.detach().numpy(), rtol=1e-5, atol=1e-6)
+    tok = trained_vit.patch_embed(x[:16]).detach()
+    np.testing.assert_allclose(feats[:16, 64:128], tok.mean(1).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats[:16, 128:], tok.std(1).numpy(), rtol=1e-5, atol=1e-5)
     det = MahalanobisDetector().fit(feats)
     d = det.distances(feats)
     assert np.isfinite(d).all()

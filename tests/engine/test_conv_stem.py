@@ -56,3 +56,18 @@ def test_attention_maps_cover_the_stem_grid():
     maps = attention_maps(m, torch.rand(1, 3, 32, 32))
     assert maps.rollout.shape[-2:] == (32, 32) and np.isfinite(maps.rollout).all()
     assert tuple(maps.grid) == (4, 4)
+
+
+def test_shift_features_tap_the_stem_and_see_an_intensity_offset():
+    from vitdesk.analysis.shift import extract_features
+
+    torch.manual_seed(0)
+    m = create_model("vit_test_tiny_convstem", num_classes=2, img_size=32).eval()
+    x = torch.rand(6, 3, 32, 32)
+    f = extract_features(m, [x])
+    # pooled 64, patch tokens mean + SD 128, first stem convolution mean + SD 2 x 16
+    assert f.shape == (6, 64 + 128 + 32)
+    g = extract_features(m, [x + 1.0])
+    assert np.abs(g[:, 64:] - f[:, 64:]).max() > 1e-3  # the low-level part moved
+    assert not any(h for h in (m.patch_embed._forward_hooks, m.patch_embed.proj.body[1]
+                               ._forward_hooks))  # hooks removed

@@ -67,6 +67,7 @@ def test_shift_features_tap_the_stem_and_see_an_intensity_offset():
     f = extract_features(m, [x])
     # pooled 64, patch tokens mean + SD 128, first stem convolution mean + SD 2 x 16
     assert f.shape == (6, 64 + 128 + 32)
+    assert extract_features(m, [x], low_level=False).shape == (6, 64)  # pooled only
     g = extract_features(m, [x + 1.0])
     assert np.abs(g[:, 64:] - f[:, 64:]).max() > 1e-3  # the low-level part moved
     assert not any(h for h in (m.patch_embed._forward_hooks, m.patch_embed.proj.body[1]

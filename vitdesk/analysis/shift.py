@@ -47,9 +47,11 @@ def extract_features(
     total: int | None = None,
     cancel: CancelToken = NEVER,
     listener: Listener | None = None,
+    low_level: bool = True,
 ) -> np.ndarray:
-    """Penultimate (pre-logit) features of tensors or (x, y) batches; for a ViT also the
-    mean and the standard deviation of its patch-embedding tokens, (N, 3D).
+    """Penultimate (pre-logit) features of tensors or (x, y) batches; with ``low_level``
+    and a ViT also the mean and standard deviation of its patch-embedding tokens (and of
+    a convolutional stem's first convolution): (N, 3D) or wider, else (N, D).
 
     Why both: the pooled features answer "does the model see something it knows", the
     embedding tokens "do the pixels look like the training pixels" (their mean sees an
@@ -63,7 +65,7 @@ def extract_features(
     embed = getattr(model, "patch_embed", None)
     taps: list[torch.Tensor] = []
     hooks = []
-    if isinstance(embed, nn.Module):
+    if low_level and isinstance(embed, nn.Module):
         hooks.append(embed.register_forward_hook(lambda _m, _i, out: taps.append(out)))
         body = getattr(getattr(embed, "proj", None), "body", None)
         if isinstance(body, nn.Sequential) and len(body) > 1:

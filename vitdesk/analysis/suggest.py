@@ -345,8 +345,9 @@ def suggest(
     else:
         probs, _ = predict_proba(model, dataset_batches(ds, idx, batch_size, False), device=dev,
                                  total=total, cancel=cancel, listener=listener)
+    # diversity in what the model sees (pooled features), not in pixel statistics
     feats = extract_features(model, dataset_batches(ds, idx, batch_size, False), device=dev,
-                             total=total, cancel=cancel, listener=listener)
+                             total=total, cancel=cancel, listener=listener, low_level=False)
     scores = uncertainty(probs, measure)
     classes = list(lr.classes)
 

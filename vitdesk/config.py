@@ -26,7 +26,8 @@ BALANCE = ("none", "sampler", "loss")
 POOLS = ("auto", "token", "avg")
 DEVICES = ("auto", "cpu", "cuda")
 # Patch sizes of the registered test models (timm names carry theirs: "patch16").
-TEST_MODEL_PATCH = {"vit_test_tiny": 8, "vit_test_tiny_distilled": 8, "vit_test_tiny_convstem": 8}
+TEST_MODEL_PATCH = {"vit_test_tiny": 8, "vit_test_tiny_distilled": 8,
+                    "vit_test_tiny_convstem": 8}
 
 
 @dataclass

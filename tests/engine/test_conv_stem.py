@@ -70,5 +70,5 @@ def test_shift_features_tap_the_stem_and_see_an_intensity_offset():
     assert extract_features(m, [x], low_level=False).shape == (6, 64)  # pooled only
     g = extract_features(m, [x + 1.0])
     assert np.abs(g[:, 64:] - f[:, 64:]).max() > 1e-3  # the low-level part moved
-    assert not any(h for h in (m.patch_embed._forward_hooks, m.patch_embed.proj.body[1]
+    assert not any(h for h in (m.patch_embed._forward_hooks, m.patch_embed.proj.first_norm()
                                ._forward_hooks))  # hooks removed

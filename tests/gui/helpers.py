@@ -17,3 +17,12 @@ def make_volume(nz: int = 12, ny: int = 64, nx: int = 80, spacing=(2.5, 0.7, 0.7
     kwargs.setdefault("key", "ramp00000001")
     return Volume(hu=hu, spacing=spacing, origin=(-20.0, -30.0, 100.0),
                   slice_positions=100.0 + spacing[0] * np.arange(nz), **kwargs)
+
+
+def stated_rate(text: str) -> bool:
+    """The shift line states the in-distribution alarm rate it is set for: 5 %, or
+    1/(n+1) (8 % here) when the tiny run's 12 validation slices set the threshold."""
+    import re
+
+    m = re.search(r"expected (\d+)%", text)
+    return bool(m) and 5 <= int(m[1]) <= 10

@@ -8,7 +8,7 @@ import pytest
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 from tests.gui.conftest_runs import sample_dir, tiny_run  # noqa: F401
-from tests.gui.helpers import make_volume
+from tests.gui.helpers import make_volume, stated_rate
 from vitdesk.gui.run_state import CurrentRun
 from vitdesk.gui.session import Session
 from vitdesk.gui.slice_view import SliceView
@@ -313,12 +313,3 @@ def test_prediction_shows_the_slice_label_beside_it(qtbot, setup, sample_dir, tm
     session.viewer.set_index(2)
     _wait_result(qtbot, tab, 2)
     assert tab.truth_label.text() == f"Label: {other} ✗ disagrees with the prediction"
-
-
-def stated_rate(text: str) -> bool:
-    """The shift line states the in-distribution alarm rate it is set for: 5 %, or
-    1/(n+1) (8 % here) when the tiny run's 12 validation slices set the threshold."""
-    import re
-
-    m = re.search(r"expected (\d+)%", text)
-    return bool(m) and 5 <= int(m[1]) <= 10

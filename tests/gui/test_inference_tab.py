@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtCore import QPointF, Qt
 
 from tests.gui.conftest_runs import sample_dir, tiny_run  # noqa: F401
-from tests.gui.helpers import make_volume
+from tests.gui.helpers import make_volume, stated_rate
 from tests.trustdata import checkerboard
 from vitdesk.gui.run_state import CurrentRun
 from vitdesk.gui.session import Session
@@ -217,12 +217,3 @@ def test_series_rows_show_the_workspace_label_beside_the_prediction(
     assert labels[1] == pred[1] and labels[3] == f"{other} ✗"
     assert labels[0] == labels[2] == "–"
     assert tab.table.item(3, 0).foreground().color().name() in ("#e0a040", OUTSIDE_COLOUR)
-
-
-def stated_rate(text: str) -> bool:
-    """The shift line states the in-distribution alarm rate it is set for: 5 %, or
-    1/(n+1) (8 % here) when the tiny run's 12 validation slices set the threshold."""
-    import re
-
-    m = re.search(r"expected (\d+)%", text)
-    return bool(m) and 5 <= int(m[1]) <= 10

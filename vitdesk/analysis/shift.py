@@ -67,11 +67,11 @@ def extract_features(
     hooks = []
     if low_level and isinstance(embed, nn.Module):
         hooks.append(embed.register_forward_hook(lambda _m, _i, out: taps.append(out)))
-        body = getattr(getattr(embed, "proj", None), "body", None)
-        if isinstance(body, nn.Sequential) and len(body) > 1:
-            # a convolutional stem: also its first convolution (after batch norm), which
-            # still sees noise and texture at half the input resolution
-            hooks.append(body[1].register_forward_hook(lambda _m, _i, out: taps.append(out)))
+        first = getattr(getattr(embed, "proj", None), "first_norm", None)
+        if callable(first):
+            # a convolutional stem: also its first convolution, which still sees noise
+            # and texture at half the input resolution
+            hooks.append(first().register_forward_hook(lambda _m, _i, out: taps.append(out)))
     try:
         for i, batch in enumerate(batches, start=1):
             cancel.check()

@@ -17,7 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitdesk.engine.plan import CNN_PREFIXES, is_cnn_name  # the names' one home
+from vitdesk.engine.plan import (  # the names' one home
+    CNN_PREFIXES,
+    CONV_STEM_NAMES,
+    is_cnn_name,
+)
 from vitdesk.errors import ConfigError, ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,9 +35,10 @@ TEST_MODELS: dict[str, dict[str, Any]] = {
     # vit_test_tiny loads into it)
     "vit_test_tiny_distilled": dict(patch_size=8, embed_dim=64, depth=2, num_heads=4,
                                     mlp_ratio=2.0, distilled=True),
-    # vit_test_tiny with a convolutional stem in place of the patchify layer
+    # vit_test_tiny with a convolutional stem in place of the patchify layer (the names
+    # with one: plan.CONV_STEM_NAMES)
     "vit_test_tiny_convstem": dict(patch_size=8, embed_dim=64, depth=2, num_heads=4,
-                                   mlp_ratio=2.0, embed_layer="convstem"),
+                                   mlp_ratio=2.0),
 }
 
 
@@ -60,6 +65,11 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def first_norm(self) -> nn.Module:
+        """The first convolution's batch norm: low-level features at half resolution
+        (the shift check reads their statistics)."""
+        return self.body[1]
 
 
 def conv_stem_embed(**kwargs: Any) -> nn.Module:
@@ -142,7 +152,7 @@ def create_model(
         spec = dict(TEST_MODELS[name])
         spec["patch_size"] = kwargs.pop("patch_size", spec["patch_size"])
         cls = VisionTransformerDistilled if spec.pop("distilled", False) else VisionTransformer
-        if spec.get("embed_layer") == "convstem":
+        if name in CONV_STEM_NAMES:
             spec["embed_layer"] = conv_stem_embed
         _check_divisible(name, img_size, spec["patch_size"])
         model = cls(

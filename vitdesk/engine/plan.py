@@ -34,6 +34,7 @@ from typing import Any
 
 from vitdesk.config import (
     RESUME_FREE,
+    TEST_MODEL_PATCH,
     RunConfig,
     StageConfig,
     coarse_grid_warning,
@@ -52,7 +53,7 @@ CNN_PREFIXES = (
     "tf_mobilenetv3", "densenet", "ghostnet", "mnasnet",
 )
 CNN_TEST_NAMES = frozenset({"cnn_test_tiny"})
-TEST_VIT_NAMES = frozenset({"vit_test_tiny", "vit_test_tiny_distilled", "vit_test_tiny_convstem"})
+TEST_VIT_NAMES = frozenset(TEST_MODEL_PATCH)  # the tiny test ViTs (config names them)
 DISTILL_MODES = ("soft", "hard", "token")
 # How each front end spells "keep the stages" (one sentence for both, so notices match).
 KEEP_STAGES = ("set recipe.force_staged to keep the stages (--force-staged, or 'Keep "

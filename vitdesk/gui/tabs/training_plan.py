@@ -15,7 +15,7 @@ from typing import Any
 from vitdesk.config import RunConfig
 from vitdesk.engine.cards import CARD, CARD_FORMAT
 from vitdesk.engine.events import EpochEnded, StageStarted, StepDone, TrainingDone
-from vitdesk.engine.plan import describe_stage
+from vitdesk.engine.plan import TEST_VIT_NAMES, describe_stage
 
 # the ViTs, DeiT students for distillation, and CNN baselines / teachers (any other timm
 # name can be typed in)
@@ -27,7 +27,7 @@ MODELS = ("vit_test_tiny", "vit_test_tiny_convstem", "vit_tiny_patch16_224",
 
 def native_img_size(model: str) -> int | None:
     """The resolution a timm name was trained at (``..._224`` -> 224; test model -> 32)."""
-    if model in ("vit_test_tiny", "vit_test_tiny_convstem"):
+    if model in TEST_VIT_NAMES:
         return 32
     tail = model.rsplit("_", 1)[-1]
     return int(tail) if tail.isdigit() else None

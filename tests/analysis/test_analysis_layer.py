@@ -106,7 +106,8 @@ def test_open_series_slices_get_the_same_scores_as_records(loaded, run):
     # the tiny run's few validation slices: the threshold is their largest, so the
     # in-distribution rate it is set for is 1/(n+1), and the verdict says that number
     res = far.shift
-    assert res.expected_rate == pytest.approx(max(0.05, 1 / (res.n_reference + 1)))
+    assert res.expected_rate == pytest.approx(
+        max(0.05, 1 / ((res.n_reference_patients or res.n_reference) + 1)))
     assert f"expected {res.expected_rate:.0%}" in far.shift_text()
 
 

@@ -21,8 +21,8 @@ def make_volume(nz: int = 12, ny: int = 64, nx: int = 80, spacing=(2.5, 0.7, 0.7
 
 def stated_rate(text: str) -> bool:
     """The shift line states the in-distribution alarm rate it is set for: 5 %, or
-    1/(n+1) (8 % here) when the tiny run's 12 validation slices set the threshold."""
+    1/(m+1) when a tiny run's m validation patients set the threshold (m >= 1)."""
     import re
 
     m = re.search(r"expected (\d+)%", text)
-    return bool(m) and 5 <= int(m[1]) <= 10
+    return bool(m) and 5 <= int(m[1]) <= 50

@@ -79,7 +79,8 @@ def test_shift_of_open_series_lists_outliers_and_jumps(qtbot, setup, sample_dir)
     assert len(r.distances) == vol.shape[0] and np.all(np.isfinite(r.distances))
     # evaluate's detector: threshold on held-out slices, the verdict and expected rate
     assert r.reference in ("validation", "held-out training split") and r.n_reference > 0
-    assert r.expected_rate == pytest.approx(max(0.05, 1 / (r.n_reference + 1)))
+    assert r.expected_rate == pytest.approx(
+        max(0.05, 1 / ((r.n_reference_patients or r.n_reference) + 1)))
     assert tab.shift_summary.text().startswith(r.verdict())
     assert f"expected {r.expected_rate:.0%}" in tab.shift_summary.text()
     assert 1 in r.outliers.tolist()

@@ -11,8 +11,10 @@ Gaussian was not fitted on (split by patient when patients are given). A case's
 distance to a mean and covariance fitted on itself is biased low when the feature
 dimension is not small against the number of cases, so an in-sample threshold
 raises the alarm on far more than the nominal share of new in-distribution cases.
-The threshold is the split-conformal quantile of the held-out distances, so a new
-exchangeable case exceeds it with probability at most ``1 - percentile/100``.
+The threshold is the split-conformal quantile of the held-out distances, with the
+patients as the exchangeable units when they are known, so a slice of a new
+exchangeable patient exceeds it with probability at most ``1 - percentile/100``, or
+``1/(m+1)`` when only ``m < 19`` held-out patients set it (``expected_rate`` says which).
 """
 
 from __future__ import annotations
@@ -100,17 +102,61 @@ def ood_auroc(in_distances: np.ndarray, out_distances: np.ndarray) -> float:
     return binary_auc(np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)], np.r_[a, b])
 
 
-def conformal_threshold(reference: np.ndarray, percentile: float) -> float:
-    """The ceil((n+1) q)-th smallest reference distance (the largest when n is too small).
+def conformal_threshold(reference: np.ndarray, percentile: float,
+                        groups: np.ndarray | None = None) -> float:
+    """The split-conformal threshold of held-out distances (their largest when too few).
 
-    A new case exchangeable with the ``n`` reference cases exceeds it with probability
-    at most ``1 - q`` (and, for continuous distances, at least ``1 - q - 1/(n+1)``).
+    Without ``groups`` the ceil((n+1) q)-th smallest of ``n`` distances: a new case
+    exchangeable with them exceeds it with probability at most ``a = 1 - q``.
+
+    With ``groups`` (the patient of each distance) the exchangeable units are the
+    ``m`` patients, not the slices: slices of one patient share anatomy, noise and
+    scanner, so a new patient is often wholly above or wholly below. The threshold is
+    the smallest distance ``t`` at which the patients' mean share of slices beyond
+    ``t`` is at most ``((m+1) a - 1) / m``; then a random slice of a new exchangeable
+    patient exceeds it with probability at most ``a`` (pooled-CDF argument of Dunn,
+    Wasserman & Ramdas 2022, hierarchical conformal prediction). With fewer than
+    ``1/a - 1`` patients that is impossible and the threshold is the largest distance,
+    exceeded with probability at most ``1/(m+1)``. One slice per patient gives the
+    plain rule.
     """
-    d = np.sort(np.asarray(reference, dtype=np.float64))
+    d = np.asarray(reference, dtype=np.float64)
     if len(d) == 0:
         raise DataError("shift: no held-out distances to set the threshold on")
-    k = math.ceil((len(d) + 1) * percentile / 100.0)
-    return float(d[min(k, len(d)) - 1])
+    alpha = 1.0 - percentile / 100.0
+    if groups is None:
+        k = math.ceil((len(d) + 1) * percentile / 100.0 - 1e-9)
+        return float(np.sort(d)[min(k, len(d)) - 1])
+    g = np.asarray(groups)
+    if len(g) != len(d):
+        raise DataError(f"shift: {len(g)} patients for {len(d)} held-out distances")
+    _, inv = np.unique(g, return_inverse=True)
+    m = int(inv.max()) + 1
+    budget = ((m + 1) * alpha - 1.0) / m
+    if budget < 0:
+        return float(d.max())
+    # each slice weighs 1/(its patient's slice count)/m in the patients' mean share
+    w = 1.0 / np.bincount(inv)[inv] / m
+    order = np.argsort(d, kind="stable")
+    ds, ws = d[order], w[order]
+    above = 1.0 - np.cumsum(ws)  # mean share beyond ds[i] (ties resolved below)
+    for i in range(len(ds)):
+        if i + 1 < len(ds) and ds[i + 1] == ds[i]:
+            continue  # the share beyond a tied value counts only the larger values
+        if above[i] <= budget + 1e-12:
+            return float(ds[i])
+    return float(ds[-1])
+
+
+def reference_size(n_slices: int, n_patients: int = 0) -> str:
+    """How many held-out cases set a threshold, as the report and the GUI print it."""
+    return (f"{n_slices} slices of {n_patients} patients" if n_patients
+            else f"{n_slices} slices")
+
+
+def reference_units(n: int, groups: np.ndarray | None) -> int:
+    """Exchangeable units behind a threshold: patients when known, else slices."""
+    return int(len(np.unique(np.asarray(groups)))) if groups is not None and n else n
 
 
 @dataclass(frozen=True)
@@ -126,6 +172,7 @@ class ShiftResult:
     expected_rate: float = float("nan")  # 1 - percentile/100: the in-distribution alarm rate
     auroc: float = float("nan")  # cases vs held-out in-distribution reference distances
     n_reference: int = 0  # held-out cases the threshold was set on
+    n_reference_patients: int = 0  # their patients (the exchangeable units), 0 if unknown
     reference: str = ""  # "validation" | "held-out training split"
     covariance: str = ""  # "ledoit-wolf" | "sample"
     reference_group_max: float = float("nan")  # highest alarm share of one held-out patient
@@ -134,6 +181,11 @@ class ShiftResult:
     def observed_rate(self) -> float:
         """Share of the scored cases that raise the alarm."""
         return self.fraction_above
+
+    @property
+    def reference_size(self) -> str:
+        """"18 slices of 3 patients": the held-out cases behind the threshold."""
+        return reference_size(self.n_reference, self.n_reference_patients)
 
     @property
     def slice_out(self) -> np.ndarray:
@@ -161,7 +213,9 @@ class ShiftResult:
                 "fraction_above": self.fraction_above, "median_ratio": self.median_ratio,
                 "expected_rate": self.expected_rate, "observed_rate": self.fraction_above,
                 "auroc": self.auroc, "reference": self.reference,
-                "n_reference": self.n_reference, "covariance": self.covariance,
+                "n_reference": self.n_reference,
+                "n_reference_patients": self.n_reference_patients,
+                "covariance": self.covariance,
                 "reference_patient_max_rate": self.reference_group_max,
                 "n": int(len(self.distances)), "n_outliers": int(len(self.outliers)),
                 "outliers": self.outliers.tolist()}
@@ -236,6 +290,7 @@ class MahalanobisDetector:
         self.precision: np.ndarray | None = None
         self.threshold = float("nan")
         self.reference_distances = np.zeros(0)
+        self.reference_groups: np.ndarray | None = None  # patient of each reference row
         self.reference = ""
         # highest alarm share of one held-out patient: slices of a patient are correlated,
         # so an in-distribution series can exceed the binomial count (see series_shifted)
@@ -245,11 +300,12 @@ class MahalanobisDetector:
     @property
     def expected_rate(self) -> float:
         """Alarm rate on new in-distribution cases that the threshold is set for: the
-        nominal ``1 - q``, or ``1/(n+1)`` when ``n`` reference cases are too few for the
-        order statistic and the threshold is their largest (see conformal_threshold)."""
+        nominal ``1 - q``, or ``1/(m+1)`` when ``m`` reference units (patients when
+        known, else slices) are too few and the threshold is their largest (see
+        conformal_threshold)."""
         nominal = round(1.0 - self.percentile / 100.0, 12)  # 0.05, not 0.050000000000000044
-        n = len(self.reference_distances)
-        return max(nominal, round(1.0 / (n + 1), 12)) if n else nominal
+        m = reference_units(len(self.reference_distances), self.reference_groups)
+        return max(nominal, round(1.0 / (m + 1), 12)) if m else nominal
 
     @property
     def train_median(self) -> float:
@@ -270,8 +326,9 @@ class MahalanobisDetector:
                 the Gaussian is fitted on one part and the threshold set on the other.
             groups: (N,) patient of each training row, so a patient is never on both
                 sides of that split.
-            holdout_groups: (M,) patient of each held-out row; with ``groups`` they give
-                the highest alarm share of one in-distribution patient, which the series
+            holdout_groups: (M,) patient of each held-out row: the threshold then holds
+                its rate for new patients (see conformal_threshold), and they give the
+                highest alarm share of one in-distribution patient, which the series
                 verdict must exceed.
         """
         f = np.asarray(train_features, dtype=np.float64)
@@ -293,8 +350,12 @@ class MahalanobisDetector:
             ref_groups = None if groups is None else np.asarray(groups)[b]
         self._fit_gaussian(fit_rows)
         self.reference_distances = self.distances(ref)
-        self.threshold = conformal_threshold(self.reference_distances, self.percentile)
-        if ref_groups is not None and len(ref_groups) == len(ref):
+        if ref_groups is not None and len(ref_groups) != len(ref):
+            raise DataError(f"shift: {len(ref_groups)} patients for {len(ref)} held-out rows")
+        self.reference_groups = None if ref_groups is None else np.asarray(ref_groups)
+        self.threshold = conformal_threshold(self.reference_distances, self.percentile,
+                                             self.reference_groups)
+        if ref_groups is not None:
             above = self.reference_distances > self.threshold
             ref_groups = np.asarray(ref_groups)
             self.reference_group_max = max(
@@ -337,6 +398,8 @@ class MahalanobisDetector:
             self.threshold, self.percentile, float(len(above) / max(len(d), 1)), ratio, above,
             d, expected_rate=self.expected_rate,
             auroc=ood_auroc(self.reference_distances, d), n_reference=len(self.reference_distances),
+            n_reference_patients=(0 if self.reference_groups is None else reference_units(
+                len(self.reference_distances), self.reference_groups)),
             reference=self.reference, covariance="ledoit-wolf" if self.shrinkage else "sample",
             reference_group_max=self.reference_group_max)
 

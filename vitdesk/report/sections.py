@@ -206,12 +206,15 @@ def _extra_section(data: ReportData) -> Section | None:
                   f"{fmt(fc.get('overfit_onset'))} / {fmt(bc.get('overfit_onset'))}"]]
         s.tables.append(Table(["Transfer", ""], rows, "Transfer effectiveness"))
     if data.shift is not None:
+        from vitdesk.analysis.shift import reference_size
+
         sh = plain(data.shift)
         ref = sh.get("reference") or "held-out"
         n_ref = sh.get("n_reference")
         rows = [["Cases checked", fmt(sh.get("n"))],
                 [f"Threshold ({fmt(sh.get('percentile'), 0)}th pct of {ref} distances"
-                 + (f", {n_ref} slices)" if n_ref else ")"), fmt(sh.get("threshold"))],
+                 + (f", {reference_size(n_ref, sh.get('n_reference_patients') or 0)})"
+                    if n_ref else ")"), fmt(sh.get("threshold"))],
                 ["Alarm rate: expected on in-distribution data",
                  fmt(sh.get("expected_rate", 1 - float(sh.get("percentile", 95)) / 100))],
                 ["Alarm rate: observed (share beyond threshold)", fmt(sh.get("fraction_above"))],

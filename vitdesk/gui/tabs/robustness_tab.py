@@ -345,8 +345,8 @@ class RobustnessTab(QWidget):
         r = out.result
         n = len(r.distances)
         self.shift_summary.setText(
-            f"{r.verdict()}. Threshold {r.threshold:.2f}, set on {r.n_reference} held-out "
-            f"slices ({r.reference}); {r.fraction_above:.0%} of these {n} slices are beyond "
+            f"{r.verdict()}. Threshold {r.threshold:.2f}, set on {r.reference_size} held "
+            f"out ({r.reference}); {r.fraction_above:.0%} of these {n} slices are beyond "
             f"it; median distance {r.median_ratio:.2f}× the held-out median; Gaussian of "
             f"{out.n_train} training slices ({r.covariance}).")
         order = sorted(r.outliers.tolist(), key=lambda i: -r.distances[i])

@@ -205,9 +205,73 @@ def test_cli_trains_a_cnn_and_distils_into_a_vit(tmp_path, capsys):
                  "--out", str(vit)]) == 0
     metrics = json.loads((vit / "metrics.json").read_text())
     assert metrics["teacher"] == {"run": str(cnn), "mode": "token", "temperature": 4.0,
-                                  "alpha": 0.4, "model": "cnn_test_tiny"}
+                                  "alpha": 0.4, "model": "cnn_test_tiny", "img_size": 32}
     assert tomllib.loads((vit / "config.toml").read_text())["teacher"]["alpha"] == 0.4
     assert main(["train", "--model", "vit_test_tiny", *common, "--recipe", "full",
                  "--teacher", str(cnn), "--distill", "token", "--out",
                  str(tmp_path / "bad")]) == 2
     assert "distillation token" in capsys.readouterr().err
+
+
+def test_teacher_at_own_size_maps_the_student_batch_to_the_teachers_preprocessing():
+    from vitdesk.data.preprocess import letterbox_resize, normalise
+    from vitdesk.engine.trainer import TeacherAtOwnSize
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            seen.append(x)
+            return x.mean((2, 3))
+
+    # a windowed slice in [0, 1], not square: both runs letterbox it
+    rng = np.random.default_rng(0)
+    unit = np.clip(rng.normal(0.5, 0.1, (3, 60, 90)), 0, 1).astype(np.float32)
+    unit[:, 20:40, 30:60] = 0.9
+    sm, ss, tm, ts = (0.5,) * 3, (0.5,) * 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    student = torch.as_tensor(normalise(letterbox_resize(unit, 64), sm, ss))[None]
+    own = torch.as_tensor(normalise(letterbox_resize(unit, 32), tm, ts))[None]
+    TeacherAtOwnSize(Spy(), 32, sm, ss, tm, ts)(student)
+    got = seen[-1]
+    assert got.shape == own.shape == (1, 3, 32, 32)
+    # the teacher gets what its own preprocessing gives, up to interpolation
+    assert float((got - own).abs().mean()) < 0.05
+    # ... and not the student's normalisation
+    assert float((student[:, :, ::2, ::2] - own).abs().mean()) > 0.1
+    # same size and statistics: exactly the input
+    x = torch.randn(2, 3, 32, 32)
+    TeacherAtOwnSize(Spy(), 32, sm, ss, sm, ss)(x)
+    assert torch.equal(seen[-1], x)
+
+
+def test_a_64px_cnn_teaches_a_32px_vit(tmp_path, cnn_teacher):
+    """The CNN teacher was trained at 32 px; a second one at 64 px teaches a 32-px
+    student, seeing each batch at 64 px."""
+    from vitdesk.engine import trainer as trainer_mod
+
+    tcfg = _cnn_cfg(tmp_path / "teacher64", epochs=2)
+    tcfg.model.img_size = 64
+    teacher = train(tcfg, data=data(64, 32, size=64))
+    sizes = []
+    real = trainer_mod.TeacherAtOwnSize.forward
+
+    def spy(self, x):
+        out = real(self, x)
+        sizes.append((x.shape[-1], self.size))
+        return out
+
+    trainer_mod.TeacherAtOwnSize.forward = spy
+    try:
+        cfg = tiny_cfg(tmp_path / "student", epochs=1)
+        cfg.teacher.run = str(teacher)
+        run = train(cfg, data=data(32, 16), distill_mode="soft")
+    finally:
+        trainer_mod.TeacherAtOwnSize.forward = real
+    assert sizes and set(sizes) == {(32, 64)}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["teacher"]["img_size"] == 64 and metrics["teacher"]["model"] == "cnn_test_tiny"
+    assert np.isfinite(_history(run)[0]["train_loss"])

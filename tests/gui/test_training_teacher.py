@@ -174,8 +174,9 @@ def test_check_teacher_catches_what_training_would_refuse(ws, tmp_path):
     cfg.model.name, cfg.model.img_size = "vit_test_tiny", 32
     cfg.teacher.run = str(ws / "runs" / "new")
     check_teacher(cfg)  # compatible: no error
+    cfg.model.img_size = 64
+    check_teacher(cfg)  # another image size too: the teacher sees slices at its own
     for change, words in (
-            (lambda c: setattr(c.model, "img_size", 64), "image size 32, this run 64"),
             (lambda c: setattr(c.data, "window", "lung"), "window 'soft_tissue'"),
             (lambda c: setattr(c.teacher, "mode", "token"), "*_distilled"),
             (lambda c: setattr(c.teacher, "unlabelled", str(tmp_path / "x")), "not found")):

@@ -13,7 +13,8 @@ the field and the fix. The rules:
 - a CNN from random weights is never trained with frozen layers;
 - ``model.pool = auto`` becomes token or avg by the weights source;
 - ``teacher.mode`` empty becomes token for a distilled student, else soft; token needs
-  a distilled student; a teacher must share image size and window;
+  a distilled student; a teacher must share the window (not the image size: it sees
+  each slice at its own);
 - backbone cards (window, size) and a coarse ViT grid give notices;
 - a resumed run keeps its ``config.toml``; a flag that would change it is refused;
 - a continued run (``continual.continue_from``) takes its parent's model, image size,
@@ -351,7 +352,7 @@ def check_continual_adapt(cfg: RunConfig, check_files: bool = True) -> None:
 
 
 def check_teacher_files(cfg: RunConfig) -> None:
-    """The teacher run exists, is a run, and fits (image size, window); the unlabelled
+    """The teacher run exists, is a run, and fits (its window); the unlabelled
     source exists. Raises ConfigError naming the problem."""
     t = cfg.teacher
     if t.run:
@@ -363,7 +364,7 @@ def check_teacher_files(cfg: RunConfig) -> None:
         except ConfigError:
             theirs = None  # unreadable: loading the teacher reports it
         if theirs is not None:
-            problem = teacher_mismatch(cfg, t.run, theirs.model.img_size, theirs.data.window)
+            problem = teacher_mismatch(cfg, t.run, theirs.data.window)
             if problem:
                 raise ConfigError(problem)
     if t.unlabelled and not Path(t.unlabelled).expanduser().exists():
@@ -371,13 +372,11 @@ def check_teacher_files(cfg: RunConfig) -> None:
                           "CSV or workspace of images")
 
 
-def teacher_mismatch(cfg: RunConfig, run: str, img_size: int, window: str) -> str | None:
-    """Why a teacher with this image size and window cannot teach ``cfg`` (else None)."""
+def teacher_mismatch(cfg: RunConfig, run: str, window: str) -> str | None:
+    """Why a teacher with this window cannot teach ``cfg`` (else None). Its image size
+    may differ: it sees each slice at its own (engine.trainer.TeacherAtOwnSize)."""
     from vitdesk.imaging.windowing import WindowSpec
 
-    if int(img_size) != int(cfg.model.img_size):
-        return (f"teacher run {run} uses image size {img_size}, this run "
-                f"{cfg.model.img_size} (model.img_size): use the same image size")
     try:
         same = WindowSpec.parse(window) == WindowSpec.parse(cfg.data.window)
     except ConfigError:

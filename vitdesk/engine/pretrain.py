@@ -30,8 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,8 +40,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.cards import CARD, CARD_FORMAT, read_card  # noqa: F401 - re-exported
+from vitdesk.engine.device import (
+    amp_dtype,
+    amp_name,
+    grad_scaler,
+    resolve_device,
+    software_versions,
+)
 from vitdesk.engine.events import CheckpointSaved, StepDone, TrainingFailed
 from vitdesk.engine.formula import FormulaClassifier
+from vitdesk.engine.history import HISTORY, HistoryWriter
 from vitdesk.engine.mae import MaskedAutoencoder
 from vitdesk.engine.pretrain_config import (  # re-exported: callers import them from here
     PretrainConfig,
@@ -57,7 +63,6 @@ from vitdesk.imaging.windowing import WindowSpec
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit
 
 ENCODER = "encoder.safetensors"
-HISTORY = "history.jsonl"
 _TASK = "pretrain"
 # Settings a resumed run must share with its checkpoint (the rest may change).
 _RESUME_FIXED = ("model", "img_size", "window", "clahe", "mask_ratio", "norm_pix_loss",
@@ -82,21 +87,6 @@ class PretrainState:
 
 
 # ---- helpers ----------------------------------------------------------------------------
-def _resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but no CUDA GPU is available: use --device cpu or auto")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available()
-                        else "cpu")
-
-
-def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or mode == "off":
-        return None  # CPU autocast is slower than fp32 on most CPUs
-    if mode == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None  # fp16 would need loss scaling; fp32 is the safe choice
-
-
 @dataclass
 class PretrainData:
     """The unlabelled images (any Dataset of ``(x, y)``; ``y`` is ignored)."""
@@ -177,38 +167,9 @@ def _current_lr(opt: torch.optim.Optimizer) -> float:
     return float(max(g["lr"] for g in opt.param_groups))
 
 
-def _versions() -> dict[str, str]:
-    import numpy as np
-    import timm
-
-    import vitdesk
-
-    return {"vitdesk": vitdesk.__version__, "torch": torch.__version__,
-            "timm": timm.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
-def _append_history(path: Path, ev: PretrainEpochEnded) -> None:
-    line = {"epoch": ev.epoch, "step": ev.global_step, "loss": round(ev.loss, 6),
+def _history_row(ev: PretrainEpochEnded) -> dict:
+    return {"epoch": ev.epoch, "step": ev.global_step, "loss": round(ev.loss, 6),
             "lr": ev.lr, "seconds": round(ev.seconds, 3)}
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(line) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _truncate_history(path: Path, global_step: int) -> None:
-    """Drop lines written after the checkpoint we resume from (a crash in between)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= global_step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    ckpt.atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 def _check_resume(cp: ckpt.Checkpoint, cfg: PretrainConfig, fp: str, out: Path) -> None:
@@ -273,7 +234,7 @@ def pretrain(
     cfg.validate()
     out = Path(cfg.out).expanduser()
     check_out_folder(out, cfg.resume)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     window = WindowSpec.parse(cfg.window, clahe=cfg.clahe)
     mean, std = model_norm_stats(cfg.model)
     if data is None:
@@ -316,11 +277,12 @@ def pretrain(
     opt, sched = _build_optim(cfg, net, steps_per_epoch)
     if cp is not None and cp.state.get("optimizer") is not None:
         opt.load_state_dict(cp.state["optimizer"])
-    amp = _amp_dtype(cfg.amp, device)
+    amp = amp_dtype(cfg.amp, device)
+    scaler = grad_scaler(amp, device)
     out.mkdir(parents=True, exist_ok=True)
-    history = out / HISTORY
+    history = HistoryWriter(out / HISTORY)
     if cfg.resume:
-        _truncate_history(history, st.global_step)
+        history.truncate(st.global_step)
     sample = torch.stack([torch.as_tensor(data.dataset[i][0]) for i in range(min(bs, n))])
     attention = choose_attention_backend(net.encoder if cfg.formula else net, sample.to(device),
                                          cfg.attention, amp)
@@ -364,10 +326,12 @@ def pretrain(
                         loss = net(x, y.to(device))
                     else:
                         loss = net(x, _mask_generator(cfg.seed, st.global_step, device))
-                loss.backward()
+                scaler.scale(loss).backward()
                 if cfg.clip_grad > 0:
+                    scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
                     torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 opt.zero_grad(set_to_none=True)
                 st.global_step += 1
                 st.batch += 1
@@ -396,7 +360,7 @@ def pretrain(
             st.seconds = seconds_before + time.perf_counter() - session_t0
             ev = PretrainEpochEnded(st.epoch - 1, cfg.epochs, st.global_step, epoch_loss,
                                     _current_lr(opt), time.perf_counter() - t0)
-            _append_history(history, ev)
+            history.append(_history_row(ev))
             emit(listeners, ev)
             save_last()
     except Cancelled:
@@ -440,10 +404,10 @@ def pretrain(
         "loss_per_epoch": [round(v, 6) for v in st.losses],
         "seconds": round(st.seconds, 2),
         "device": device.type,
-        "amp": "bf16" if amp is not None else "off",
+        "amp": amp_name(amp),
         "attention": attention.get("backend"),
         "seed": cfg.seed,
-        "software": _versions(),
+        "software": software_versions(),
         "finished": True,
     }
     save_encoder(out / ENCODER, net.encoder_state_dict(),

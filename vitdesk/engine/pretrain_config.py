@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from vitdesk.config import AMP_MODES
 from vitdesk.errors import ConfigError
 from vitdesk.imaging.windowing import WindowSpec
 
@@ -51,7 +52,7 @@ class PretrainConfig:
     augment: bool = True  # flips + small zoom/shift (MAE needs only light augmentation)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto (bf16 on a GPU that has it) | off | bf16
+    amp: str = "auto"  # auto | off | fp16 | bf16: the fine-tuning rule (engine.device)
     attention: str = "auto"  # auto | sdpa | eager
     workers: int = 0
     log_every: int = 10
@@ -121,7 +122,7 @@ class PretrainConfig:
                 f"pretrain.decoder_dim={self.decoder_dim}: use a multiple of 4 and of "
                 f"decoder_heads={self.decoder_heads}"
             )
-        for name, allowed in (("device", ("auto", "cpu", "cuda")), ("amp", ("auto", "off", "bf16")),
+        for name, allowed in (("device", ("auto", "cpu", "cuda")), ("amp", AMP_MODES),
                               ("attention", ("auto", "sdpa", "eager"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"pretrain.{name}='{getattr(self, name)}': choose one of "

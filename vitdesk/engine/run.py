@@ -30,8 +30,9 @@ from vitdesk.config import RunConfig, load_config, save_config
 from vitdesk.data.source_refs import for_run_folder
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.calibration import calibrate_run
+from vitdesk.engine.device import amp_name, resolve_device, software_versions
 from vitdesk.engine.events import EpochEnded, TrainingDone
-from vitdesk.engine.history import read_history
+from vitdesk.engine.history import HISTORY, HistoryWriter
 from vitdesk.engine.models import (
     adapt_state_dict,
     choose_attention_backend,
@@ -46,7 +47,7 @@ from vitdesk.engine.plan import (
     teacher_mismatch,
 )
 from vitdesk.engine.plan import distill_mode as plan_distill_mode
-from vitdesk.engine.trainer import DistInfo, Trainer, dataset_targets
+from vitdesk.engine.trainer import DistInfo, TeacherAtOwnSize, Trainer, dataset_targets
 from vitdesk.engine.weights import (
     LoadReport,
     build_model,
@@ -89,23 +90,18 @@ class LoadedRun:
 
 
 # ---- listeners ---------------------------------------------------------------------------
-class HistoryWriter:
-    """Keeps ``history.jsonl`` at one JSON line per epoch, rewritten atomically each epoch
-    (a kill or a full disk mid-write leaves the previous epochs intact)."""
+class EpochHistory:
+    """Listener: a fine-tuning epoch's row in ``history.jsonl`` (see HistoryWriter)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines = [json.dumps(r) for r in read_history(path.parent)] if path.is_file() \
-            else []
+    def __init__(self, writer: HistoryWriter) -> None:
+        self.writer = writer
 
     def __call__(self, ev: Any) -> None:
         if isinstance(ev, EpochEnded):
-            line = {"stage": ev.stage, "epoch": ev.epoch, "step": ev.global_step,
-                    "train_loss": _num(ev.train_loss), "val_loss": _num(ev.val_loss),
-                    "val_acc": _num(ev.val_acc), "lr": ev.lr, "seconds": round(ev.seconds, 3)}
-            lines = [*self.lines, json.dumps(line)]
-            atomic_write_text(self.path, "".join(x + "\n" for x in lines))
-            self.lines = lines
+            self.writer.append({
+                "stage": ev.stage, "epoch": ev.epoch, "step": ev.global_step,
+                "train_loss": _num(ev.train_loss), "val_loss": _num(ev.val_loss),
+                "val_acc": _num(ev.val_acc), "lr": ev.lr, "seconds": round(ev.seconds, 3)})
 
 
 class MetricsWriter:
@@ -157,15 +153,6 @@ def _num(v: float) -> float | None:
 
 
 # ---- helpers -----------------------------------------------------------------------------
-def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but no CUDA GPU is available: use --device cpu or auto")
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", dist.rank if dist.active else 0))
-        return torch.device("cuda", local % max(1, torch.cuda.device_count()))
-    return torch.device("cpu")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -340,14 +327,8 @@ def _clear_dead_end(out: Path) -> None:
 
 def _env_info(cfg: RunConfig, device: torch.device, attention: dict, dist: DistInfo,
               weights_report: dict, amp: str) -> dict:
-    import timm
-
-    import vitdesk
-
     info = {
-        "vitdesk": vitdesk.__version__, "python": platform.python_version(),
-        "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
-        "os": platform.system(), "machine": platform.machine(),
+        **software_versions(), "os": platform.system(), "machine": platform.machine(),
         "seed": cfg.seed, "device": str(device), "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -355,10 +336,6 @@ def _env_info(cfg: RunConfig, device: torch.device, attention: dict, dist: DistI
         "weights": weights_report,
     }
     return info
-
-
-def _amp_name(trainer: Trainer) -> str:
-    return {None: "off", torch.float16: "fp16", torch.bfloat16: "bf16"}[trainer.amp_dtype]
 
 
 # ---- the run -----------------------------------------------------------------------------
@@ -432,7 +409,7 @@ def train(
     if resume:
         cfg.model.pool = _recorded_pool(out)
     dist = _dist_from_env()
-    device = resolve_device(cfg.device, dist)
+    device = resolve_device(cfg.device, dist.rank if dist.active else 0)
     if cfg.model.attention == "flash":
         _check_flash(device)
     seed_everything(cfg.seed)
@@ -462,7 +439,7 @@ def train(
     if cfg.teacher.run:
         recorded = (resume_cp.meta.get("teacher") or {}).get("mode") if resume_cp else None
         mode = plan_distill_mode(cfg.model.name, distill_mode or recorded or cfg.teacher.mode)
-        teacher = _load_teacher(cfg, data.classes, device)
+        teacher = _load_teacher(cfg, data.classes, device, mean, std)
         if cfg.teacher.unlabelled and data.unlabelled is None:
             data = dataclasses.replace(
                 data, unlabelled=_build_unlabelled(cfg, data, mean, std, cancel, listeners))
@@ -496,7 +473,8 @@ def train(
         if teacher is not None:
             extra["teacher"] = {"run": str(cfg.teacher.run), "mode": mode,
                                 "temperature": cfg.teacher.temperature,
-                                "alpha": cfg.teacher.alpha, "model": _teacher_name(cfg)}
+                                "alpha": cfg.teacher.alpha, "model": _teacher_name(cfg),
+                                "img_size": int(getattr(teacher, "size", cfg.model.img_size))}
             if data.unlabelled is not None:
                 extra["teacher"]["unlabelled_images"] = len(data.unlabelled)
             meta["teacher"] = extra["teacher"]
@@ -505,13 +483,14 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
             if folder_mode == "restart":
                 _clear_dead_end(out)
+            history = HistoryWriter(out / HISTORY)
             if resume:
-                _truncate_history(out / "history.jsonl", resume_cp.meta["global_step"])
+                history.truncate(resume_cp.meta["global_step"])
             else:
                 # data paths as keyed fingerprints: a folder name may name a patient
                 save_config(_parent_by_name(for_run_folder(cfg)), out / "config.toml")
                 _write_split(out / "split.json", data)
-            run_listeners = [HistoryWriter(out / "history.jsonl"),
+            run_listeners = [EpochHistory(history),
                              MetricsWriter(out / "metrics.json", data.classes, extra)]
         trainer = Trainer(cfg, model, data.train, data.val, data.classes, device, out,
                           listeners=[*run_listeners, *listeners], cancel=cancel, dist=dist,
@@ -524,7 +503,8 @@ def train(
         attention = choose_attention_backend(model, sample, cfg.model.attention,
                                              trainer.amp_dtype)
         if dist.main:
-            env = _env_info(cfg, device, attention, dist, report.to_dict(), _amp_name(trainer))
+            env = _env_info(cfg, device, attention, dist, report.to_dict(),
+                            amp_name(trainer.amp_dtype))
             env["resumed"] = resume
             env.update(extra)
             if estimate:
@@ -604,20 +584,6 @@ def _first_batch(ds: Dataset, cfg: RunConfig, device: torch.device) -> torch.Ten
     return torch.stack([torch.as_tensor(x) for x in xs]).to(device)
 
 
-def _truncate_history(path: Path, global_step: int) -> None:
-    """Drop history lines written after the checkpoint we resume from (a crash in between)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= global_step:
-                keep.append(line)
-        except (ValueError, KeyError):
-            continue
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
-
-
 def _write_split(path: Path, data: TrainData) -> None:
     if data.splits:
         from vitdesk.data.splits import save_split
@@ -654,17 +620,23 @@ def _teacher_name(cfg: RunConfig) -> str | None:
         return None
 
 
-def _load_teacher(cfg: RunConfig, classes: list[str], device: torch.device) -> nn.Module:
+def _load_teacher(cfg: RunConfig, classes: list[str], device: torch.device,
+                  mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    """The teacher run's model, seeing each batch at its own image size and
+    normalisation (``mean``/``std``: the student's)."""
     t = load_run(cfg.teacher.run, device=str(device))
     if t.classes != list(classes):
         raise ConfigError(
             f"teacher run {cfg.teacher.run} has classes {t.classes}, the data has {classes}: "
             "distil from a teacher trained on the same classes"
         )
-    problem = teacher_mismatch(cfg, cfg.teacher.run, t.img_size, t.cfg.data.window)
+    problem = teacher_mismatch(cfg, cfg.teacher.run, t.cfg.data.window)
     if problem:
         raise ConfigError(problem)
-    return t.model
+    if (int(t.img_size) == int(cfg.model.img_size) and tuple(t.mean) == tuple(mean)
+            and tuple(t.std) == tuple(std)):
+        return t.model
+    return TeacherAtOwnSize(t.model, t.img_size, mean, std, t.mean, t.std)
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", kind: str = "best",

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitdesk.config import RunConfig, StageConfig
 from vitdesk.engine import checkpoint as ckpt
+from vitdesk.engine.device import amp_dtype, grad_scaler
 from vitdesk.engine.events import (
     CheckpointSaved,
     EpochEnded,
@@ -184,6 +185,36 @@ class Distiller:
         return (1.0 - self.alpha) * base_loss + self.alpha * term
 
 
+class TeacherAtOwnSize(nn.Module):
+    """A teacher that sees each (augmented) student batch as its own preprocessing
+    would: resized to its image size and normalised with its mean and std.
+
+    Both runs letterbox the same windowed slice into a square, so resizing the
+    student's square is the teacher's letterbox up to interpolation; normalisation is
+    per channel and affine, so it commutes with the resize. A 64-px CNN can then teach
+    a 128-px ViT (the CNN's best size on small images need not be the ViT's).
+    """
+
+    def __init__(self, teacher: nn.Module, size: int, student_mean: Sequence[float],
+                 student_std: Sequence[float], mean: Sequence[float],
+                 std: Sequence[float]) -> None:
+        super().__init__()
+        self.teacher, self.size = teacher, int(size)
+        ref = next(teacher.parameters(), torch.zeros(()))
+        as_t = lambda v: torch.as_tensor(list(v), dtype=torch.float32,  # noqa: E731
+                                         device=ref.device).view(1, -1, 1, 1)
+        sm, ss, tm, ts = as_t(student_mean), as_t(student_std), as_t(mean), as_t(std)
+        # x_teacher = (x * ss + sm - tm) / ts
+        self.register_buffer("scale", ss / ts, persistent=False)
+        self.register_buffer("shift", (sm - tm) / ts, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return self.teacher(x * self.scale + self.shift)
+
+
 def class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
     """Inverse-frequency weights normalised to mean 1 (absent classes get 0)."""
     counts = np.bincount([t for t in targets if t >= 0], minlength=n_classes).astype(np.float64)
@@ -258,18 +289,6 @@ class TrainState:
     finished: bool = False
 
 
-def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    if mode == "off":
-        return None
-    if mode == "fp16":
-        return torch.float16
-    if mode == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":  # auto
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None  # auto on CPU: fp32 (bf16 autocast is slower on most CPUs)
-
-
 class Trainer:
     """Runs the stage plan of ``cfg`` on ``model``; see the module docstring."""
 
@@ -309,10 +328,8 @@ class Trainer:
         self.dist = dist
         self.meta = dict(meta or {})
         self.state = TrainState()
-        self.amp_dtype = _amp_dtype(cfg.amp, device)
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.amp_dtype == torch.float16 and device.type == "cuda"
-        )
+        self.amp_dtype = amp_dtype(cfg.amp, device)
+        self.scaler = grad_scaler(self.amp_dtype, device)
         d = cfg.data
         n_cls = len(self.classes)
         targets = dataset_targets(train_ds) if d.balance != "none" else []

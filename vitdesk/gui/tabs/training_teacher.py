@@ -87,7 +87,7 @@ def check_teacher(cfg: RunConfig) -> None:
 
     Raises:
         ConfigError: the teacher folder is not a run, mode token on a student without
-            a distillation token, image size or window differ from the teacher's, or
+            a distillation token, the window differs from the teacher's, or
             the unlabelled source does not exist.
     """
     if not cfg.teacher.run:
@@ -158,7 +158,8 @@ class TeacherBox(QGroupBox):
         self.run_combo.setMinimumContentsLength(12)
         self.run_combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.run_combo.setToolTip("A trained run whose predictions the student also learns "
-                                  "from (same classes, image size and window)")
+                                  "from (same classes and window; it sees each slice at "
+                                  "its own image size)")
         self.run_dir_button = QToolButton(self)
         self.run_dir_button.setText("Dir…")
         self.run_dir_button.setToolTip("Any run folder (holds config.toml and checkpoints/)")

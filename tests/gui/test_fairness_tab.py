@@ -157,3 +157,33 @@ def test_error_bar_helper_replaces_every_array(qtbot):
     w.grab()
     with pytest.raises(ValueError, match="2 x values but 1 y"):
         set_error_bars(item, [0, 1], [0.5])
+
+
+def test_fairness_with_tta_says_so_and_matches_evaluate(qtbot, tiny_run, sample_dir,  # noqa: F811
+                                                        tmp_path):
+    from vitdesk.analysis.evaluation import evaluate_run
+    from vitdesk.analysis.tta import TTAConfig
+    from vitdesk.engine.run import load_run
+
+    session = Session()
+    current = CurrentRun(session, device="cpu")
+    tab = FairnessTab(session, current)
+    qtbot.addWidget(tab)
+    current.set_run(load_run(tiny_run, "cpu"))
+    src = str(_manifest(sample_dir, tmp_path))
+    tab.source.set_source(src)
+    tab.boot_spin.setValue(50)
+    tab.tta_check.setChecked(True)
+    with qtbot.waitSignal(tab.run().done, timeout=60000):
+        pass
+    ev = tab.outcome
+    assert ev is not None, tab.summary.text()
+    n_views = len(TTAConfig().views())
+    assert ev.tta == {**ev.tta, "n_views": n_views}
+    acc = ev.metrics.slice.estimates["accuracy"].value
+    words = f"slice accuracy [p >= 0.5, TTA on ({n_views} views)] {acc:.3f}"
+    assert words in tab.summary.text() and "TTA off" not in tab.summary.text()
+    # the same number as the command line's evaluate --tta on the same slices
+    ref = evaluate_run(tiny_run, src, tta=TTAConfig(), robustness=False, shift=False,
+                       attention_samples=0, n_boot=50, device="cpu")
+    assert ref.metrics.slice.estimates["accuracy"].value == pytest.approx(acc)

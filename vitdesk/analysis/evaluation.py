@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vitdesk.analysis.options import EvalOptions
+from vitdesk.analysis.options import EvalOptions, tta_words
 from vitdesk.analysis.predict import (
     IMAGE_SUFFIXES,
     PredictedSlice,
@@ -144,7 +144,7 @@ class RunEvaluation:
 
     def tta_words(self) -> str:
         """"TTA off" or "TTA on (k views)": said next to every accuracy-like number."""
-        return "TTA off" if not self.tta else f"TTA on ({self.tta.get('n_views', '?')} views)"
+        return tta_words(self.tta)
 
     def summary_rows(self) -> list[tuple[str, str]]:
         """(name, "value (lo-hi)") rows of the headline metrics for a console table."""

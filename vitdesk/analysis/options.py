@@ -100,9 +100,12 @@ class EvalOptions:
 
 
 def tta_words(tta: Any) -> str:
-    """"TTA off" or "TTA on (k views)" for a TTAConfig or None: said next to accuracies."""
-    if tta is None:
+    """"TTA off" or "TTA on (k views)" for a TTAConfig, its recorded dict (``n_views``)
+    or None: said next to accuracies."""
+    if not tta:
         return "TTA off"
+    if isinstance(tta, dict):
+        return f"TTA on ({tta.get('n_views', '?')} views)"
     return f"TTA on ({len(tta.views())} views)"
 
 

@@ -235,9 +235,10 @@ def report_job(run: LoadedRun, lock: threading.Lock | None, out_dir: str, src: s
 
 
 def fairness_job(run: LoadedRun, lock: threading.Lock | None, src: str | None = None,
-                 split: str = "test", n_boot: int = 300, cancel: CancelToken = NEVER,
-                 listener: Listener | None = None) -> Any:
-    """evaluate_run with fairness only; each FairnessReport carries its gap intervals."""
-    o = EvalOptions(split=split, tta=None, robustness=False, shift=False,
+                 split: str = "test", n_boot: int = 300, tta: Any = None,
+                 cancel: CancelToken = NEVER, listener: Listener | None = None) -> Any:
+    """evaluate_run with fairness only; each FairnessReport carries its gap intervals.
+    ``tta``: a TTAConfig (the slice probabilities averaged over its views) or None."""
+    o = EvalOptions(split=split, tta=tta, robustness=False, shift=False,
                     attention_samples=0, fairness=True, gap_intervals=True, n_boot=n_boot)
     return evaluate_job(run, lock, src, o, cancel=cancel, listener=listener)

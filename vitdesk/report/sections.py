@@ -393,8 +393,9 @@ def build_sections(data: ReportData) -> list[Section]:
     if data.history:
         sections.append(_training_section(list(data.history)))
     if data.evaluation is not None:
-        tta = (f"TTA on ({data.tta.get('n_views', '?')} views)" if data.tta else "TTA off")
-        sections.append(_evaluation_section(plain(data.evaluation), tta))
+        from vitdesk.analysis.options import tta_words
+
+        sections.append(_evaluation_section(plain(data.evaluation), tta_words(data.tta)))
     if data.calibration:
         sections.append(_calibration_section(dict(data.calibration)))
     if data.conformal:

@@ -18,6 +18,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QGridLayout,
     QGroupBox,
@@ -30,6 +31,7 @@ from PySide6.QtWidgets import (
 
 from vitdesk.analysis.evaluation import RunEvaluation
 from vitdesk.analysis.options import accuracy_words
+from vitdesk.analysis.tta import TTAConfig
 from vitdesk.gui.analysis_jobs import fairness_job
 from vitdesk.gui.dialogs import show_error
 from vitdesk.gui.plots import clear_error_bars, set_error_bars
@@ -80,6 +82,10 @@ class FairnessTab(QWidget):
         self.boot_spin.setSingleStep(100)
         self.boot_spin.setValue(300)
         self.boot_spin.setToolTip("Bootstrap resamples (of patients) for the 95% intervals")
+        self.tta_check = QCheckBox("TTA", self)
+        self.tta_check.setToolTip(
+            "Average each slice's probabilities over the default test-time augmentation "
+            f"views ({len(TTAConfig().views())}), as evaluate --tta does; off: one plain pass")
         self.run_button = QPushButton("Evaluate fairness", self)
         self.run_button.clicked.connect(self._run_or_cancel)
         opts = QHBoxLayout()
@@ -87,6 +93,7 @@ class FairnessTab(QWidget):
         opts.addWidget(self.attr_combo, 1)
         opts.addWidget(QLabel("Resamples", self))
         opts.addWidget(self.boot_spin)
+        opts.addWidget(self.tta_check)
         self.summary = hint("Evaluate the run to see its performance per patient group.", self)
 
         self.table = make_table(["", "Group"], self)
@@ -151,8 +158,9 @@ class FairnessTab(QWidget):
         if self.current.run is None:
             raise ConfigError("Fairness: no run loaded; pick a trained run first")
         src, split = self.source.value()
+        tta = TTAConfig() if self.tta_check.isChecked() else None
         task = Task(fairness_job, self.current.run, self.current.lock, src, split,
-                    self.boot_spin.value(), name="fairness")
+                    self.boot_spin.value(), tta=tta, name="fairness")
         task.finished.connect(self._on_result)
         task.errored.connect(lambda exc: show_error(self, exc))
         task.cancelled.connect(lambda: self.summary.setText("Cancelled."))
@@ -175,13 +183,13 @@ class FairnessTab(QWidget):
         ev = outcome
         lm = ev.metrics.slice
         acc = lm.estimates.get("accuracy")
-        acc_text = (f", {accuracy_words('slice', lm.cut, None)} {fmt_ci(acc, 3)}"
+        acc_text = (f", {accuracy_words('slice', lm.cut, ev.tta)} {fmt_ci(acc, 3)}"
                     if acc is not None else "")
         pos = ev.fairness[0].positive if ev.fairness else "?"
         self.summary.setText(
             f"{ev.n_slices} slices of {ev.n_patients} patients ({ev.split}){acc_text}. "
             f"Rates are for class '{pos}' against the rest; group accuracies are slice "
-            f"accuracies at the same cut ({lm.cut}, TTA off).")
+            f"accuracies at the same cut ({lm.cut}, {ev.tta_words()}).")
         self.redraw()
 
     # ----------------------------------------------------------------- draw

@@ -102,6 +102,15 @@ def test_engine_has_no_import_cycle():
     assert not cycles, "import cycles in vitdesk/engine: " + "; ".join(sorted(set(cycles)))
 
 
+def test_pretraining_shares_the_loop_parts_not_the_fine_tuning_run():
+    graph = _engine_imports()
+    # one home each: device/precision, history, run-folder layout; pretraining takes
+    # them from there, not from engine.run (which once imported pretrain back)
+    assert {"device", "history", "run_folder"} <= graph["pretrain"]
+    assert {"device", "history", "run_folder"} <= graph["run"]
+    assert "run" not in graph["pretrain"] and "pretrain" not in graph["run"]
+
+
 def test_plan_is_torch_free():
     loaded = _modules_after("import vitdesk.engine.plan")
     assert "torch" not in loaded and not (loaded & QT_MODULES)

@@ -57,7 +57,7 @@ from vitdesk.engine.pretrain_config import (  # re-exported: callers import them
     PretrainEpochEnded,
     PretrainStarted,
 )
-from vitdesk.engine.run import check_out_folder
+from vitdesk.engine.run_folder import check_out_folder
 from vitdesk.errors import Cancelled, CheckpointError, ConfigError, DataError
 from vitdesk.imaging.windowing import WindowSpec
 from vitdesk.jobs import NEVER, CancelToken, Listener, Progress, emit

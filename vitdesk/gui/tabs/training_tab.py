@@ -352,7 +352,7 @@ class TrainingTab(QWidget):
             return None
         folder = Path(folder)
         try:
-            from vitdesk.engine.run import dead_end_folder
+            from vitdesk.engine.run_folder import dead_end_folder
 
             # a folder its run left before the first checkpoint starts again (train() says so)
             if not (folder / "checkpoints" / "last.json").is_file() and not (

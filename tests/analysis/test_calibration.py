@@ -146,3 +146,79 @@ def test_a_fit_at_the_search_bound_is_flagged():
     # a model whose confident calls are wrong: NLL wants T -> infinity, the fit stops at e^3 ~ 20
     cal = fit_calibration(1 - y, p)
     assert cal.temperature == pytest.approx(np.exp(3.0), rel=1e-3) and not cal.plausible()
+
+
+def _patients(m: int, per: int, true_t: float, seed: int, shift_sd: float = 0.0):
+    """``m`` patients of ``per`` slices, probabilities over-confident by ``true_t``;
+    ``shift_sd`` gives each patient its own logit offset (patients differ)."""
+    rng = np.random.default_rng(seed)
+    ys, ps = [], []
+    for _ in range(m):
+        y, p = _overconfident(per, 2, true_t, int(rng.integers(1 << 30)))
+        if shift_sd:
+            z = np.log(p) + np.array([0.0, rng.normal(0, shift_sd)])
+            p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        ys.append(y)
+        ps.append(p)
+    return np.concatenate(ys), np.concatenate(ps), np.repeat(np.arange(m), per)
+
+
+def test_temperature_is_applied_when_it_helps_held_out_patients():
+    y, p, g = _patients(20, 30, 2.5, seed=1)
+    cal = fit_calibration(y, p, groups=g)
+    assert cal.applied and cal.cv_folds == 5
+    assert cal.cv_nll_fitted < cal.cv_nll_identity
+    assert cal.temperature == cal.fitted_temperature == pytest.approx(fit_temperature(y, p))
+
+
+def test_temperature_is_not_applied_when_it_hurts_held_out_patients():
+    # already calibrated on average, but each patient sits elsewhere: a temperature fitted
+    # on a few of them does not carry to the others
+    hits = 0
+    for seed in range(20):
+        y, p, g = _patients(4, 12, 1.0, seed=seed, shift_sd=2.0)
+        cal = fit_calibration(y, p, groups=g)
+        assert cal.cv_folds == 4
+        if not cal.applied:
+            hits += 1
+            assert cal.temperature == 1.0 and cal.fitted_temperature != 1.0
+            assert cal.ece_after == pytest.approx(cal.ece_before)
+            assert cal.cv_nll_fitted >= cal.cv_nll_identity
+    assert hits >= 5  # the guard does act on small, heterogeneous validation sets
+
+
+def test_cross_validated_nll_is_what_it_says():
+    from vitdesk.engine.calibration import cross_validated_nll, nll
+
+    y, p, g = _patients(6, 10, 2.0, seed=3)
+    ident, fitted, k = cross_validated_nll(y, p, g, folds=3)
+    assert k == 3 and ident == pytest.approx(nll(y, p))
+    # by hand: the same folds (seeded permutation of the sorted patients, mod k)
+    fold_of = np.random.default_rng(0).permutation(6) % 3
+    total = 0.0
+    for f in range(3):
+        out = fold_of[g] == f
+        t = fit_temperature(y[~out], p[~out])
+        total += nll(y[out], apply_temperature(p[out], t)) * out.sum()
+    assert fitted == pytest.approx(total / len(y))
+
+
+def test_few_patients_or_none_keep_the_plain_fit(tmp_path):
+    from vitdesk.engine.calibration import write_calibration
+
+    y, p, g = _patients(2, 30, 2.5, seed=4)
+    cal = fit_calibration(y, p, groups=g)
+    assert cal.applied and cal.cv_folds == 0 and np.isnan(cal.cv_nll_identity)
+    assert fit_calibration(y, p).applied
+    write_calibration(tmp_path, cal)
+    got = read_calibration(tmp_path)
+    assert (got.temperature, got.fitted_temperature, got.applied, got.cv_folds) == (
+        cal.temperature, cal.fitted_temperature, True, 0)
+    assert np.isnan(got.cv_nll_identity) and np.isnan(got.cv_nll_fitted)
+    # a calibration.json of an older run (no cross-validation fields) reads as applied
+    d = json.loads((tmp_path / CALIBRATION_FILE).read_text())
+    for key in ("fitted_temperature", "cv_nll_identity", "cv_nll_fitted", "cv_folds", "applied"):
+        d.pop(key)
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(d))
+    old = read_calibration(tmp_path)
+    assert old.applied and old.temperature == pytest.approx(cal.temperature)

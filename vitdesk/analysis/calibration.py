@@ -49,6 +49,19 @@ def temperature_of(cal: Calibration | None) -> float:
     return 1.0 if cal is None else float(cal.temperature)
 
 
+def _num(v: float) -> float | None:
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+def not_applied_text(cal: Calibration) -> str:
+    """Why a fitted temperature was not applied (one line, for notes and the report)."""
+    return (f"temperature scaling was not applied: a temperature fitted on the other "
+            f"validation patients made held-out patients' probabilities worse "
+            f"({cal.cv_folds}-fold patient cross-validation, NLL {cal.cv_nll_fitted:.3f} "
+            f"against {cal.cv_nll_identity:.3f} unscaled; the fit on all of them gave "
+            f"T = {cal.fitted_temperature:.3g}); probabilities are the model's own")
+
+
 def calibration_summary(y: np.ndarray, before: np.ndarray, after: np.ndarray,
                         cal: Calibration | None, n_bins: int = 10) -> dict:
     """metrics.json's ``calibration``: ``temperature, ece_before, ece_after`` measured on
@@ -59,9 +72,14 @@ def calibration_summary(y: np.ndarray, before: np.ndarray, after: np.ndarray,
             "fitted_on": cal.fitted_on if cal else None, "n_fit": cal.n if cal else 0,
             "fit_ece_before": cal.ece_before if cal else None,
             "fit_ece_after": cal.ece_after if cal else None,
+            "applied": bool(cal.applied) if cal else False,
+            "fitted_temperature": _num(cal.fitted_temperature) if cal else None,
+            "cv_nll_identity": _num(cal.cv_nll_identity) if cal else None,
+            "cv_nll_fitted": _num(cal.cv_nll_fitted) if cal else None,
+            "cv_folds": cal.cv_folds if cal else 0,
             "bins_before": b["bins"], "bins_after": a["bins"]}
 
 
 __all__ = ["CALIBRATION_FILE", "Calibration", "apply_temperature", "calibrate_run",
-           "calibration_summary", "fit_calibration", "fit_temperature", "read_calibration",
-           "run_calibration", "temperature_of"]
+           "calibration_summary", "fit_calibration", "fit_temperature", "not_applied_text",
+           "read_calibration", "run_calibration", "temperature_of"]

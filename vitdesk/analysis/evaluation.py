@@ -166,7 +166,10 @@ class RunEvaluation:
                          f"{_fmt(self.tta.get('accuracy_tta'))}"))
         if self.calibration:
             c = self.calibration
-            rows.append(("calibration: temperature (validation fit)", _fmt(c["temperature"])))
+            rows.append(("calibration: temperature (validation fit)",
+                         _fmt(c["temperature"]) if c.get("applied", True) else
+                         f"1 (fit {_fmt(c.get('fitted_temperature'))} not applied: "
+                         "worse on held-out validation patients)"))
             rows.append(("slice ECE before -> after temperature",
                          f"{_fmt(c['ece_before'])} -> {_fmt(c['ece_after'])}"))
         if self.conformal is not None:
@@ -466,6 +469,7 @@ def _evaluate(run: Any, data_src: str | Path | None, o: EvalOptions, cancel: Can
     from vitdesk.analysis.calibration import (
         apply_temperature,
         calibration_summary,
+        not_applied_text,
         run_calibration,
         temperature_of,
     )
@@ -507,6 +511,8 @@ def _evaluate(run: Any, data_src: str | Path | None, o: EvalOptions, cancel: Can
     if calibrate and cal is None:
         notes.append("probabilities are not calibrated: the run's validation slices are not "
                      "available to fit a temperature on")
+    elif cal is not None and not cal.applied:
+        notes.append(not_applied_text(cal))
     elif cal is not None and not cal.plausible():
         notes.append(f"the calibration temperature ({cal.temperature:.3g}, fitted on "
                      f"{cal.n} validation slices) is at the end of its range: the validation "

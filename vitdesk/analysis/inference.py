@@ -41,6 +41,7 @@ class RunTrust:
 
     temperature: float = 1.0
     calibrated: bool = False
+    applied: bool = True  # False: the fitted temperature did not help held-out patients
     conformal: Any = None  # analysis.conformal.ConformalCalibrator
     detector: Any = None  # analysis.shift.MahalanobisDetector
     notes: list[str] = field(default_factory=list)
@@ -49,6 +50,9 @@ class RunTrust:
         """How the probabilities were made, for the point of decision."""
         if not self.calibrated:
             return "probabilities not calibrated (no validation slices to fit a temperature)"
+        if not self.applied:
+            return ("probabilities not rescaled (a temperature fitted on validation made "
+                    "held-out validation patients worse)")
         return f"probabilities calibrated (temperature {self.temperature:.2f}, validation fit)"
 
     def conformal_words(self) -> str:
@@ -89,7 +93,7 @@ def run_trust(run: LoadedRun, options: EvalOptions | None = None, *, cancel: Can
                                max_train=o.shift_train_cases, percentile=o.shift_percentile,
                                batch_size=o.batch_size, seed=o.seed, cancel=cancel,
                                listener=listener, notes=notes)
-    return RunTrust(temp, cal is not None, conf, det, notes)
+    return RunTrust(temp, cal is not None, cal is None or cal.applied, conf, det, notes)
 
 
 @dataclass

@@ -272,6 +272,13 @@ def _calibration_section(c: dict) -> Section:
     if not c.get("fitted"):
         s.paragraphs.append("Probabilities are not calibrated: the run's validation slices "
                             "were not available to fit a temperature on.")
+    elif c.get("applied") is False:
+        s.paragraphs.append(
+            f"Probabilities are not rescaled: a temperature fitted on the run's validation "
+            f"slices (n = {fmt(c.get('n_fit'))}, T = {fmt(c.get('fitted_temperature'))}) made "
+            f"held-out validation patients' probabilities worse in a {fmt(c.get('cv_folds'))}"
+            f"-fold patient cross-validation (NLL {fmt(c.get('cv_nll_fitted'))} against "
+            f"{fmt(c.get('cv_nll_identity'))} unscaled), so it is not applied.")
     else:
         s.paragraphs.append(
             f"Probabilities are divided in logit space by one temperature, fitted on the "

@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vitdesk.analysis.evaluation import run_splits  # noqa: E402
+from vitdesk.analysis.evaluation import evaluate_run, run_splits  # noqa: E402
 from vitdesk.analysis.forgetting import _correct  # noqa: E402
 from vitdesk.config import RunConfig, StageConfig  # noqa: E402
 from vitdesk.data.sources import load_records  # noqa: E402
@@ -136,6 +136,15 @@ def one_seed(a: argparse.Namespace, seed: int, work: Path) -> dict:
         ("dann", out["dann_acc_B2"], out["majority_share_B2"]))
         if abs(acc - share) < 1e-9]
     out["dann_minus_source_only"] = paired(adapted, src_only, b2_pat, seed=seed)
+    # the shift check on B2: each run's own detector (training features, threshold on
+    # its validation patients); adaptation should bring B's features towards A's
+    for name, run in (("source_only", parent), ("dann", dann)):
+        sh = evaluate_run(run, src["B2"], robustness=False, fairness=False,
+                          attention_samples=0, n_boot=20, shift_train_cases=256,
+                          conformal_alpha=None, device=a.device).shift
+        out[f"{name}_shift_B2"] = {"alarm_rate": sh.fraction_above,
+                                   "expected": sh.expected_rate, "auroc": sh.auroc,
+                                   "median_ratio": sh.median_ratio}
     dann_a = [r for r in run_splits(dann, "test", src["A"])["test"] if r.label]
     out["dann_acc_A"] = float(_correct(load_run(dann), dann_a, 64, _never()).mean())
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -195,9 +204,16 @@ def main(argv: list[str] | None = None) -> int:
             vs = ci(x["acc_B_minus_plain"]) if "acc_B_minus_plain" in x else ""
             rows.append((s, f"continue on B: {arm}", f"{x['acc_A']:.3f}", f"{x['acc_B']:.3f}",
                          ci(x["forgetting"]), vs))
-        rows.append((s, "source only (A)", "", f"B2 {r['source_only_acc_B2']:.3f}", "", ""))
+        def shift(name: str, r: dict = r) -> str:
+            d = r.get(f"{name}_shift_B2")
+            return "" if not d else (f"B2 shift alarms {d['alarm_rate']:.2f} (exp. "
+                                     f"{d['expected']:.2f}), AUROC {d['auroc']:.2f}")
+
+        rows.append((s, "source only (A)", "", f"B2 {r['source_only_acc_B2']:.3f}",
+                     shift("source_only"), ""))
         rows.append((s, "DANN (A + unlabelled B)", f"{r['dann_acc_A']:.3f}",
-                     f"B2 {r['dann_acc_B2']:.3f}", "", ci(r["dann_minus_source_only"])))
+                     f"B2 {r['dann_acc_B2']:.3f}", shift("dann"),
+                     ci(r["dann_minus_source_only"])))
     head = ("seed", "arm", "acc A test", "acc B test", "forgetting [95% CI]",
             "vs reference [95% CI]")
     widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(len(head))]

@@ -222,3 +222,25 @@ def test_few_patients_or_none_keep_the_plain_fit(tmp_path):
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps(d))
     old = read_calibration(tmp_path)
     assert old.applied and old.temperature == pytest.approx(cal.temperature)
+
+
+def test_trust_line_and_report_say_when_the_temperature_was_not_applied():
+    from vitdesk.analysis.calibration import calibration_summary, not_applied_text
+    from vitdesk.analysis.inference import RunTrust
+    from vitdesk.report.sections import _calibration_section
+
+    for seed in range(40):
+        y, p, g = _patients(4, 12, 1.0, seed=seed, shift_sd=2.0)
+        cal = fit_calibration(y, p, groups=g)
+        if not cal.applied:
+            break
+    assert not cal.applied
+    assert "not rescaled" in RunTrust(1.0, True, False).calibration_words()
+    assert "calibrated (temperature" in RunTrust(0.5, True, True).calibration_words()
+    text = not_applied_text(cal)
+    assert f"{cal.cv_folds}-fold patient cross-validation" in text and "not applied" in text
+    summary = calibration_summary(y, p, p, cal)
+    assert summary["applied"] is False and summary["temperature"] == 1.0
+    assert summary["fitted_temperature"] == pytest.approx(cal.fitted_temperature)
+    para = " ".join(_calibration_section(summary).paragraphs)
+    assert "not applied" in para and "Every probability in this report is calibrated" not in para

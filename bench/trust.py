@@ -178,7 +178,11 @@ def _rows(r: dict) -> list[tuple[str, str, str]]:
     c = r["calibration"]
     rows.append(("ECE before -> after temperature (test)",
                  f"{f(c['ece_before'])} -> {f(c['ece_after'])}",
-                 f"T={f(c['temperature'])}, netcal T={f(r['netcal_temperature'])}"))
+                 f"T={f(c['temperature'])}"
+                 + ("" if c.get("applied", True) else
+                    f" (fit {f(c.get('fitted_temperature'))} not applied: worse on held-out "
+                    "validation patients)")
+                 + f", netcal T={f(r['netcal_temperature'])}"))
     for key in ("conformal_lac", "conformal_aps"):
         k = r.get(key)
         if k:

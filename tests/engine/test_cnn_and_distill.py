@@ -215,7 +215,7 @@ def test_cli_trains_a_cnn_and_distils_into_a_vit(tmp_path, capsys):
 
 def test_teacher_at_own_size_maps_the_student_batch_to_the_teachers_preprocessing():
     from vitdesk.data.preprocess import letterbox_resize, normalise
-    from vitdesk.engine.trainer import TeacherAtOwnSize
+    from vitdesk.engine.distill import TeacherAtOwnSize
 
     seen = []
 
@@ -251,7 +251,7 @@ def test_teacher_at_own_size_maps_the_student_batch_to_the_teachers_preprocessin
 def test_a_64px_cnn_teaches_a_32px_vit(tmp_path, cnn_teacher):
     """The CNN teacher was trained at 32 px; a second one at 64 px teaches a 32-px
     student, seeing each batch at 64 px."""
-    from vitdesk.engine import trainer as trainer_mod
+    from vitdesk.engine import distill as trainer_mod
 
     tcfg = _cnn_cfg(tmp_path / "teacher64", epochs=2)
     tcfg.model.img_size = 64

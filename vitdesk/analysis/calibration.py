@@ -49,10 +49,6 @@ def temperature_of(cal: Calibration | None) -> float:
     return 1.0 if cal is None else float(cal.temperature)
 
 
-def _num(v: float) -> float | None:
-    return float(v) if v is not None and np.isfinite(v) else None
-
-
 def not_applied_text(cal: Calibration) -> str:
     """Why a fitted temperature was not applied (one line, for notes and the report)."""
     return (f"temperature scaling was not applied: a temperature fitted on the other "
@@ -73,9 +69,10 @@ def calibration_summary(y: np.ndarray, before: np.ndarray, after: np.ndarray,
             "fit_ece_before": cal.ece_before if cal else None,
             "fit_ece_after": cal.ece_after if cal else None,
             "applied": bool(cal.applied) if cal else False,
-            "fitted_temperature": _num(cal.fitted_temperature) if cal else None,
-            "cv_nll_identity": _num(cal.cv_nll_identity) if cal else None,
-            "cv_nll_fitted": _num(cal.cv_nll_fitted) if cal else None,
+            # NaN (not cross-validated) becomes null where metrics.json is written (json_safe)
+            "fitted_temperature": cal.fitted_temperature if cal else None,
+            "cv_nll_identity": cal.cv_nll_identity if cal else None,
+            "cv_nll_fitted": cal.cv_nll_fitted if cal else None,
             "cv_folds": cal.cv_folds if cal else 0,
             "bins_before": b["bins"], "bins_after": a["bins"]}
 

@@ -308,6 +308,12 @@ class MahalanobisDetector:
         return max(nominal, round(1.0 / (m + 1), 12)) if m else nominal
 
     @property
+    def n_reference_patients(self) -> int:
+        """Patients behind the threshold (0 when the reference rows have no patients)."""
+        return 0 if self.reference_groups is None else reference_units(
+            len(self.reference_distances), self.reference_groups)
+
+    @property
     def train_median(self) -> float:
         """Median held-out reference distance (what a typical in-distribution case scores)."""
         d = self.reference_distances
@@ -355,9 +361,9 @@ class MahalanobisDetector:
         self.reference_groups = None if ref_groups is None else np.asarray(ref_groups)
         self.threshold = conformal_threshold(self.reference_distances, self.percentile,
                                              self.reference_groups)
-        if ref_groups is not None:
+        if self.reference_groups is not None:
             above = self.reference_distances > self.threshold
-            ref_groups = np.asarray(ref_groups)
+            ref_groups = self.reference_groups
             self.reference_group_max = max(
                 float(above[ref_groups == g].mean()) for g in np.unique(ref_groups))
         return self
@@ -398,8 +404,7 @@ class MahalanobisDetector:
             self.threshold, self.percentile, float(len(above) / max(len(d), 1)), ratio, above,
             d, expected_rate=self.expected_rate,
             auroc=ood_auroc(self.reference_distances, d), n_reference=len(self.reference_distances),
-            n_reference_patients=(0 if self.reference_groups is None else reference_units(
-                len(self.reference_distances), self.reference_groups)),
+            n_reference_patients=self.n_reference_patients,
             reference=self.reference, covariance="ledoit-wolf" if self.shrinkage else "sample",
             reference_group_max=self.reference_group_max)
 

@@ -54,6 +54,6 @@ class HistoryWriter:
                     keep.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        if keep != self.lines or self.path.is_file():
+        if self.path.is_file():
             atomic_write_text(self.path, "".join(k + "\n" for k in keep))
         self.lines = keep

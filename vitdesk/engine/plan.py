@@ -374,7 +374,7 @@ def check_teacher_files(cfg: RunConfig) -> None:
 
 def teacher_mismatch(cfg: RunConfig, run: str, window: str) -> str | None:
     """Why a teacher with this window cannot teach ``cfg`` (else None). Its image size
-    may differ: it sees each slice at its own (engine.trainer.TeacherAtOwnSize)."""
+    may differ: it sees each slice at its own (engine.distill.TeacherAtOwnSize)."""
     from vitdesk.imaging.windowing import WindowSpec
 
     try:

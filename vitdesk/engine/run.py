@@ -31,6 +31,7 @@ from vitdesk.data.source_refs import for_run_folder
 from vitdesk.engine import checkpoint as ckpt
 from vitdesk.engine.calibration import calibrate_run
 from vitdesk.engine.device import amp_name, resolve_device, software_versions
+from vitdesk.engine.distill import TeacherAtOwnSize
 from vitdesk.engine.events import EpochEnded, TrainingDone
 from vitdesk.engine.history import HISTORY, HistoryWriter
 from vitdesk.engine.models import (
@@ -48,7 +49,7 @@ from vitdesk.engine.plan import (
 )
 from vitdesk.engine.plan import distill_mode as plan_distill_mode
 from vitdesk.engine.run_folder import check_out_folder, clear_dead_end
-from vitdesk.engine.trainer import DistInfo, TeacherAtOwnSize, Trainer, dataset_targets
+from vitdesk.engine.trainer import DistInfo, Trainer, dataset_targets
 from vitdesk.engine.weights import (
     LoadReport,
     build_model,
